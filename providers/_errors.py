@@ -1,0 +1,114 @@
+"""Error classification shared by the adapters: HTTP statuses, Z.ai business codes, Retry-After.
+
+Z.ai answers with its business codes on both of its endpoints (OpenAI-compatible and
+Anthropic-compatible), so both adapters consult ``ZAI_CODES``. Sources: Z.ai's error code
+reference (https://docs.z.ai/api-reference/api-code) and the reports in
+shared/fixtures/wire/QUIRKS.md; 1261/1305 are reported by third parties, not in the reference.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from collections.abc import Mapping
+
+from router.errors import UpstreamHTTPError
+
+__all__ = ["RETRYABLE_STATUS", "ZAI_CODES", "http_error", "parse_retry_after", "safe_code"]
+
+# HTTP statuses worth another try: timeouts, rate limits, server-side failures, Anthropic 529.
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+
+# code: (description, retryable, context_overflow)
+ZAI_CODES: dict[str, tuple[str, bool, bool]] = {
+    "1000": ("authentication failed", False, False),
+    "1001": ("no authentication header", False, False),
+    "1002": ("invalid token", False, False),
+    "1003": ("token expired", False, False),
+    "1004": ("token rejected", False, False),
+    "1110": ("account inactive", False, False),
+    "1111": ("account does not exist", False, False),
+    "1112": ("account locked", False, False),
+    "1113": ("insufficient balance", False, False),
+    "1120": ("account unreachable", False, False),
+    "1121": ("account locked for irregular activity", False, False),
+    "1210": ("bad request parameters", False, False),
+    "1211": ("unknown model", False, False),
+    "1213": ("missing field", False, False),
+    "1214": ("invalid field (e.g. a tool message without type function)", False, False),
+    "1220": ("no permission for this API", False, False),
+    "1221": ("API offline", False, False),
+    "1230": ("processing error", True, False),
+    "1234": ("network error", True, False),
+    "1261": ("prompt exceeds the model's max length", False, True),
+    "1300": ("request blocked", False, False),
+    "1301": ("unsafe or sensitive content", False, False),
+    "1302": ("concurrency too high", True, False),
+    "1303": ("request frequency too high", True, False),
+    "1304": ("daily call limit reached", False, False),
+    "1305": ("service overloaded", True, False),
+    "1308": ("usage-window quota reached", False, False),
+    "1309": ("coding plan expired", False, False),
+    "1313": ("fair-use violation", False, False),
+}
+
+_SAFE_CODE = re.compile(r"[^A-Za-z0-9_.:-]")
+_CONTEXT_WORDS = re.compile(r"context|too long|max(imum)? length|prompt is too long", re.I)
+
+
+def safe_code(code: object) -> str:
+    """A provider code as a short printable token (never upstream free text)."""
+    return _SAFE_CODE.sub("", str(code))[:48]
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date).
+
+    Returns ``None`` when neither header is present or parseable; never negative.
+    (RFC 9110 section 10.2.3; ``retry-after-ms`` is sent by OpenAI-compatible servers.)
+    """
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    ra = headers.get("retry-after")
+    if not ra:
+        return None
+    try:
+        return max(0.0, float(ra))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(ra)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def http_error(status: int, code: str | None, upstream_message: str, *,
+               retry_after: float | None, should_retry: bool | None = None) -> UpstreamHTTPError:
+    """Classify one HTTP error answer.
+
+    ``code``: a Z.ai business code (``"1113"``) or the provider's error type/code; a Z.ai code
+    decides retryability over the status (1113 comes with 429 yet is final). ``upstream_message``
+    is read for context-overflow hints only; it is never copied into the error. ``should_retry``:
+    Anthropic's ``x-should-retry`` header when sent.
+    """
+    code = safe_code(code) if code else str(status)
+    if code in ZAI_CODES:
+        desc, retryable, overflow = ZAI_CODES[code]
+        if code == "1210" and _CONTEXT_WORDS.search(upstream_message):
+            overflow = True
+        msg = f"upstream answered HTTP {status}, code {code}: {desc}"
+    else:
+        retryable = status in RETRYABLE_STATUS
+        overflow = status in (400, 413) and bool(_CONTEXT_WORDS.search(upstream_message)) or \
+            code == "context_length_exceeded"
+        msg = f"upstream answered HTTP {status}" + (f" ({code})" if code != str(status) else "")
+        if should_retry is not None:
+            retryable = should_retry
+    return UpstreamHTTPError(msg, code=code, retryable=retryable, upstream_status=status,
+                             retry_after=retry_after, context_overflow=overflow)

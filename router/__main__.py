@@ -1,0 +1,5 @@
+"""``python -m router`` is the ``llm-router`` command."""
+
+from router.cli import main
+
+main()

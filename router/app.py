@@ -1,0 +1,153 @@
+"""The HTTP service (Litestar): ``POST /v1/tasks``, health, readiness and routes.
+
+``create_app(config, clients=None, ...)`` builds the app; the pooled upstream clients (one
+``httpx.AsyncClient`` per provider, keep-alive) are made in the lifespan unless given. Every error
+answers with DESIGN.md's JSON shape ``{"error": {"type", "message", "path"?}}``; nothing upstream,
+no stack trace and no secret is echoed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from litestar import Litestar, Request, Response, get, post
+from litestar.exceptions import HTTPException
+from litestar.response import Stream
+
+from router.config import RoutingConfig
+from router.engine import Router, new_request_id
+from router.errors import AllTargetsFailed, RouterError
+from router.events import encode_json, encode_sse
+from router.request import decode_task_request
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
+
+log = logging.getLogger("llm_router")
+
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+_JSON = "application/json"
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def _error_response(err: RouterError) -> Response[bytes]:
+    headers = {}
+    retry_after = getattr(err, "retry_after", None)
+    if isinstance(err, AllTargetsFailed) and err.status == 429:
+        headers["retry-after"] = str(max(1, round(retry_after or 1)))
+    return Response(encode_json(err.to_body()), status_code=err.status, media_type=_JSON,
+                    headers=headers)
+
+
+def _router_error(_: Request[Any, Any, Any], exc: RouterError) -> Response[bytes]:
+    return _error_response(exc)
+
+
+_HTTP_TYPES = {404: "not_found_error", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    status = exc.status_code
+    body = {"error": {"type": _HTTP_TYPES.get(status, "invalid_request_error" if status < 500 else "internal_error"),
+                      "message": exc.detail if status < 500 else "internal error"}}
+    return Response(encode_json(body), status_code=status, media_type=_JSON)
+
+
+def _internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
+    return Response(encode_json({"error": {"type": "internal_error", "message": "internal error"}}),
+                    status_code=500, media_type=_JSON)
+
+
+def _routes_view(config: RoutingConfig, router: Router) -> dict[str, Any]:
+    """Effective tasks, chains and providers; API keys are never shown, only whether set."""
+    return {
+        "version": config.digest,
+        "source": config.source,
+        "tasks": {name: {"chain": t.chain, "params": t.params} for name, t in config.tasks.items()},
+        "providers": {
+            name: {"protocol": p.protocol, "base_url": p.base_url,
+                   "api_key": "set" if p.api_key else "unset",
+                   "models": p.models,
+                   "usable": p.unusable_reason is None,
+                   **({"unusable_reason": p.unusable_reason} if p.unusable_reason else {})}
+            for name, p in config.providers.items()
+        },
+    }
+
+
+def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient] | None = None,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, notes: list[str] | None = None) -> Litestar:
+    """The router app for ``config``.
+
+    ``clients``: provider name -> ``httpx.AsyncClient``; when ``None`` the lifespan makes one
+    pooled client per provider and closes them at shutdown. ``max_body_bytes``: larger request
+    bodies get 413. ``notes``: lines logged at startup (e.g. that the emulator stands in).
+    """
+    loaded_at = time.time()
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        owned: dict[str, httpx.AsyncClient] = {}
+        use = clients
+        if use is None:
+            limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60)
+            owned = {name: httpx.AsyncClient(limits=limits, trust_env=False) for name in config.providers}
+            use = owned
+        state["router"] = Router(config, use)
+        for line in notes or ():
+            log.warning("%s", line)
+        for name, p in config.providers.items():
+            if p.unusable_reason:
+                log.warning("provider %s is unusable: %s", name, p.unusable_reason)
+        log.warning("stores: in-memory (no Redis configured)")
+        try:
+            yield
+        finally:
+            for c in owned.values():
+                await c.aclose()
+
+    @post("/v1/tasks", status_code=200)
+    async def tasks(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+        req = decode_task_request(await request.body(), max_body_bytes)
+        router: Router = state["router"]
+        plan = router.plan(req)
+        rid = new_request_id()
+        if req.stream:
+            async def sse() -> AsyncIterator[bytes]:
+                async for ev in router.stream(req, plan, rid):
+                    yield encode_sse(ev)
+            return Stream(sse(), media_type="text/event-stream", headers=_SSE_HEADERS)
+        answer = await router.complete(req, plan, rid)
+        return Response(encode_json(answer), media_type=_JSON)
+
+    @get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/readyz")
+    async def readyz() -> Response[bytes]:
+        ready = "router" in state
+        body = {"status": "ready" if ready else "starting",
+                "config": {"version": config.digest, "source": config.source, "loaded_at": loaded_at},
+                "stores": {"kind": "memory", "status": "ok"}}
+        return Response(encode_json(body), status_code=200 if ready else 503, media_type=_JSON)
+
+    @get("/v1/routes")
+    async def routes() -> Response[bytes]:
+        return Response(encode_json(_routes_view(config, state["router"])), media_type=_JSON)
+
+    return Litestar(
+        route_handlers=[tasks, healthz, readyz, routes],
+        lifespan=[lifespan],
+        exception_handlers={RouterError: _router_error, HTTPException: _http_error,
+                            Exception: _internal_error},
+        request_max_body_size=max_body_bytes,
+        openapi_config=None,
+        logging_config=None,
+    )

@@ -1,0 +1,122 @@
+"""The ``llm-router`` command: ``serve``, ``validate``, ``emulate``.
+
+``serve`` runs the app under uvicorn (httptools + uvloop when installed). With ``--workers N`` each
+worker builds its app from the environment (``ROUTER_CONFIG``, ``LLM_ROUTER_DEMO_UPSTREAM``)
+through ``asgi_app``. ``--demo`` starts the upstream emulator in this process and points every
+provider of the config at it, with a placeholder key, so the service runs with no API keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from urllib.parse import urlsplit
+
+import click
+
+__all__ = ["asgi_app", "demo_config", "main"]
+
+DEFAULT_CONFIG = "routing.yaml"
+_DEMO_ENV = "LLM_ROUTER_DEMO_UPSTREAM"
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def demo_config(config, upstream: str):  # type: ignore[no-untyped-def]
+    """Point every provider of ``config`` at the emulator at ``upstream`` (keeping each base
+    URL's path, so GLM paths stay GLM paths) and give unset keys a placeholder."""
+    for p in config.providers.values():
+        p.base_url = upstream + urlsplit(p.base_url).path.rstrip("/")
+        if p.api_key is None:
+            p.api_key, p.unusable_reason = "demo-key", None
+    return config
+
+
+def asgi_app():  # type: ignore[no-untyped-def]
+    """App factory for uvicorn workers: config from ``ROUTER_CONFIG``; demo upstream from
+    ``LLM_ROUTER_DEMO_UPSTREAM`` when set. Exits with the config's problems when invalid."""
+    from router.app import create_app
+    from router.config import ConfigError, load_config
+
+    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    path = os.environ.get("ROUTER_CONFIG", DEFAULT_CONFIG)
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        for p in e.problems:
+            logging.getLogger("llm_router").error("%s: %s", path, p)
+        raise SystemExit(1) from None
+    notes = [f"config {path} (version {config.digest})"]
+    upstream = os.environ.get(_DEMO_ENV)
+    if upstream:
+        config = demo_config(config, upstream)
+        notes.append(f"demo mode: every provider is the built-in upstream emulator at {upstream}; "
+                     "no API key is used")
+    return create_app(config, notes=notes)
+
+
+@click.group()
+def main() -> None:
+    """llm-router: route LLM tasks to GLM and Claude over their real wire protocols."""
+
+
+@main.command()
+@click.option("--config", "config_path", envvar="ROUTER_CONFIG", default=DEFAULT_CONFIG,
+              show_default=True, help="routing.yaml path (env ROUTER_CONFIG)")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--demo", is_flag=True, help="serve every provider from the built-in emulator")
+def serve(config_path: str, host: str, port: int, workers: int, demo: bool) -> None:
+    """Run the router service."""
+    import uvicorn
+
+    from router.config import ConfigError, load_config
+
+    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    try:
+        load_config(config_path)  # fail fast, with every problem, before any worker starts
+    except ConfigError as e:
+        for p in e.problems:
+            click.echo(f"{config_path}: {p}", err=True)
+        sys.exit(1)
+    os.environ["ROUTER_CONFIG"] = config_path
+    if demo:
+        from router.emulator import start_in_thread
+
+        url, _ = start_in_thread()
+        os.environ[_DEMO_ENV] = url
+    uvicorn.run("router.cli:asgi_app", factory=True, host=host, port=port, workers=workers,
+                log_level="info", access_log=False, timeout_graceful_shutdown=10)
+
+
+@main.command()
+@click.argument("path", default=DEFAULT_CONFIG, envvar="ROUTER_CONFIG")
+def validate(path: str) -> None:
+    """Check routing.yaml: exit 0 when valid, 1 with every problem and its location."""
+    from router.config import ConfigError, load_config
+
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        for p in e.problems:
+            click.echo(f"{path}: {p}", err=True)
+        click.echo(f"{path}: {len(e.problems)} problem(s)", err=True)
+        sys.exit(1)
+    for name, p in config.providers.items():
+        if p.unusable_reason:
+            click.echo(f"{path}: providers.{name}: warning: {p.unusable_reason}", err=True)
+    click.echo(f"{path}: ok ({len(config.tasks)} tasks, {len(config.providers)} providers)")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8090, show_default=True, type=int)
+@click.option("--fixtures", type=click.Path(file_okay=False), default=None,
+              help="directory that `replay` may read recorded bodies from")
+def emulate(host: str, port: int, fixtures: str | None) -> None:
+    """Serve the upstream emulator (OpenAI/GLM and Anthropic wire protocols)."""
+    from router.emulator import run
+
+    click.echo(f"emulator on http://{host}:{port}", err=True)
+    run(host, port, fixtures)

@@ -1,0 +1,253 @@
+"""routing.yaml: strict msgspec Structs, ``${VAR}`` interpolation, cross-checks.
+
+Shape (DESIGN.md, "routing.yaml"): ``providers`` (protocol, base_url, api_key, models with
+context_window and price in USD per 1M tokens) and ``tasks`` (chain of ``provider/model``, params).
+Unknown keys are errors. ``load_config`` reports *every* problem it finds, each with where it is
+(``tasks.quick_summary.chain[1]: unknown provider 'glmx'``), by raising ``ConfigError``.
+
+``${VAR}`` and ``${VAR:-default}`` are substituted in string values from the environment. A
+provider whose ``api_key`` names an unset variable does not stop loading: its targets are
+*unusable*, with ``Provider.unusable_reason`` saying which variable is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import msgspec
+import yaml
+
+from router.request import msgspec_error_path
+
+__all__ = ["ConfigError", "ModelSpec", "Params", "Price", "Provider", "RoutingConfig", "Task",
+           "Timeouts", "load_config", "parse_config"]
+
+
+class Price(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """USD per 1M tokens."""
+
+    input: float
+    output: float
+
+
+class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``context_window`` in tokens; ``price`` in USD per 1M tokens (missing = unpriced, cost 0)."""
+
+    context_window: int
+    price: Price | None = None
+
+
+class Timeouts(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Seconds. ``first_token``: from sending to the first event; ``idle``: the longest gap between
+    chunks; ``total``: the whole upstream call."""
+
+    connect: float | None = None
+    first_token: float | None = None
+    idle: float | None = None
+    total: float | None = None
+
+
+DEFAULT_TIMEOUTS = Timeouts(connect=5, first_token=60, idle=30, total=600)
+
+
+class Provider(msgspec.Struct, forbid_unknown_fields=True):
+    """One upstream endpoint speaking one wire protocol.
+
+    ``protocol``: ``openai`` (POST {base_url}/chat/completions) or ``anthropic``
+    (POST {base_url}/v1/messages). ``api_key``: after interpolation; ``None`` when its variable
+    is unset (then ``unusable_reason`` says so). ``headers``: extra request headers.
+    """
+
+    protocol: Literal["openai", "anthropic"]
+    base_url: str
+    models: dict[str, ModelSpec]
+    api_key: str | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    timeouts: Timeouts = DEFAULT_TIMEOUTS
+    unusable_reason: str | None = msgspec.field(default=None, name="_unusable_reason")
+
+
+class Params(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, frozen=True):
+    """Generation defaults for a task; a request's own value wins."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    thinking: bool | None = None
+
+
+class Task(msgspec.Struct, forbid_unknown_fields=True):
+    """A task type: ``chain`` of ``provider/model`` targets tried in order, and ``params``."""
+
+    chain: list[str]
+    params: Params = Params()
+    timeouts: Timeouts | None = None
+
+
+class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The whole file. ``version`` is 1. ``source`` / ``digest`` say where it came from."""
+
+    providers: dict[str, Provider]
+    tasks: dict[str, Task]
+    version: int = 1
+    source: str = msgspec.field(default="<memory>", name="_source")
+    digest: str = msgspec.field(default="", name="_digest")
+
+    def model(self, target: str) -> tuple[str, Provider, str, ModelSpec]:
+        """Resolve ``provider/model`` to (provider name, Provider, model name, ModelSpec)."""
+        pname, _, mname = target.partition("/")
+        p = self.providers[pname]
+        return pname, p, mname, p.models[mname]
+
+
+class ConfigError(Exception):
+    """routing.yaml is unusable. ``problems`` lists each as ``location: what is wrong``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Unset(Exception):
+    def __init__(self, var: str) -> None:
+        self.var = var
+
+
+def _interpolate(value: str, env: Mapping[str, str]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        var, default = m.group(1), m.group(2)
+        got = env.get(var)
+        if got:
+            return got
+        if default is not None:
+            return default
+        raise _Unset(var)
+
+    return _VAR_RE.sub(sub, value)
+
+
+def _walk(obj: Any, env: Mapping[str, str], where: str, problems: list[str]) -> Any:
+    """Interpolate every string; an unset variable outside an api_key is a problem."""
+    if isinstance(obj, dict):
+        return {k: _walk(v, env, f"{where}.{k}" if where else str(k), problems) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_walk(v, env, f"{where}[{i}]", problems) for i, v in enumerate(obj)]
+    if isinstance(obj, str) and "${" in obj:
+        try:
+            return _interpolate(obj, env)
+        except _Unset as u:
+            if where.endswith(".api_key"):
+                raise
+            problems.append(f"{where}: environment variable {u.var} is not set")
+            return obj
+    return obj
+
+
+def _convert(obj: Any, typ: type, where: str, problems: list[str]) -> Any:
+    try:
+        return msgspec.convert(obj, typ)
+    except msgspec.ValidationError as e:
+        msg, path = msgspec_error_path(e)
+        loc = where + ("." + path if path and not path.startswith("[") else (path or ""))
+        problems.append(f"{loc}: {msg}")
+        return None
+
+
+def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = "<memory>") -> RoutingConfig:
+    """Parse routing.yaml text into a checked ``RoutingConfig``.
+
+    ``env`` defaults to ``os.environ``. Raises ``ConfigError`` listing every problem found:
+    YAML syntax (with line and column), unknown keys, wrong types, bad chains.
+    """
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "yaml"
+        raise ConfigError([f"{where}: {getattr(e, 'problem', None) or e}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(["(top level): expected a mapping with providers and tasks"])
+    for key in raw:
+        if key not in ("version", "providers", "tasks"):
+            problems.append(f"{key}: unknown key")
+    if raw.get("version", 1) != 1:
+        problems.append(f"version: unsupported version {raw.get('version')!r}; expected 1")
+
+    providers: dict[str, Provider] = {}
+    raw_providers = raw.get("providers")
+    if not isinstance(raw_providers, dict) or not raw_providers:
+        problems.append("providers: expected a non-empty mapping of provider name to provider")
+        raw_providers = {}
+    for name, body in raw_providers.items():
+        where = f"providers.{name}"
+        if "/" in str(name):
+            problems.append(f"{where}: a provider name must not contain '/'")
+        unusable = None
+        if isinstance(body, dict) and "_unusable_reason" in body:
+            problems.append(f"{where}._unusable_reason: unknown key")
+            continue
+        if isinstance(body, dict) and isinstance(body.get("api_key"), str):
+            try:
+                body = {**body, "api_key": _interpolate(body["api_key"], env)}
+            except _Unset as u:
+                body = {**body, "api_key": None}
+                unusable = f"api_key: environment variable {u.var} is not set"
+        body = _walk(body, env, where, problems)
+        p = _convert(body, Provider, where, problems)
+        if p is None:
+            continue
+        if not p.base_url.startswith(("http://", "https://")):
+            problems.append(f"{where}.base_url: must start with http:// or https://")
+        if not p.models:
+            problems.append(f"{where}.models: at least one model is needed")
+        p.base_url = p.base_url.rstrip("/")
+        p.unusable_reason = unusable
+        providers[str(name)] = p
+
+    tasks: dict[str, Task] = {}
+    raw_tasks = raw.get("tasks")
+    if not isinstance(raw_tasks, dict) or not raw_tasks:
+        problems.append("tasks: expected a non-empty mapping of task name to task")
+        raw_tasks = {}
+    for name, body in raw_tasks.items():
+        where = f"tasks.{name}"
+        t = _convert(_walk(body, env, where, problems), Task, where, problems)
+        if t is None:
+            continue
+        if not t.chain:
+            problems.append(f"{where}.chain: must name at least one target")
+        for i, target in enumerate(t.chain):
+            pname, sep, mname = target.partition("/")
+            if not sep or not pname or not mname:
+                problems.append(f"{where}.chain[{i}]: {target!r} is not provider/model")
+            elif pname not in raw_providers:
+                problems.append(f"{where}.chain[{i}]: unknown provider {pname!r}")
+            elif pname in providers and mname not in providers[pname].models:
+                problems.append(f"{where}.chain[{i}]: provider {pname!r} has no model {mname!r}")
+        if len(set(t.chain)) != len(t.chain):
+            problems.append(f"{where}.chain: a target appears twice")
+        tasks[str(name)] = t
+    if problems:
+        raise ConfigError(problems)
+    return RoutingConfig(providers=providers, tasks=tasks, source=source,
+                         digest=hashlib.sha256(text.encode()).hexdigest()[:16])
+
+
+def load_config(path: str, env: Mapping[str, str] | None = None) -> RoutingConfig:
+    """Read and parse routing.yaml at ``path``; raises ``ConfigError`` (unreadable file included)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    return parse_config(text, env, source=path)

@@ -1,0 +1,186 @@
+"""The router's one error tree.
+
+Every error the service raises or reports is a ``RouterError``; each knows its HTTP status,
+its error ``type`` (the JSON ``error.type``), and whether trying again could help::
+
+    RouterError                      500 internal_error
+    ├── RequestError                 400 invalid_request_error   (``path`` names the field)
+    │   └── PayloadTooLarge          413 request_too_large
+    ├── UnknownTask                  404 not_found_error         (message lists the known tasks)
+    ├── UpstreamError                502 upstream_error          (one failed call to one target)
+    │   ├── UpstreamHTTPError            an HTTP error status and its decoded body
+    │   ├── UpstreamConnectError         could not connect / connection reset before a byte
+    │   ├── UpstreamTimeout          504 a connect, first-token, idle or total timeout
+    │   ├── UpstreamStreamError          a stream cut, malformed, or ended by an error event
+    │   └── TargetUnusable           503 not callable at all (e.g. its API key is unset)
+    └── AllTargetsFailed             502/503/504/429 by the nature of the failures
+
+Lower-level errors (httpx's) are converted to these in exactly one place:
+``router.upstream``. Provider adapters build ``UpstreamHTTPError``/``UpstreamStreamError``
+from the provider's own error bodies; they decide ``retryable`` from the provider's codes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AllTargetsFailed",
+    "PayloadTooLarge",
+    "RequestError",
+    "RouterError",
+    "TargetUnusable",
+    "UnknownTask",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamHTTPError",
+    "UpstreamStreamError",
+    "UpstreamTimeout",
+]
+
+
+class RouterError(Exception):
+    """Base of every router error.
+
+    Attributes: ``status`` (HTTP status to answer with), ``type`` (the JSON ``error.type``),
+    ``retryable`` (whether the same call could succeed if tried again), ``message``.
+    """
+
+    status: int = 500
+    type: str = "internal_error"
+    retryable: bool = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_body(self) -> dict[str, Any]:
+        """The JSON error body of DESIGN.md: ``{"error": {"type", "message", ...}}``."""
+        return {"error": {"type": self.type, "message": self.message}}
+
+
+class RequestError(RouterError):
+    """Bad input. ``path`` names the offending field (``messages[2].tool_call_id``)."""
+
+    status = 400
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def to_body(self) -> dict[str, Any]:
+        body = super().to_body()
+        if self.path is not None:
+            body["error"]["path"] = self.path
+        return body
+
+
+class PayloadTooLarge(RequestError):
+    """The request body is over the configured limit (bytes)."""
+
+    status = 413
+    type = "request_too_large"
+
+
+class UnknownTask(RouterError):
+    """The task is not in routing.yaml; the message lists the known tasks."""
+
+    status = 404
+    type = "not_found_error"
+
+    def __init__(self, task: str, known: list[str]) -> None:
+        super().__init__(f"unknown task {task!r}; known tasks: {', '.join(sorted(known))}")
+        self.task = task
+        self.path = "task"
+
+    def to_body(self) -> dict[str, Any]:
+        body = super().to_body()
+        body["error"]["path"] = "task"
+        return body
+
+
+class UpstreamError(RouterError):
+    """One call to one target failed.
+
+    ``provider``: the provider name from routing.yaml; ``code``: the provider's error code or type
+    (``"1113"``, ``"overloaded_error"``), or a router code (``"connect_error"``,
+    ``"stream_truncated"``); ``upstream_status``: the HTTP status the upstream sent (0 if none);
+    ``retry_after``: seconds the upstream asked us to wait, if it said; ``context_overflow``: the
+    prompt was too long for this target (another target with a larger window may succeed).
+    The message is ours, never the upstream body verbatim.
+    """
+
+    status = 502
+    type = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        retryable: bool,
+        provider: str = "",
+        upstream_status: int = 0,
+        retry_after: float | None = None,
+        context_overflow: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable
+        self.provider = provider
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+        self.context_overflow = context_overflow
+
+
+class UpstreamHTTPError(UpstreamError):
+    """The upstream answered with an HTTP error status (body decoded by the adapter)."""
+
+
+class UpstreamConnectError(UpstreamError):
+    """No connection, or the connection was reset before the first byte (retryable)."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """A connect, time-to-first-token, idle or total timeout expired."""
+
+    status = 504
+    type = "upstream_timeout"
+
+
+class UpstreamStreamError(UpstreamError):
+    """The stream broke after HTTP 200: cut without its terminator, a malformed chunk, or an
+    in-stream error event (Anthropic ``event: error``, GLM ``finish_reason: network_error``)."""
+
+
+class TargetUnusable(UpstreamError):
+    """The target cannot be called at all (its API key variable is unset)."""
+
+    status = 503
+    type = "target_unusable"
+
+
+class AllTargetsFailed(RouterError):
+    """Every target of the chain failed; ``attempts`` says how each one did.
+
+    The status follows the failures: 429 when every target was rate-limited (``retry_after`` is
+    then the shortest wait asked), 504 when every failure was a timeout, 503 when no target was
+    usable, else 502.
+    """
+
+    type = "all_targets_failed"
+
+    def __init__(self, message: str, attempts: list[Any], status: int = 502,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.status = status
+        self.retry_after = retry_after
+
+    def to_body(self) -> dict[str, Any]:
+        import msgspec
+
+        body = super().to_body()
+        body["error"]["attempts"] = msgspec.to_builtins(self.attempts)
+        return body

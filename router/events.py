@@ -1,0 +1,240 @@
+"""The unified event schema: one stream shape whatever provider answered.
+
+Each event is a msgspec Struct in one tagged union (tag field ``type``), with a ``seq`` number
+(0, 1, 2, ... per response) assigned by the router as events leave it. On the wire (SSE) each is::
+
+    event: text.delta
+    data: {"type":"text.delta","seq":3,"text":"Hello"}
+
+A stream ends with exactly one terminal event, ``End`` or ``Error``. Non-streaming answers are
+the same events folded into one ``Answer`` by ``fold`` (one translation path, never two).
+The contract is DESIGN.md's "Unified stream events" table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import msgspec
+
+__all__ = [
+    "Answer",
+    "AttemptRecord",
+    "End",
+    "Error",
+    "Event",
+    "Fallback",
+    "ReasoningDelta",
+    "Start",
+    "TextDelta",
+    "TokenUsage",
+    "ToolCallDelta",
+    "ToolCallEnd",
+    "ToolCallStart",
+    "Usage",
+    "encode_json",
+    "encode_sse",
+    "fold",
+]
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+class _Event(msgspec.Struct, tag_field="type", kw_only=True):
+    seq: int = 0
+
+
+class Start(_Event, tag="start"):
+    """The router committed to a target. ``attempt`` counts tries over the whole chain, from 1."""
+
+    id: str
+    task: str
+    provider: str
+    model: str
+    attempt: int = 1
+    cached: bool = False
+
+
+class ReasoningDelta(_Event, tag="reasoning.delta", omit_defaults=True):
+    """Reasoning text. ``signature`` is the provider's signature for the reasoning so far
+    (Anthropic ``signature_delta``); ``redacted`` carries an Anthropic ``redacted_thinking``
+    block's opaque ``data``, which must be sent back unchanged in later turns."""
+
+    text: str = ""
+    signature: str | None = None
+    redacted: str | None = None
+
+
+class TextDelta(_Event, tag="text.delta"):
+    text: str
+
+
+class ToolCallStart(_Event, tag="tool_call.start"):
+    """A tool call begins; ``index`` is its position among this answer's tool calls (0, 1, ...)."""
+
+    index: int
+    id: str
+    name: str
+
+
+class ToolCallDelta(_Event, tag="tool_call.delta"):
+    """A fragment of the arguments' JSON text; concatenated in order they form the whole."""
+
+    index: int
+    arguments: str
+
+
+class ToolCallEnd(_Event, tag="tool_call.end"):
+    """A tool call is complete; ``arguments`` is the whole JSON text (``"{}"`` when none came)."""
+
+    index: int
+    id: str
+    name: str
+    arguments: str
+
+
+class Usage(_Event, tag="usage"):
+    """Token counts for the answer and its cost in USD.
+
+    ``input_tokens`` counts the whole prompt, cached part included; ``cached_tokens`` is the part
+    read from the provider's prompt cache; ``reasoning_tokens`` is the part of ``output_tokens``
+    spent on reasoning. ``cost_usd`` is priced from routing.yaml (USD per 1M tokens).
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class Fallback(_Event, tag="fallback", rename={"from_": "from"}):
+    """The router moved from one target (``provider/model``) to the next, and why."""
+
+    from_: str
+    to: str
+    reason: str
+
+
+class Error(_Event, tag="error"):
+    """Terminal: the answer failed. ``provider`` is empty when no provider was involved."""
+
+    code: str
+    message: str
+    retryable: bool = False
+    provider: str = ""
+
+
+class End(_Event, tag="end"):
+    """Terminal: the answer is complete."""
+
+    finish_reason: FinishReason = "stop"
+
+
+Event = (
+    Start | ReasoningDelta | TextDelta | ToolCallStart | ToolCallDelta | ToolCallEnd | Usage
+    | Fallback | Error | End
+)
+
+_encoder = msgspec.json.Encoder()
+_SSE_PREFIX: dict[type, bytes] = {
+    cls: b"event: " + cls.__struct_config__.tag.encode() + b"\ndata: "  # type: ignore[union-attr]
+    for cls in (Start, ReasoningDelta, TextDelta, ToolCallStart, ToolCallDelta, ToolCallEnd,
+                Usage, Fallback, Error, End)
+}
+
+
+def encode_sse(event: Event) -> bytes:
+    """One SSE message: ``event: <type>\\ndata: <json>\\n\\n`` (UTF-8 bytes)."""
+    return _SSE_PREFIX[type(event)] + _encoder.encode(event) + b"\n\n"
+
+
+def encode_json(obj: object) -> bytes:
+    """JSON bytes of any Struct or builtin, with the shared encoder."""
+    return _encoder.encode(obj)
+
+
+class ToolCallOut(msgspec.Struct):
+    """A complete tool call in a non-streaming answer (OpenAI shape)."""
+
+    id: str
+    function: dict[str, str]
+    type: str = "function"
+
+
+class AttemptRecord(msgspec.Struct, omit_defaults=True):
+    """One try of one target: ``outcome`` is ``ok``, ``error`` or ``skipped``; ``latency_ms``
+    from sending to the first event or the failure; ``retries`` made on this target."""
+
+    target: str
+    outcome: str
+    code: str | None = None
+    message: str | None = None
+    status: int | None = None
+    latency_ms: float | None = None
+    retries: int = 0
+
+
+class TokenUsage(msgspec.Struct):
+    """``Usage`` without the event envelope, as it appears in a non-streaming answer."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class Answer(msgspec.Struct):
+    """A non-streaming answer: the stream's events folded into one object."""
+
+    id: str = ""
+    task: str = ""
+    provider: str = ""
+    model: str = ""
+    text: str = ""
+    reasoning: str = ""
+    reasoning_signature: str | None = None
+    tool_calls: list[ToolCallOut] = msgspec.field(default_factory=list)
+    finish_reason: str = "stop"
+    usage: TokenUsage = msgspec.field(default_factory=TokenUsage)
+    attempts: list[AttemptRecord] = msgspec.field(default_factory=list)
+    cached: bool = False
+
+
+def fold(events: Iterable[Event], answer: Answer | None = None) -> Answer:
+    """Fold a complete event sequence into an ``Answer``.
+
+    Raises ``ValueError`` if the sequence has no terminal event or ends with ``Error`` (the
+    caller handles those before folding).
+    """
+    a = answer or Answer()
+    text: list[str] = []
+    reasoning: list[str] = []
+    terminal = False
+    for ev in events:
+        match ev:
+            case TextDelta(text=t):
+                text.append(t)
+            case ReasoningDelta(text=t, signature=sig):
+                reasoning.append(t)
+                if sig:
+                    a.reasoning_signature = sig
+            case ToolCallEnd(id=cid, name=name, arguments=args):
+                a.tool_calls.append(ToolCallOut(id=cid, function={"name": name, "arguments": args}))
+            case Usage():
+                a.usage = TokenUsage(ev.input_tokens, ev.output_tokens, ev.reasoning_tokens,
+                                     ev.cached_tokens, ev.cost_usd)
+            case Start(id=rid, task=task, provider=prov, model=model, cached=cached):
+                a.id, a.task, a.provider, a.model, a.cached = rid, task, prov, model, cached
+            case End(finish_reason=fr):
+                a.finish_reason = fr
+                terminal = True
+            case Error(code=code, message=msg):
+                raise ValueError(f"stream ended with error {code}: {msg}")
+    if not terminal:
+        raise ValueError("stream ended without a terminal event")
+    a.text = "".join(text)
+    a.reasoning = "".join(reasoning)
+    return a

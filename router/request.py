@@ -1,0 +1,197 @@
+"""The canonical request: what ``POST /v1/tasks`` accepts and what every adapter encodes.
+
+Messages follow the OpenAI chat shape (roles system/user/assistant/tool, assistant ``tool_calls``,
+tool ``tool_call_id``), which is also the Z.ai GLM shape
+(https://docs.z.ai/api-reference/llm/chat-completion). Adapters translate it to their wire.
+Unknown fields are rejected so a caller's typo (``max_token``) is an error, not silently ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import msgspec
+
+from router.errors import PayloadTooLarge, RequestError
+
+__all__ = [
+    "FunctionCall",
+    "Message",
+    "TaskRequest",
+    "TextPart",
+    "Tool",
+    "ToolCall",
+    "ToolFunction",
+    "decode_task_request",
+]
+
+
+class TextPart(msgspec.Struct, forbid_unknown_fields=True):
+    """One text part of a multi-part ``content`` (OpenAI ``{"type": "text", "text": ...}``)."""
+
+    text: str
+    type: Literal["text"] = "text"
+
+
+class FunctionCall(msgspec.Struct, forbid_unknown_fields=True):
+    """``name`` and ``arguments`` (the JSON text of the arguments object)."""
+
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCall(msgspec.Struct, forbid_unknown_fields=True):
+    """An assistant's tool call; ``id`` is opaque and echoed by the tool result."""
+
+    id: str
+    function: FunctionCall
+    type: Literal["function"] = "function"
+    index: int | None = None
+
+
+class Message(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One chat message.
+
+    ``content``: a string or text parts (``None`` allowed on assistant messages with tool calls).
+    ``reasoning`` / ``reasoning_signature``: an assistant's earlier reasoning and the provider's
+    signature for it (Anthropic thinking), sent back so multi-turn thinking conversations verify.
+    """
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    reasoning: str | None = None
+    reasoning_signature: str | None = None
+
+    def text(self) -> str:
+        """The content as one string (parts joined with no separator; ``None`` as ``""``)."""
+        c = self.content
+        if c is None:
+            return ""
+        if isinstance(c, str):
+            return c
+        return "".join(p.text for p in c)
+
+
+class ToolFunction(msgspec.Struct, forbid_unknown_fields=True):
+    """A callable function: ``parameters`` is its JSON Schema."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class Tool(msgspec.Struct, forbid_unknown_fields=True):
+    """A tool the model may call (OpenAI shape)."""
+
+    function: ToolFunction
+    type: Literal["function"] = "function"
+
+
+class ToolChoiceFunction(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+
+
+class ToolChoiceNamed(msgspec.Struct, forbid_unknown_fields=True):
+    """Force one tool: ``{"type": "function", "function": {"name": ...}}``."""
+
+    function: ToolChoiceFunction
+    type: Literal["function"] = "function"
+
+
+ToolChoice = Literal["auto", "none", "required"] | ToolChoiceNamed
+
+
+class TaskRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The body of ``POST /v1/tasks``.
+
+    Generation parameters left ``None`` take the task's ``params`` from routing.yaml.
+    ``max_tokens`` in tokens; ``temperature``/``top_p`` as the providers define them.
+    """
+
+    task: str
+    messages: list[Message]
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    thinking: bool | None = None
+    stream: bool = False
+    metadata: dict[str, str] | None = None
+
+
+_decoder = msgspec.json.Decoder(TaskRequest)
+_json_decode = msgspec.json.Decoder().decode
+_PATH_RE = re.compile(r" - at `\$\.?(.*)`$")
+
+
+def msgspec_error_path(err: msgspec.DecodeError) -> tuple[str, str | None]:
+    """Split a msgspec error message into (message, path) with ``$.a[0].b`` as ``a[0].b``."""
+    text = str(err)
+    m = _PATH_RE.search(text)
+    if not m:
+        return text, None
+    return text[: m.start()], m.group(1) or None
+
+
+def decode_task_request(body: bytes, max_bytes: int) -> TaskRequest:
+    """Decode and check a ``POST /v1/tasks`` body.
+
+    Raises ``PayloadTooLarge`` (over ``max_bytes``) or ``RequestError`` with ``path`` naming the
+    field: malformed JSON, wrong types, unknown fields, empty ``messages``, a ``tool`` message
+    whose ``tool_call_id`` matches no earlier assistant tool call, out-of-range numbers.
+    """
+    if len(body) > max_bytes:
+        raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {max_bytes}")
+    try:
+        req = _decoder.decode(body)
+    except msgspec.ValidationError as e:
+        msg, path = msgspec_error_path(e)
+        raise RequestError(msg, path) from None
+    except msgspec.DecodeError as e:
+        raise RequestError(f"malformed JSON: {e}") from None
+    check_request(req)
+    return req
+
+
+def check_request(req: TaskRequest) -> None:
+    """Semantic checks a schema cannot express; raises ``RequestError`` naming the field."""
+    if not req.messages:
+        raise RequestError("messages must not be empty", "messages")
+    if req.max_tokens is not None and req.max_tokens < 1:
+        raise RequestError("max_tokens must be at least 1", "max_tokens")
+    if req.temperature is not None and not 0 <= req.temperature <= 2:
+        raise RequestError("temperature must be between 0 and 2", "temperature")
+    if req.top_p is not None and not 0 <= req.top_p <= 1:
+        raise RequestError("top_p must be between 0 and 1", "top_p")
+    seen: set[str] = set()
+    for i, m in enumerate(req.messages):
+        if m.role == "assistant" and m.tool_calls:
+            for j, tc in enumerate(m.tool_calls):
+                try:
+                    args = _json_decode(tc.function.arguments or "{}")
+                except msgspec.DecodeError:
+                    args = None
+                if not isinstance(args, dict):
+                    raise RequestError("tool call arguments must be the JSON text of an object",
+                                       f"messages[{i}].tool_calls[{j}].function.arguments")
+                seen.add(tc.id)
+        elif m.role == "tool":
+            if not m.tool_call_id:
+                raise RequestError("a tool message needs tool_call_id", f"messages[{i}].tool_call_id")
+            if m.tool_call_id not in seen:
+                raise RequestError(
+                    f"tool_call_id {m.tool_call_id!r} matches no earlier assistant tool call",
+                    f"messages[{i}].tool_call_id",
+                )
+        if m.tool_calls and m.role != "assistant":
+            raise RequestError("only assistant messages carry tool_calls", f"messages[{i}].tool_calls")
+    if req.tool_choice is not None and not isinstance(req.tool_choice, str):
+        names = {t.function.name for t in req.tools or ()}
+        if req.tool_choice.function.name not in names:
+            raise RequestError("tool_choice names a tool that is not in tools", "tool_choice.function.name")

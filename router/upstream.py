@@ -1,0 +1,119 @@
+"""One call to one target: send the encoded request, yield unified events.
+
+This is the one place where httpx's exceptions become router errors (``router.errors``):
+connect failures and resets before any byte -> ``UpstreamConnectError``; timeouts ->
+``UpstreamTimeout``; a connection dropped or a body broken after HTTP 200 -> ``UpstreamStreamError``.
+HTTP error statuses are decoded by the target's adapter. The response is always closed, also when
+the consumer stops early (the caller went away): closing the generator closes the connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+
+import httpx
+import msgspec
+from httpx_sse import EventSource, SSEError
+
+from providers import Adapter, Call, adapter_for
+from router.config import DEFAULT_TIMEOUTS, ModelSpec, Provider, Timeouts
+from router.errors import (UpstreamConnectError, UpstreamError, UpstreamStreamError,
+                           UpstreamTimeout)
+from router.events import Event
+
+__all__ = ["Target", "call_target", "make_targets"]
+
+
+class Target(msgspec.Struct, kw_only=True):
+    """A ``provider/model`` entry of a chain, resolved against routing.yaml.
+
+    ``timeouts`` in seconds; ``unusable_reason`` is set when the target cannot be called.
+    """
+
+    name: str
+    provider: str
+    model: str
+    spec: ModelSpec
+    adapter: Adapter
+    base_url: str
+    api_key: str | None
+    headers: dict[str, str]
+    timeouts: Timeouts
+    unusable_reason: str | None = None
+
+
+def make_targets(providers: Mapping[str, Provider]) -> dict[str, Target]:
+    """Every ``provider/model`` of the config as a ``Target``."""
+    out: dict[str, Target] = {}
+    for pname, p in providers.items():
+        for mname, spec in p.models.items():
+            name = f"{pname}/{mname}"
+            out[name] = Target(
+                name=name, provider=pname, model=mname, spec=spec, adapter=adapter_for(p.protocol),
+                base_url=p.base_url, api_key=p.api_key, headers=p.headers, timeouts=p.timeouts,
+                unusable_reason=p.unusable_reason,
+            )
+    return out
+
+
+def _httpx_timeout(t: Timeouts) -> httpx.Timeout:
+    d = DEFAULT_TIMEOUTS
+    first = t.first_token or d.first_token
+    idle = t.idle or d.idle
+    return httpx.Timeout(connect=t.connect or d.connect, read=max(first or 0, idle or 0),
+                         write=t.connect or d.connect, pool=t.connect or d.connect)
+
+
+async def call_target(client: httpx.AsyncClient, target: Target, call: Call,
+                      timeouts: Timeouts | None = None) -> AsyncIterator[Event]:
+    """Yield the unified events of one upstream call (``call.stream`` picks the wire mode).
+
+    Raises ``UpstreamError`` subclasses, with ``provider`` set to the target's provider.
+    """
+    wire = target.adapter.encode(call, target.base_url, target.api_key, target.headers)
+    request = client.build_request("POST", wire.url, headers=wire.headers, content=wire.body,
+                                   timeout=_httpx_timeout(timeouts or target.timeouts))
+    got_bytes = False
+    try:
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.TimeoutException as e:
+            raise UpstreamTimeout(f"{target.name}: {type(e).__name__}", code="timeout",
+                                  retryable=True) from None
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
+                httpx.WriteError) as e:
+            raise UpstreamConnectError(f"{target.name}: could not get a response ({type(e).__name__})",
+                                       code="connect_error", retryable=True) from None
+        try:
+            if response.status_code >= 400:
+                body = await response.aread()
+                raise target.adapter.decode_error(response.status_code, response.headers, body)
+            if not call.stream:
+                body = await response.aread()
+                got_bytes = True
+                for ev in target.adapter.decode_response(body):
+                    yield ev
+                return
+            decoder = target.adapter.stream_decoder()
+            try:
+                async for sse in EventSource(response).aiter_sse():
+                    got_bytes = True
+                    for ev in decoder.feed("" if sse.event == "message" else sse.event, sse.data):
+                        yield ev
+            except SSEError:
+                raise UpstreamStreamError(f"{target.name}: the answer is not an event stream",
+                                          code="not_event_stream", retryable=True) from None
+            for ev in decoder.finish():
+                yield ev
+        finally:
+            await response.aclose()
+    except httpx.TimeoutException as e:
+        raise UpstreamTimeout(f"{target.name}: {type(e).__name__} while reading", code="timeout",
+                              retryable=True) from None
+    except (httpx.RemoteProtocolError, httpx.ReadError) as e:
+        cls = UpstreamStreamError if got_bytes else UpstreamConnectError
+        raise cls(f"{target.name}: the connection broke ({type(e).__name__})",
+                  code="stream_truncated" if got_bytes else "connect_error", retryable=True) from None
+    except UpstreamError as e:
+        e.provider = target.provider
+        raise
