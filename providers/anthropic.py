@@ -97,7 +97,7 @@ class _ErrorBody(msgspec.Struct):
 
 
 class _Event(msgspec.Struct):
-    type: str
+    type: str = ""  # absent in Z.ai's OpenAI-style error envelope on its Anthropic endpoint
     index: int | None = None
     message: _Message | None = None
     content_block: _Block | None = None

@@ -161,6 +161,22 @@ def _convert(obj: Any, typ: type, where: str, problems: list[str]) -> Any:
         return None
 
 
+def _check_chain(chain: list[Any], where: str, raw_providers: dict[str, Any],
+                 providers: dict[str, Provider], problems: list[str]) -> None:
+    if not chain:
+        problems.append(f"{where}.chain: must name at least one target")
+    for i, target in enumerate(chain):
+        pname, sep, mname = str(target).partition("/")
+        if not isinstance(target, str) or not sep or not pname or not mname:
+            problems.append(f"{where}.chain[{i}]: {target!r} is not provider/model")
+        elif pname not in raw_providers:
+            problems.append(f"{where}.chain[{i}]: unknown provider {pname!r}")
+        elif pname in providers and mname not in providers[pname].models:
+            problems.append(f"{where}.chain[{i}]: provider {pname!r} has no model {mname!r}")
+    if len(set(map(str, chain))) != len(chain):
+        problems.append(f"{where}.chain: a target appears twice")
+
+
 def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = "<memory>") -> RoutingConfig:
     """Parse routing.yaml text into a checked ``RoutingConfig``.
 
@@ -203,6 +219,10 @@ def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = 
                 body = {**body, "api_key": None}
                 unusable = f"api_key: environment variable {u.var} is not set"
         body = _walk(body, env, where, problems)
+        if isinstance(body, dict) and isinstance(body.get("models"), dict):
+            # one by one, so a problem names its model (msgspec says `models[...]`)
+            body = {**body, "models": {m: spec for m, spec in body["models"].items()
+                                       if _convert(spec, ModelSpec, f"{where}.models.{m}", problems)}}
         p = _convert(body, Provider, where, problems)
         if p is None:
             continue
@@ -222,21 +242,11 @@ def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = 
     for name, body in raw_tasks.items():
         where = f"tasks.{name}"
         t = _convert(_walk(body, env, where, problems), Task, where, problems)
-        if t is None:
-            continue
-        if not t.chain:
-            problems.append(f"{where}.chain: must name at least one target")
-        for i, target in enumerate(t.chain):
-            pname, sep, mname = target.partition("/")
-            if not sep or not pname or not mname:
-                problems.append(f"{where}.chain[{i}]: {target!r} is not provider/model")
-            elif pname not in raw_providers:
-                problems.append(f"{where}.chain[{i}]: unknown provider {pname!r}")
-            elif pname in providers and mname not in providers[pname].models:
-                problems.append(f"{where}.chain[{i}]: provider {pname!r} has no model {mname!r}")
-        if len(set(t.chain)) != len(t.chain):
-            problems.append(f"{where}.chain: a target appears twice")
-        tasks[str(name)] = t
+        chain = body.get("chain") if isinstance(body, dict) else None
+        if isinstance(chain, list):  # checked even when another key of the task is wrong
+            _check_chain(chain, where, raw_providers, providers, problems)
+        if t is not None:
+            tasks[str(name)] = t
     if problems:
         raise ConfigError(problems)
     return RoutingConfig(providers=providers, tasks=tasks, source=source,
