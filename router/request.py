@@ -130,13 +130,19 @@ _json_decode = msgspec.json.Decoder().decode
 _PATH_RE = re.compile(r" - at `\$\.?(.*)`$")
 
 
+_FIELD_RE = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
+
+
 def msgspec_error_path(err: msgspec.DecodeError) -> tuple[str, str | None]:
-    """Split a msgspec error message into (message, path) with ``$.a[0].b`` as ``a[0].b``."""
+    """Split a msgspec error message into (message, path) with ``$.a[0].b`` as ``a[0].b``; a
+    missing or unknown field is named at the end of the path."""
     text = str(err)
     m = _PATH_RE.search(text)
-    if not m:
-        return text, None
-    return text[: m.start()], m.group(1) or None
+    msg, path = (text[: m.start()], m.group(1) or None) if m else (text, None)
+    f = _FIELD_RE.search(msg)
+    if f:
+        path = f"{path}.{f.group(1)}" if path else f.group(1)
+    return msg, path
 
 
 def decode_task_request(body: bytes, max_bytes: int) -> TaskRequest:

@@ -62,7 +62,7 @@ def test_every_problem_reported_with_its_location() -> None:
     assert "tasks.quick_summary.chain[1]: unknown provider 'glmx'" in problems
     assert "tasks.quick_summary.chain[2]: provider 'glm' has no model 'nope'" in problems
     assert "tasks.quick_summary.chain[3]: 'justaname' is not provider/model" in problems
-    assert any(p.startswith("tasks.quick_summary.params: ") and "temprature" in p for p in problems)
+    assert any(p.startswith("tasks.quick_summary.params.temprature: ") for p in problems)
     assert "tasks.empty.chain: must name at least one target" in problems
     assert "extra_key: unknown key" in problems
 

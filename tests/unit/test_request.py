@@ -29,7 +29,9 @@ def test_good_request() -> None:
 
 
 def test_paths_name_the_field() -> None:
-    assert _path({"task": "t"}) is None  # a missing top-level field: the message names it
+    assert _path({"task": "t"}) == "messages"
+    assert _path({"task": "t", "messages": [{"content": "x"}]}) == "messages[0].role"
+    assert _path({"task": "t", "messages": USER, "max_token": 5}) == "max_token"
     assert _path({"task": "t", "messages": [{"role": "robot", "content": "x"}]}) == "messages[0].role"
     assert _path({"task": "t", "messages": "hi"}) == "messages"
     assert _path({"task": "t", "messages": USER, "max_tokens": "many"}) == "max_tokens"
