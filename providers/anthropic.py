@@ -15,8 +15,10 @@ Wire facts (https://docs.anthropic.com/en/api/messages, .../messages-streaming,
 * An ``event: error`` after HTTP 200 ends the stream with no ``message_stop``.
 * Usage: ``message_start`` has input and cache counts; ``message_delta`` has cumulative totals
   (2024 recordings: only ``output_tokens``), so the two are merged, not overwritten.
-* Extended thinking needs ``budget_tokens`` >= 1024 and < ``max_tokens``, and does not allow
-  ``temperature``/``top_p`` changes, so those are dropped when thinking is on.
+* Thinking: ``{"type": "adaptive"}`` on models configured ``thinking: adaptive`` (Claude 4.6+;
+  required on Opus 4.7+ and 5.x), else ``{"type": "enabled", "budget_tokens": N}`` with
+  N >= 1024 and < ``max_tokens``. Thinking does not allow ``temperature``/``top_p`` changes, and
+  models configured ``sampling: false`` reject them always, so those are then not sent.
 """
 
 from __future__ import annotations
@@ -296,12 +298,14 @@ class AnthropicAdapter:
                                    else {"type": "tool", "name": tc_.function.name})
         if call.stop:
             body["stop_sequences"] = call.stop
-        if call.thinking:
+        if call.thinking and call.thinking_style == "adaptive":
+            body["thinking"] = {"type": "adaptive"}
+        elif call.thinking:
             budget = max(THINKING_MIN_BUDGET, max_tokens // 2)
             if max_tokens <= budget:  # keep the caller's max_tokens for the visible answer
                 body["max_tokens"] = budget + max_tokens
             body["thinking"] = {"type": "enabled", "budget_tokens": budget}
-        else:
+        if not call.thinking and call.sampling:
             if call.temperature is not None:
                 body["temperature"] = call.temperature
             if call.top_p is not None:

@@ -33,7 +33,8 @@ class Call(msgspec.Struct, kw_only=True):
     """One upstream call: the model to ask and the request with the task's params applied.
 
     ``max_tokens`` in tokens (``None``: the adapter's protocol default); ``thinking``: ``None``
-    leaves the provider's default.
+    leaves the provider's default. ``thinking_style`` (``budget``/``adaptive``) and ``sampling``
+    (whether temperature/top_p may be sent) are the target model's, from routing.yaml.
     """
 
     model: str
@@ -46,6 +47,8 @@ class Call(msgspec.Struct, kw_only=True):
     stop: list[str] | None = None
     thinking: bool | None = None
     stream: bool = False
+    thinking_style: str = "budget"
+    sampling: bool = True
 
 
 class WireRequest(NamedTuple):

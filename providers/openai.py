@@ -242,7 +242,7 @@ class OpenAIAdapter:
             body["tools"] = [msgspec.to_builtins(t) for t in call.tools]
         if call.tool_choice is not None:
             body["tool_choice"] = msgspec.to_builtins(call.tool_choice)
-        for key in ("max_tokens", "temperature", "top_p", "stop"):
+        for key in ("max_tokens", "temperature", "top_p", "stop") if call.sampling else ("max_tokens", "stop"):
             v = getattr(call, key)
             if v is not None:
                 body[key] = v

@@ -35,10 +35,19 @@ class Price(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """``context_window`` in tokens; ``price`` in USD per 1M tokens (missing = unpriced, cost 0)."""
+    """``context_window`` in tokens; ``price`` in USD per 1M tokens (missing = unpriced, cost 0).
+
+    ``thinking``: how the model is asked to think: ``budget`` (Anthropic ``type: enabled`` with
+    ``budget_tokens``: Claude 4.5 and earlier) or ``adaptive`` (``type: adaptive``: Claude 4.6 and
+    later; Opus 4.7+ and the 5.x models reject ``budget`` with a 400). ``sampling: false`` for
+    models that reject temperature/top_p (Claude 5.x); the request's values are then not sent.
+    Source: Anthropic's extended/adaptive thinking docs.
+    """
 
     context_window: int
     price: Price | None = None
+    thinking: Literal["budget", "adaptive"] = "budget"
+    sampling: bool = True
 
 
 class Timeouts(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -152,7 +152,8 @@ class Router:
             call = Call(model=target.model, messages=req.messages, tools=req.tools,
                         tool_choice=req.tool_choice, max_tokens=plan.params.max_tokens,
                         temperature=plan.params.temperature, top_p=plan.params.top_p,
-                        stop=plan.params.stop, thinking=plan.params.thinking, stream=stream)
+                        stop=plan.params.stop, thinking=plan.params.thinking, stream=stream,
+                        thinking_style=target.spec.thinking, sampling=target.spec.sampling)
             t0 = self.clock()
             committed = False
             upstream = call_target(self.clients[target.provider], target, call)

@@ -2,6 +2,7 @@
 
 Routes: ``POST .../chat/completions`` (OpenAI flavour under ``/v1``, GLM flavour elsewhere, e.g.
 ``/api/paas/v4``), ``POST .../messages`` (Anthropic), ``GET /_emulator/stats``,
+``GET /_emulator/last/{model}`` (the last request to a model, credentials left out),
 ``POST /_emulator/reset``, ``GET /health``. A bare ASGI app (no framework) so the bytes on the
 wire are exactly the ones ``router.emulator.wire`` builds, chunk by chunk.
 """
@@ -37,6 +38,7 @@ class Emulator:
         self.stats: dict[str, dict[str, int]] = defaultdict(
             lambda: {"requests": 0, "completed": 0, "aborted": 0, "cut": 0, "failed": 0})
         self._seen: dict[str, int] = defaultdict(int)
+        self.last: dict[str, Any] = {}  # model -> {"path", "headers" (no credentials), "body"}
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -49,9 +51,13 @@ class Emulator:
         path, method = scope["path"], scope["method"]
         if method == "GET" and path == "/_emulator/stats":
             return await _send_json(send, 200, dict(self.stats))
+        if method == "GET" and path.startswith("/_emulator/last/"):
+            last = self.last.get(path.removeprefix("/_emulator/last/"))
+            return await _send_json(send, 200 if last else 404, last or {"error": "no request seen"})
         if method == "POST" and path == "/_emulator/reset":
             self.stats.clear()
             self._seen.clear()
+            self.last.clear()
             return await _send_json(send, 200, {"reset": True})
         if method == "GET" and path in ("/health", "/healthz"):
             return await _send_json(send, 200, {"status": "ok"})
@@ -64,6 +70,9 @@ class Emulator:
         except (ValueError, DirectiveError) as e:
             return await _send_json(send, 400, {"error": {"code": "1214", "message": str(e)[:200]}})
         model = str(body.get("model", ""))
+        self.last[model] = {"path": path, "body": body, "headers": {
+            k.decode(): v.decode() for k, v in scope["headers"]
+            if k not in (b"authorization", b"x-api-key")}}
         stats = self.stats[model]
         stats["requests"] += 1
         disconnected = asyncio.Event()
@@ -111,6 +120,11 @@ class Emulator:
         s = wire.script(b, body, model, "toolu_" if anthropic else "call_")
         if not stream:
             data = wire.anthropic_json(s, model) if anthropic else wire.openai_json(s, model, glm)
+            if b.cut_after is not None:  # a declared length, half the bytes, then the drop
+                await send({"type": "http.response.start", "status": 200, "headers": [
+                    (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+                await send({"type": "http.response.body", "body": data[: len(data) // 2], "more_body": True})
+                raise _Cut()
             await _send(send, 200, [(b"content-type", b"application/json")], data)
             return "completed"
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))

@@ -35,7 +35,7 @@ class Behaviour(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     with ``times`` only the first N identical requests fail. ``delay_ms``: wait before the first
     byte; ``chunk_delay_ms``: between chunks; ``chunks``: how many pieces the text is cut into.
     ``cut_after``: drop the connection after N chunks (with ``error_code`` and no ``status``: send
-    the provider's in-stream error event there instead). ``malformed``: send a broken chunk (after
+    the provider's in-stream error event there instead); a non-streamed answer is dropped halfway. ``malformed``: send a broken chunk (after
     chunk N when a number). ``hang``: never answer. ``replay``: send a recorded body file from the
     ``--fixtures`` directory.
     """

@@ -77,3 +77,12 @@ def test_anthropic_thinking_budget() -> None:
 def test_anthropic_tool_choice_mapping() -> None:
     for choice, wire in (("auto", {"type": "auto"}), ("required", {"type": "any"}), ("none", {"type": "none"})):
         assert _encode("anthropic", tool_choice=choice)[1]["tool_choice"] == wire
+
+
+def test_anthropic_adaptive_thinking_and_no_sampling() -> None:
+    _, adaptive = _encode("anthropic", thinking=True, thinking_style="adaptive", max_tokens=512)
+    assert adaptive["thinking"] == {"type": "adaptive"} and adaptive["max_tokens"] == 512
+    _, fixed = _encode("anthropic", temperature=0.3, top_p=0.9, sampling=False)
+    assert "temperature" not in fixed and "top_p" not in fixed
+    _, oai = _encode("openai", temperature=0.3, sampling=False)
+    assert "temperature" not in oai

@@ -1,0 +1,143 @@
+"""Real processes on loopback: the upstream emulator and the router, started once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from router.emulator import free_port
+from tests.wire._sse import WIRE
+
+SECRET_ZAI = "zk-test-SECRET-7f3a9c"
+SECRET_ANTHROPIC = "sk-ant-test-SECRET-51b0e2"
+
+
+class Proc:
+    """A child process with its output in a file (read it to check what was logged)."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.log = log
+        self._out = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.p = subprocess.Popen([sys.executable, "-m", "router", *args], stdout=self._out,
+                                  stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                  start_new_session=True)
+
+    def wait_http(self, url: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.p.poll() is not None:
+                raise RuntimeError(f"process exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(url, timeout=1).status_code < 500:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError(f"{url} did not answer: {self.log.read_text()[-2000:]}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self._out.close()
+
+
+def routing_yaml(upstream: str) -> str:
+    """A config whose providers are all the emulator: GLM style, Anthropic style, OpenAI style,
+    and one whose key variable is unset."""
+    return f"""
+version: 1
+providers:
+  glm:
+    protocol: openai
+    base_url: {upstream}/api/paas/v4
+    api_key: ${{TEST_ZAI_KEY}}
+    models:
+      glm-4.6: {{context_window: 200000, price: {{input: 0.60, output: 2.20}}}}
+      glm-4.5-air: {{context_window: 128000, price: {{input: 0.20, output: 1.10}}}}
+  claude:
+    protocol: anthropic
+    base_url: {upstream}
+    api_key: ${{TEST_ANTHROPIC_KEY}}
+    models:
+      claude-sonnet-5-5: {{context_window: 200000, price: {{input: 3.00, output: 15.00}}}}
+  oai:
+    protocol: openai
+    base_url: {upstream}/v1
+    api_key: ${{TEST_ZAI_KEY}}
+    models:
+      gpt-4o: {{context_window: 128000}}
+  nokey:
+    protocol: anthropic
+    base_url: {upstream}
+    api_key: ${{TEST_UNSET_KEY_VARIABLE}}
+    models:
+      claude-haiku-5-5: {{context_window: 200000, price: {{input: 1.00, output: 5.00}}}}
+tasks:
+  glm_task:
+    chain: [glm/glm-4.6]
+    params: {{max_tokens: 256, temperature: 0.3}}
+  claude_task:
+    chain: [claude/claude-sonnet-5-5]
+    params: {{max_tokens: 256}}
+  oai_task:
+    chain: [oai/gpt-4o]
+  quick_summary:
+    chain: [nokey/claude-haiku-5-5, glm/glm-4.5-air, claude/claude-sonnet-5-5]
+    params: {{max_tokens: 128}}
+  nothing_usable:
+    chain: [nokey/claude-haiku-5-5]
+"""
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    proc = Proc(["emulate", "--port", str(port), "--fixtures", str(WIRE)],
+                tmp_path_factory.mktemp("emulator") / "emulator.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        proc.wait_http(url + "/health")
+        yield url
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def router_proc(emulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Proc]]:
+    d = tmp_path_factory.mktemp("router")
+    (d / "routing.yaml").write_text(routing_yaml(emulator))
+    port = free_port()
+    env = {"TEST_ZAI_KEY": SECRET_ZAI, "TEST_ANTHROPIC_KEY": SECRET_ANTHROPIC}
+    env.pop("TEST_UNSET_KEY_VARIABLE", None)
+    proc = Proc(["serve", "--config", str(d / "routing.yaml"), "--port", str(port)], d / "router.log", env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        proc.wait_http(url + "/healthz")
+        yield url, proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def router(router_proc: tuple[str, Proc]) -> str:
+    return router_proc[0]
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=30) as c:
+        yield c
