@@ -1,0 +1,129 @@
+"""A small closed-loop HTTP/1.1 load generator (asyncio + httptools, uvloop when present).
+
+C connections, each with one request in flight, keep-alive; a warmup, then a fixed window.
+Per request: latency (send -> last byte) and, for SSE, time to the first content event.
+Loopback targets only. Kept lean so that, sharing two cores with the router, it costs less than
+the thing it measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
+
+__all__ = ["Result", "run_load"]
+
+_FIRST = re.compile(rb'"text\.delta"|"content":"[^"]|"text_delta"')
+perf = time.perf_counter
+
+
+class Result:
+    """Latencies in seconds; ``ttft`` only for streams; ``errors`` counts failed requests."""
+
+    def __init__(self) -> None:
+        self.lat: list[float] = []
+        self.ttft: list[float] = []
+        self.errors = 0
+        self.window = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        def pct(xs: list[float], p: float) -> float | None:
+            if not xs:
+                return None
+            s = sorted(xs)
+            return round(s[min(len(s) - 1, int(len(s) * p / 100))] * 1e3, 3)
+
+        return {"requests": len(self.lat), "errors": self.errors,
+                "rps": round(len(self.lat) / self.window, 1) if self.window else 0,
+                "p50_ms": pct(self.lat, 50), "p99_ms": pct(self.lat, 99),
+                "ttft_p50_ms": pct(self.ttft, 50), "ttft_p99_ms": pct(self.ttft, 99)}
+
+
+class _Conn(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.done: asyncio.Future[int] | None = None
+        self.t_first = 0.0
+        self.tail = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(ConnectionError("closed"))
+
+    def on_body(self, body: bytes) -> None:
+        if not self.t_first:
+            buf = self.tail + body
+            if _FIRST.search(buf):
+                self.t_first = perf()
+            self.tail = buf[-32:]
+
+    def on_message_complete(self) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_result(self.parser.get_status_code())
+
+
+async def _worker(host: str, port: int, request: bytes, stream: bool, start: float, stop: float,
+                  res: Result) -> None:
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(_Conn, host, port)
+    while True:
+        conn.done, conn.t_first, conn.tail = loop.create_future(), 0.0, b""
+        t0 = perf()
+        assert conn.transport is not None
+        conn.transport.write(request)
+        try:
+            status = await asyncio.wait_for(conn.done, 30)
+        except (ConnectionError, asyncio.TimeoutError):
+            res.errors += 1
+            return
+        t1 = perf()
+        if t0 >= stop:
+            break
+        if t0 >= start:
+            if status != 200:
+                res.errors += 1
+            else:
+                res.lat.append(t1 - t0)
+                if stream and conn.t_first:
+                    res.ttft.append(conn.t_first - t0)
+    if conn.transport is not None:
+        conn.transport.close()
+
+
+async def _run(url: str, body: bytes, stream: bool, concurrency: int, warmup: float, duration: float) -> Result:
+    u = urlsplit(url)
+    host, port = u.hostname or "127.0.0.1", u.port or 80
+    if not (host == "localhost" or host.startswith("127.")):
+        raise SystemExit(f"refusing non-loopback target {host}")
+    request = (f"POST {u.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\nAuthorization: Bearer bench\r\nx-api-key: bench\r\n"
+               f"anthropic-version: 2023-06-01\r\n\r\n").encode() + body
+    res = Result()
+    start = perf() + warmup
+    stop = start + duration
+    await asyncio.gather(*(_worker(host, port, request, stream, start, stop, res) for _ in range(concurrency)))
+    res.window = duration
+    return res
+
+
+def run_load(url: str, body: bytes, *, stream: bool, concurrency: int, warmup: float = 1.0,
+             duration: float = 5.0) -> Result:
+    """Run one closed-loop load against ``url`` (POST ``body``) and return the latencies."""
+    try:
+        import uvloop
+
+        return uvloop.run(_run(url, body, stream, concurrency, warmup, duration))
+    except ImportError:  # pragma: no cover
+        return asyncio.run(_run(url, body, stream, concurrency, warmup, duration))

@@ -1,0 +1,123 @@
+"""The router's added latency and its throughput, over calling the upstream emulator directly.
+
+    .venv/bin/python bench/overhead.py [--duration 5] [--concurrency 1,64] [--workers 1]
+
+Starts the emulator and the router (one GLM-style target) as processes on loopback, then for each
+mode (non-stream, stream) and concurrency runs the same request directly against the emulator and
+through the router's POST /v1/tasks. Reports p50/p99 latency, req/s, stream TTFT, and the router's
+added p50/p99 (router minus direct). The load generator shares the machine's cores with both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import run_load  # noqa: E402
+
+CHUNKS = 20
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "router", *args], stdout=open(log, "wb"),  # noqa: SIM115
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait(url: str) -> None:
+    for _ in range(300):
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise SystemExit(f"{url} did not come up")
+
+
+def _free_port() -> int:
+    from router.emulator import free_port
+
+    return free_port()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--concurrency", default="1,64")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--modes", default="nonstream,stream")
+    ap.add_argument("--out", default=None, help="append JSON lines here")
+    a = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="llm-router-bench-"))
+    eport, rport = _free_port(), _free_port()
+    emu = f"http://127.0.0.1:{eport}"
+    (tmp / "routing.yaml").write_text(f"""
+version: 1
+providers:
+  emu:
+    protocol: openai
+    base_url: {emu}/api/paas/v4
+    api_key: bench
+    models:
+      glm-4.6: {{context_window: 200000, price: {{input: 0.6, output: 2.2}}}}
+tasks:
+  bench:
+    chain: [emu/glm-4.6]
+""")
+    procs = [_start(["emulate", "--port", str(eport)], tmp / "emulator.log")]
+    procs.append(_start(["serve", "--config", str(tmp / "routing.yaml"), "--port", str(rport),
+                         "--workers", str(a.workers)], tmp / "router.log"))
+    try:
+        _wait(emu + "/health")
+        _wait(f"http://127.0.0.1:{rport}/healthz")
+        directive = 'emulate: {"*": {"text": "%s"}}' % " ".join(f"w{i}" for i in range(CHUNKS))
+        msgs = [{"role": "user", "content": "bench\n" + directive}]
+        rows = []
+        for mode in a.modes.split(","):
+            stream = mode == "stream"
+            direct_body = json.dumps({"model": "glm-4.6", "messages": msgs, "stream": stream,
+                                      **({"stream_options": {"include_usage": True}} if stream else {})}).encode()
+            router_body = json.dumps({"task": "bench", "messages": msgs, "stream": stream}).encode()
+            for c in (int(x) for x in a.concurrency.split(",")):
+                d = run_load(emu + "/api/paas/v4/chat/completions", direct_body, stream=stream,
+                             concurrency=c, warmup=a.warmup, duration=a.duration).summary()
+                r = run_load(f"http://127.0.0.1:{rport}/v1/tasks", router_body, stream=stream,
+                             concurrency=c, warmup=a.warmup, duration=a.duration).summary()
+                row = {"mode": mode, "concurrency": c, "workers": a.workers, "direct": d, "router": r,
+                       "added_p50_ms": round(r["p50_ms"] - d["p50_ms"], 3),
+                       "added_p99_ms": round(r["p99_ms"] - d["p99_ms"], 3)}
+                if stream:
+                    row["added_ttft_p50_ms"] = round(r["ttft_p50_ms"] - d["ttft_p50_ms"], 3)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                if a.out:
+                    with open(a.out, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+        print()
+        print("| mode | c | direct p50 / p99 ms | router p50 / p99 ms | added p50 / p99 ms | direct req/s | router req/s | added TTFT p50 ms |")
+        print("|---|---|---|---|---|---|---|---|")
+        for row in rows:
+            d, r = row["direct"], row["router"]
+            print(f"| {row['mode']} | {row['concurrency']} | {d['p50_ms']} / {d['p99_ms']} | {r['p50_ms']} / {r['p99_ms']} "
+                  f"| {row['added_p50_ms']} / {row['added_p99_ms']} | {d['rps']} | {r['rps']} "
+                  f"| {row.get('added_ttft_p50_ms', '')} |")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(10)
+
+
+if __name__ == "__main__":
+    os.environ.pop("REDIS_URL", None)
+    main()
