@@ -63,12 +63,16 @@ def _internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes
                     status_code=500, media_type=_JSON)
 
 
-def _routes_view(config: RoutingConfig, router: Router) -> dict[str, Any]:
-    """Effective tasks, chains and providers; API keys are never shown, only whether set."""
+async def _routes_view(config: RoutingConfig, router: Router) -> dict[str, Any]:
+    """Effective tasks, chains and providers, and each target's circuit; API keys are never shown,
+    only whether set."""
     return {
+        "targets": await router.target_states(),
         "version": config.digest,
         "source": config.source,
-        "tasks": {name: {"chain": t.chain, "params": t.params} for name, t in config.tasks.items()},
+        "tasks": {name: {"chain": t.chain, "params": t.params, "midstream": t.midstream,
+                         "policies": {tg: router.policy(name, tg) for tg in t.chain}}
+                  for name, t in config.tasks.items()},
         "providers": {
             name: {"protocol": p.protocol, "base_url": p.base_url,
                    "api_key": "set" if p.api_key else "unset",
@@ -140,7 +144,7 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
 
     @get("/v1/routes")
     async def routes() -> Response[bytes]:
-        return Response(encode_json(_routes_view(config, state["router"])), media_type=_JSON)
+        return Response(encode_json(await _routes_view(config, state["router"])), media_type=_JSON)
 
     return Litestar(
         route_handlers=[tasks, healthz, readyz, routes],

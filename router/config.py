@@ -16,15 +16,20 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
 
 from router.request import msgspec_error_path
 
-__all__ = ["ConfigError", "ModelSpec", "Params", "Price", "Provider", "RoutingConfig", "Task",
-           "Timeouts", "load_config", "parse_config"]
+__all__ = ["ConfigError", "Cooldown", "ModelSpec", "Params", "Price", "Provider", "Retry",
+           "RoutingConfig", "Task", "Timeouts", "load_config", "overlay", "parse_config"]
+
+
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Wait = Annotated[float, msgspec.Meta(ge=0)]
+Count = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class Price(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -44,7 +49,7 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     Source: Anthropic's extended/adaptive thinking docs.
     """
 
-    context_window: int
+    context_window: Count
     price: Price | None = None
     thinking: Literal["budget", "adaptive"] = "budget"
     sampling: bool = True
@@ -54,13 +59,56 @@ class Timeouts(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Seconds. ``first_token``: from sending to the first event; ``idle``: the longest gap between
     chunks; ``total``: the whole upstream call."""
 
-    connect: float | None = None
-    first_token: float | None = None
-    idle: float | None = None
-    total: float | None = None
+    connect: Seconds | None = None
+    first_token: Seconds | None = None
+    idle: Seconds | None = None
+    total: Seconds | None = None
 
 
 DEFAULT_TIMEOUTS = Timeouts(connect=5, first_token=60, idle=30, total=600)
+
+
+class Retry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Retries of one target. ``attempts``: tries per target (1 = no retry). Seconds:
+    ``initial_wait`` (first backoff, doubled per retry, plus jitter), ``max_wait`` (cap on one wait;
+    a longer Retry-After moves to the next target instead), ``max_total_wait`` (cap on all waits of
+    one request, across its targets)."""
+
+    attempts: Count | None = None
+    initial_wait: Wait | None = None
+    max_wait: Wait | None = None
+    max_total_wait: Wait | None = None
+
+
+DEFAULT_RETRY = Retry(attempts=3, initial_wait=0.5, max_wait=10, max_total_wait=30)
+
+
+class Cooldown(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Circuit breaker per target: after ``failures`` retryable failures in a row within ``window``
+    seconds the target is skipped for ``duration`` seconds, doubled on each repeated trip up to
+    ``max_duration``; then one probe request is let through (half-open)."""
+
+    failures: Count | None = None
+    window: Seconds | None = None
+    duration: Seconds | None = None
+    max_duration: Seconds | None = None
+
+
+DEFAULT_COOLDOWN = Cooldown(failures=3, window=30, duration=30, max_duration=300)
+
+
+def overlay(*layers: Any) -> Any:
+    """Merge Structs of one type: later layers' non-``None`` fields win (defaults first)."""
+    base = layers[0]
+    values = {f: getattr(base, f) for f in base.__struct_fields__}
+    for layer in layers[1:]:
+        if layer is None:
+            continue
+        for f in layer.__struct_fields__:
+            v = getattr(layer, f)
+            if v is not None:
+                values[f] = v
+    return type(base)(**values)
 
 
 class Provider(msgspec.Struct, forbid_unknown_fields=True):
@@ -76,7 +124,9 @@ class Provider(msgspec.Struct, forbid_unknown_fields=True):
     models: dict[str, ModelSpec]
     api_key: str | None = None
     headers: dict[str, str] = msgspec.field(default_factory=dict)
-    timeouts: Timeouts = DEFAULT_TIMEOUTS
+    timeouts: Timeouts | None = None
+    retry: Retry | None = None
+    cooldown: Cooldown | None = None
     unusable_reason: str | None = msgspec.field(default=None, name="_unusable_reason")
 
 
@@ -91,11 +141,18 @@ class Params(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, fro
 
 
 class Task(msgspec.Struct, forbid_unknown_fields=True):
-    """A task type: ``chain`` of ``provider/model`` targets tried in order, and ``params``."""
+    """A task type: ``chain`` of ``provider/model`` targets tried in order, and ``params``.
+
+    ``timeouts``/``retry`` override the providers' fields one by one. ``midstream``: what a stream
+    does when its target fails after output began: ``error`` (end with an error event) or
+    ``restart`` (a ``fallback`` event, then the next target from the start).
+    """
 
     chain: list[str]
     params: Params = Params()
     timeouts: Timeouts | None = None
+    retry: Retry | None = None
+    midstream: Literal["error", "restart"] = "error"
 
 
 class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True):

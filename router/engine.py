@@ -1,31 +1,39 @@
 """Task -> plan -> targets -> one numbered event stream.
 
 ``Router.stream(request)`` is the whole request path after the front door: it resolves the task
-to a ``Plan`` (chain and params), walks the chain, and yields unified events with ``seq`` numbers,
-ending with exactly one ``End`` or ``Error``. The router *commits* to a target when its first
-event arrives; before that a failure moves on to the next target (with a ``Fallback`` event);
-after it, a failure ends the stream with ``Error``, never ``End``.
+to a ``Plan`` (chain and params) and walks the chain. Each target is skipped when it is unusable
+(no key), too small for the prompt (``context_window``) or cooling down; otherwise it is tried,
+with retries (``router.retry``), until its first event arrives. The router *commits* to the target
+that yields the first event; before that a failure moves on to the next target (a ``Fallback``
+event); after it, a failure ends the stream with ``Error``, never ``End`` (or, with the task's
+``midstream: restart``, falls back and starts over on the next target with a new ``Start``).
+Events are numbered (``seq``) as they leave; exactly one ``End`` or ``Error`` ends them.
 ``Router.complete(request)`` folds the same events into one ``Answer``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 import httpx
 import msgspec
 
 from providers import Call
-from router.config import Params, RoutingConfig
-from router.errors import AllTargetsFailed, TargetUnusable, UnknownTask, UpstreamError
-from router.events import (Answer, AttemptRecord, End, Error, Event, Fallback, Start, Usage,
-                           fold)
+from router.config import (DEFAULT_COOLDOWN, DEFAULT_RETRY, DEFAULT_TIMEOUTS, Cooldown, Params,
+                           Retry, RoutingConfig, Timeouts, overlay)
+from router.errors import (AllTargetsFailed, TargetUnusable, UnknownTask, UpstreamError,
+                           UpstreamStreamError)
+from router.events import Answer, AttemptRecord, Error, Event, Fallback, Start, Usage, fold
 from router.request import TaskRequest
+from router.retry import RetryBudget, first_event
+from router.stores import MemoryStore, Store
 from router.upstream import Target, call_target, make_targets
 
-__all__ = ["Plan", "Router", "new_request_id"]
+__all__ = ["Plan", "Policy", "Router", "estimate_prompt_tokens", "new_request_id"]
 
 
 def new_request_id() -> str:
@@ -33,12 +41,23 @@ def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
 
 
+class Policy(msgspec.Struct, frozen=True):
+    """A target's effective timeouts, retry and cooldown within one task (task over provider over
+    defaults, field by field)."""
+
+    timeouts: Timeouts
+    retry: Retry
+    cooldown: Cooldown
+
+
 class Plan(msgspec.Struct, kw_only=True):
-    """What a request will do: its task, the ordered targets, and the merged generation params."""
+    """What a request will do: its task, the ordered targets, merged params, stream failure mode."""
 
     task: str
     chain: list[Target]
     params: Params
+    midstream: str = "error"
+    max_total_wait: float = 30.0
 
 
 def _merge(req: TaskRequest, params: Params) -> Params:
@@ -51,6 +70,19 @@ def _merge(req: TaskRequest, params: Params) -> Params:
     )
 
 
+def estimate_prompt_tokens(req: TaskRequest) -> int:
+    """A tokenizer-free estimate of the prompt: characters / 4, plus 4 per message. It errs low
+    for English prose and for code-heavy or CJK text, so a target it lets through may still answer
+    prompt-too-long; that error moves on to a target with a larger window."""
+    chars = 0
+    for m in req.messages:
+        chars += len(m.text()) + sum(len(tc.function.arguments) + len(tc.function.name)
+                                     for tc in m.tool_calls or ())
+    if req.tools:
+        chars += len(msgspec.json.encode(req.tools))
+    return chars // 4 + 4 * len(req.messages)
+
+
 def _cost(usage: Usage, target: Target) -> float:
     """USD from routing.yaml prices (USD per 1M tokens); unpriced models cost 0."""
     price = target.spec.price
@@ -59,12 +91,19 @@ def _cost(usage: Usage, target: Target) -> float:
     return round((usage.input_tokens * price.input + usage.output_tokens * price.output) / 1e6, 10)
 
 
+_CONTEXT = ("context_window", "context_overflow")
+
+
 def _all_failed(attempts: list[AttemptRecord], errors: list[UpstreamError]) -> AllTargetsFailed:
-    """502, or 503 when nothing was usable, 504 when every call timed out, 429 when every call
-    was rate-limited (with the shortest Retry-After)."""
+    """The status by the nature of the failures: 400 when the prompt fits no target, 503 when no
+    target could be called, 504 when every call timed out, 429 when every call was rate-limited
+    (``retry_after`` the shortest wait asked), else 502."""
     called = [e for e in errors if not isinstance(e, TargetUnusable)]
     status, retry_after = 502, None
-    if not called:
+    if attempts and all(a.code in _CONTEXT or (a.code and a.code in ("1261", "prompt_too_long"))
+                        for a in attempts):
+        status = 400
+    elif not called:
         status = 503
     elif all(e.status == 504 for e in called):
         status = 504
@@ -89,24 +128,52 @@ class _Outcome:
 class Router:
     """Routes canonical requests over the chains of one ``RoutingConfig``.
 
-    ``clients`` maps provider name -> pooled ``httpx.AsyncClient`` (made by the app's lifespan).
-    ``clock`` returns seconds (monotonic) and is injectable for tests.
+    ``clients``: provider name -> pooled ``httpx.AsyncClient`` (made by the app's lifespan).
+    ``store``: shared state (circuit breakers); in-memory by default. Injectable for tests:
+    ``clock`` (monotonic seconds, for latencies), ``wall`` (epoch seconds, for cooldowns shared
+    across replicas) and ``sleep`` (retry waits).
     """
 
     def __init__(self, config: RoutingConfig, clients: Mapping[str, httpx.AsyncClient], *,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 store: Store | None = None, clock: Callable[[], float] = time.perf_counter,
+                 wall: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
         self.config = config
         self.clients = clients
-        self.clock = clock
+        self.store: Store = store or MemoryStore()
+        self.clock, self.wall, self.sleep = clock, wall, sleep
         self.targets = make_targets(config.providers)
+        self._plans: dict[str, tuple[list[Target], Params, str, float]] = {}
+        self._policies: dict[tuple[str, str], Policy] = {}
+        for tname, task in config.tasks.items():
+            retry = overlay(DEFAULT_RETRY, task.retry)
+            self._plans[tname] = ([self.targets[t] for t in task.chain], task.params, task.midstream,
+                                  retry.max_total_wait)
+            for t in task.chain:
+                p = config.providers[self.targets[t].provider]
+                self._policies[(tname, t)] = Policy(
+                    timeouts=overlay(DEFAULT_TIMEOUTS, p.timeouts, task.timeouts),
+                    retry=overlay(DEFAULT_RETRY, p.retry, task.retry),
+                    cooldown=overlay(DEFAULT_COOLDOWN, p.cooldown),
+                )
 
     def plan(self, req: TaskRequest) -> Plan:
         """Resolve the request's task; raises ``UnknownTask`` listing the known ones."""
-        task = self.config.tasks.get(req.task)
-        if task is None:
+        found = self._plans.get(req.task)
+        if found is None:
             raise UnknownTask(req.task, list(self.config.tasks))
-        return Plan(task=req.task, chain=[self.targets[t] for t in task.chain],
-                    params=_merge(req, task.params))
+        chain, params, midstream, max_total_wait = found
+        return Plan(task=req.task, chain=chain, params=_merge(req, params), midstream=midstream,
+                    max_total_wait=max_total_wait)
+
+    def policy(self, task: str, target: str) -> Policy:
+        """The effective policy of ``target`` within ``task``."""
+        return self._policies[(task, target)]
+
+    async def target_states(self) -> dict[str, Any]:
+        """Circuit state of every target, for ``/v1/routes``."""
+        states = await self.store.breaker_states(list(self.targets), self.wall())
+        return {name: msgspec.to_builtins(s) for name, s in states.items()}
 
     async def stream(self, req: TaskRequest, plan: Plan | None = None,
                      request_id: str | None = None) -> AsyncIterator[Event]:
@@ -131,60 +198,115 @@ class Router:
             raise outcome.error
         return fold(events, answer)
 
+    def _skip_reason(self, target: Target, need: int, min_window: int) -> tuple[str, str] | None:
+        if target.unusable_reason:
+            return "unusable", f"{target.name}: {target.unusable_reason}"
+        window = target.spec.context_window
+        if need > window or window <= min_window:
+            return "context_window", f"{target.name}: the prompt (~{need} tokens with max_tokens) exceeds its context window of {window}"
+        return None
+
     async def _events(self, req: TaskRequest, plan: Plan, request_id: str,
                       outcome: _Outcome) -> AsyncIterator[Event]:
         attempts = outcome.attempts
         errors: list[UpstreamError] = []
-        stream = req.stream
-        n = 0
-        for i, target in enumerate(plan.chain):
-            nxt = plan.chain[i + 1].name if i + 1 < len(plan.chain) else None
-            if target.unusable_reason:
-                err = TargetUnusable(f"{target.name}: {target.unusable_reason}", code="unusable",
-                                     retryable=False, provider=target.provider)
-                errors.append(err)
-                attempts.append(AttemptRecord(target.name, "skipped", code="unusable",
-                                              message=err.message))
+        budget = RetryBudget(plan.max_total_wait)
+        need = estimate_prompt_tokens(req) + (plan.params.max_tokens or 0)
+        min_window = 0  # after a prompt-too-long error: only larger windows are worth a try
+        called = 0
+        chain = plan.chain
+        for i, target in enumerate(chain):
+            nxt = chain[i + 1].name if i + 1 < len(chain) else None
+            policy = self._policies[(plan.task, target.name)]
+            skip = self._skip_reason(target, need, min_window)
+            admission = "closed"
+            if skip is None:
+                admission = await self.store.breaker_admit(target.name, self.wall(),
+                                                           policy.timeouts.total or 600)
+                if admission == "open":
+                    skip = ("cooldown", f"{target.name}: cooling down after repeated failures")
+            if skip is not None:
+                code, message = skip
+                attempts.append(AttemptRecord(target.name, "skipped", code=code, message=message))
+                errors.append(TargetUnusable(message, code=code, retryable=code == "cooldown",
+                                             provider=target.provider))
                 if nxt:
-                    yield Fallback(from_=target.name, to=nxt, reason="unusable")
+                    yield Fallback(from_=target.name, to=nxt, reason=code)
                 continue
-            n += 1
+            called += 1
             call = Call(model=target.model, messages=req.messages, tools=req.tools,
                         tool_choice=req.tool_choice, max_tokens=plan.params.max_tokens,
                         temperature=plan.params.temperature, top_p=plan.params.top_p,
-                        stop=plan.params.stop, thinking=plan.params.thinking, stream=stream,
+                        stop=plan.params.stop, thinking=plan.params.thinking, stream=req.stream,
                         thinking_style=target.spec.thinking, sampling=target.spec.sampling)
             t0 = self.clock()
-            committed = False
-            upstream = call_target(self.clients[target.provider], target, call)
+            health = [admission != "closed"]  # must the store hear of a success?
             try:
-                async for ev in upstream:
-                    if not committed:
-                        committed = True
-                        attempts.append(AttemptRecord(target.name, "ok",
-                                                      latency_ms=round((self.clock() - t0) * 1e3, 3)))
-                        yield Start(id=request_id, task=plan.task, provider=target.provider,
-                                    model=target.model, attempt=n)
+                (first, upstream), retries = await first_event(
+                    lambda: self._open(target, call, policy, health), policy.retry, budget, self.sleep)
+            except UpstreamError as e:
+                errors.append(e)
+                if e.context_overflow:
+                    min_window = max(min_window, target.spec.context_window)
+                attempts.append(AttemptRecord(target.name, "error", code=e.code, message=e.message,
+                                              status=e.upstream_status or None,
+                                              latency_ms=round((self.clock() - t0) * 1e3, 3),
+                                              retries=e.retries))
+                if nxt:
+                    yield Fallback(from_=target.name, to=nxt, reason=e.code)
+                continue
+            attempts.append(AttemptRecord(target.name, "ok", latency_ms=round((self.clock() - t0) * 1e3, 3),
+                                          retries=retries))
+            yield Start(id=request_id, task=plan.task, provider=target.provider, model=target.model,
+                        attempt=called)
+            try:
+                ev: Event | None = first
+                while ev is not None:
                     if isinstance(ev, Usage):
                         ev.cost_usd = _cost(ev, target)
                     yield ev
+                    ev = await anext(upstream, None)
                 return
             except UpstreamError as e:
-                latency = round((self.clock() - t0) * 1e3, 3)
-                if committed:
-                    outcome.error = e
-                    attempts[-1].outcome, attempts[-1].code = "error", e.code
-                    yield Error(code=e.code, message=e.message, retryable=e.retryable,
-                                provider=target.provider)
-                    return
-                errors.append(e)
-                attempts.append(AttemptRecord(target.name, "error", code=e.code, message=e.message,
-                                              status=e.upstream_status or None, latency_ms=latency))
-                if nxt:
+                if e.retryable:
+                    await self.store.breaker_failure(target.name, self.wall(), policy.cooldown)
+                attempts[-1].outcome, attempts[-1].code, attempts[-1].message = "error", e.code, e.message
+                if plan.midstream == "restart" and nxt:
                     yield Fallback(from_=target.name, to=nxt, reason=e.code)
+                    continue
+                outcome.error = e
+                yield Error(code=e.code, message=e.message, retryable=e.retryable,
+                            provider=target.provider, attempts=attempts)
+                return
             finally:
                 await upstream.aclose()
         failed = _all_failed(attempts, errors)
         outcome.error = failed
         yield Error(code="all_targets_failed", message=failed.message,
-                    retryable=failed.status in (429, 503, 504), provider="")
+                    retryable=failed.status in (429, 503, 504), attempts=attempts)
+
+    async def _open(self, target: Target, call: Call, policy: Policy,
+                    health: list[bool]) -> tuple[Event, AsyncIterator[Event]]:
+        """One try: send, and wait for the first event. Each retryable failure counts toward the
+        target's cooldown; once the circuit trips, the try is not retried. A success resets the
+        circuit only when it had failures (``health[0]``), so a healthy target costs no write."""
+        upstream = call_target(self.clients[target.provider], target, call, policy.timeouts)
+        try:
+            first = await anext(upstream, None)
+            if first is None:
+                raise UpstreamStreamError(f"{target.name}: the answer was empty", code="empty_answer",
+                                          retryable=True, provider=target.provider)
+        except UpstreamError as e:
+            await upstream.aclose()
+            if e.retryable:
+                health[0] = True
+                if await self.store.breaker_failure(target.name, self.wall(), policy.cooldown):
+                    e.stop_retrying = True
+            raise
+        except BaseException:
+            await upstream.aclose()
+            raise
+        if health[0]:
+            await self.store.breaker_success(target.name)
+        return first, upstream
+

@@ -132,6 +132,8 @@ class UpstreamError(RouterError):
         self.upstream_status = upstream_status
         self.retry_after = retry_after
         self.context_overflow = context_overflow
+        self.retries = 0  # retries made on the target before this error (set by the retry policy)
+        self.stop_retrying = False  # set when trying again is pointless (the target's circuit opened)
 
 
 class UpstreamHTTPError(UpstreamError):

@@ -117,13 +117,29 @@ class Fallback(_Event, tag="fallback", rename={"from_": "from"}):
     reason: str
 
 
+class AttemptRecord(msgspec.Struct, omit_defaults=True):
+    """One target of the chain: ``outcome`` is ``ok``, ``error`` or ``skipped`` (``code`` says why:
+    ``unusable``, ``context_window``, ``cooldown``); ``latency_ms`` from the first send to the first
+    event or the last failure, retry waits included; ``retries`` made on this target."""
+
+    target: str
+    outcome: str
+    code: str | None = None
+    message: str | None = None
+    status: int | None = None
+    latency_ms: float | None = None
+    retries: int = 0
+
+
 class Error(_Event, tag="error"):
-    """Terminal: the answer failed. ``provider`` is empty when no provider was involved."""
+    """Terminal: the answer failed. ``provider`` is empty when no single provider was to blame;
+    ``attempts`` lists every try of the request, as in a non-streaming error body."""
 
     code: str
     message: str
     retryable: bool = False
     provider: str = ""
+    attempts: list[AttemptRecord] = []
 
 
 class End(_Event, tag="end"):
@@ -161,19 +177,6 @@ class ToolCallOut(msgspec.Struct):
     id: str
     function: dict[str, str]
     type: str = "function"
-
-
-class AttemptRecord(msgspec.Struct, omit_defaults=True):
-    """One try of one target: ``outcome`` is ``ok``, ``error`` or ``skipped``; ``latency_ms``
-    from sending to the first event or the failure; ``retries`` made on this target."""
-
-    target: str
-    outcome: str
-    code: str | None = None
-    message: str | None = None
-    status: int | None = None
-    latency_ms: float | None = None
-    retries: int = 0
 
 
 class TokenUsage(msgspec.Struct):

@@ -1,14 +1,21 @@
-"""One call to one target: send the encoded request, yield unified events.
+"""One call to one target: send the encoded request, yield unified events, within its timeouts.
 
 This is the one place where httpx's exceptions become router errors (``router.errors``):
 connect failures and resets before any byte -> ``UpstreamConnectError``; timeouts ->
 ``UpstreamTimeout``; a connection dropped or a body broken after HTTP 200 -> ``UpstreamStreamError``.
 HTTP error statuses are decoded by the target's adapter. The response is always closed, also when
 the consumer stops early (the caller went away): closing the generator closes the connection.
+
+Timeouts (seconds, routing.yaml ``timeouts``): ``connect`` is httpx's; ``first_token`` bounds the
+wait from sending to the first event (for a non-streamed call, whose first event is the whole
+answer, ``total`` is used instead); ``idle`` bounds each gap between later events; ``total`` bounds
+the whole call. They are deadlines around each wait for the next event, never around a ``yield``,
+so they cannot fire into the consumer.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 
 import httpx
@@ -16,7 +23,7 @@ import msgspec
 from httpx_sse import EventSource, SSEError
 
 from providers import Adapter, Call, adapter_for
-from router.config import DEFAULT_TIMEOUTS, ModelSpec, Provider, Timeouts
+from router.config import DEFAULT_TIMEOUTS, ModelSpec, Provider, Timeouts, overlay
 from router.errors import (UpstreamConnectError, UpstreamError, UpstreamStreamError,
                            UpstreamTimeout)
 from router.events import Event
@@ -27,7 +34,7 @@ __all__ = ["Target", "call_target", "make_targets"]
 class Target(msgspec.Struct, kw_only=True):
     """A ``provider/model`` entry of a chain, resolved against routing.yaml.
 
-    ``timeouts`` in seconds; ``unusable_reason`` is set when the target cannot be called.
+    ``unusable_reason`` is set when the target cannot be called (its key is unset).
     """
 
     name: str
@@ -38,7 +45,6 @@ class Target(msgspec.Struct, kw_only=True):
     base_url: str
     api_key: str | None
     headers: dict[str, str]
-    timeouts: Timeouts
     unusable_reason: str | None = None
 
 
@@ -50,35 +56,23 @@ def make_targets(providers: Mapping[str, Provider]) -> dict[str, Target]:
             name = f"{pname}/{mname}"
             out[name] = Target(
                 name=name, provider=pname, model=mname, spec=spec, adapter=adapter_for(p.protocol),
-                base_url=p.base_url, api_key=p.api_key, headers=p.headers, timeouts=p.timeouts,
+                base_url=p.base_url, api_key=p.api_key, headers=p.headers,
                 unusable_reason=p.unusable_reason,
             )
     return out
 
 
-def _httpx_timeout(t: Timeouts) -> httpx.Timeout:
-    d = DEFAULT_TIMEOUTS
-    first = t.first_token or d.first_token
-    idle = t.idle or d.idle
-    return httpx.Timeout(connect=t.connect or d.connect, read=max(first or 0, idle or 0),
-                         write=t.connect or d.connect, pool=t.connect or d.connect)
-
-
-async def call_target(client: httpx.AsyncClient, target: Target, call: Call,
-                      timeouts: Timeouts | None = None) -> AsyncIterator[Event]:
-    """Yield the unified events of one upstream call (``call.stream`` picks the wire mode).
-
-    Raises ``UpstreamError`` subclasses, with ``provider`` set to the target's provider.
-    """
+async def _raw_events(client: httpx.AsyncClient, target: Target, call: Call,
+                      connect: float) -> AsyncIterator[Event]:
     wire = target.adapter.encode(call, target.base_url, target.api_key, target.headers)
     request = client.build_request("POST", wire.url, headers=wire.headers, content=wire.body,
-                                   timeout=_httpx_timeout(timeouts or target.timeouts))
+                                   timeout=httpx.Timeout(None, connect=connect, write=connect, pool=connect))
     got_bytes = False
     try:
         try:
             response = await client.send(request, stream=True)
         except httpx.TimeoutException as e:
-            raise UpstreamTimeout(f"{target.name}: {type(e).__name__}", code="timeout",
+            raise UpstreamTimeout(f"{target.name}: {type(e).__name__}", code="connect_timeout",
                                   retryable=True) from None
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
                 httpx.WriteError) as e:
@@ -107,13 +101,43 @@ async def call_target(client: httpx.AsyncClient, target: Target, call: Call,
                 yield ev
         finally:
             await response.aclose()
-    except httpx.TimeoutException as e:
-        raise UpstreamTimeout(f"{target.name}: {type(e).__name__} while reading", code="timeout",
-                              retryable=True) from None
-    except (httpx.RemoteProtocolError, httpx.ReadError) as e:
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
         cls = UpstreamStreamError if got_bytes else UpstreamConnectError
         raise cls(f"{target.name}: the connection broke ({type(e).__name__})",
                   code="stream_truncated" if got_bytes else "connect_error", retryable=True) from None
     except UpstreamError as e:
         e.provider = target.provider
         raise
+
+
+async def call_target(client: httpx.AsyncClient, target: Target, call: Call,
+                      timeouts: Timeouts | None = None) -> AsyncIterator[Event]:
+    """Yield the unified events of one upstream call (``call.stream`` picks the wire mode).
+
+    ``timeouts`` are merged over the defaults. Raises ``UpstreamError`` subclasses with
+    ``provider`` set; a timeout raises ``UpstreamTimeout`` with code ``first_token_timeout``,
+    ``idle_timeout`` or ``total_timeout``.
+    """
+    t = overlay(DEFAULT_TIMEOUTS, timeouts)
+    loop = asyncio.get_running_loop()
+    total_deadline = loop.time() + t.total
+    gen = _raw_events(client, target, call, t.connect)
+    limit, phase = (t.first_token, "first_token") if call.stream else (t.total, "total")
+    try:
+        while True:
+            deadline = loop.time() + limit
+            if deadline >= total_deadline:
+                deadline, phase = total_deadline, "total"
+            try:
+                async with asyncio.timeout_at(deadline):
+                    ev = await anext(gen)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise UpstreamTimeout(f"{target.name}: no event within the {phase} timeout",
+                                      code=f"{phase}_timeout", retryable=True,
+                                      provider=target.provider) from None
+            yield ev
+            limit, phase = t.idle, "idle"
+    finally:
+        await gen.aclose()

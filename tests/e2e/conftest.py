@@ -65,6 +65,8 @@ providers:
     protocol: openai
     base_url: {upstream}/api/paas/v4
     api_key: ${{TEST_ZAI_KEY}}
+    retry: {{initial_wait: 0.001}}
+    cooldown: {{failures: 1000}}        # tests share this router; test_resilience covers cooldowns
     models:
       glm-4.6: {{context_window: 200000, price: {{input: 0.60, output: 2.20}}}}
       glm-4.5-air: {{context_window: 128000, price: {{input: 0.20, output: 1.10}}}}
@@ -72,6 +74,8 @@ providers:
     protocol: anthropic
     base_url: {upstream}
     api_key: ${{TEST_ANTHROPIC_KEY}}
+    retry: {{initial_wait: 0.001}}
+    cooldown: {{failures: 1000}}
     models:
       claude-sonnet-5-5: {{context_window: 200000, price: {{input: 3.00, output: 15.00}}}}
   oai:
