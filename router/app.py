@@ -9,6 +9,7 @@ no stack trace and no secret is echoed.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from router.engine import Router, new_request_id
 from router.errors import AllTargetsFailed, RouterError
 from router.events import encode_json, encode_sse
 from router.request import decode_task_request
+from router.stores import Store
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
 
@@ -38,7 +40,7 @@ def _error_response(err: RouterError) -> Response[bytes]:
     headers = {}
     retry_after = getattr(err, "retry_after", None)
     if isinstance(err, AllTargetsFailed) and err.status == 429:
-        headers["retry-after"] = str(max(1, round(retry_after or 1)))
+        headers["retry-after"] = str(max(1, math.ceil(retry_after or 1)))
     return Response(encode_json(err.to_body()), status_code=err.status, media_type=_JSON,
                     headers=headers)
 
@@ -85,12 +87,15 @@ async def _routes_view(config: RoutingConfig, router: Router) -> dict[str, Any]:
 
 
 def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient] | None = None,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, notes: list[str] | None = None) -> Litestar:
+               store: Store | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               notes: list[str] | None = None, **router_options: Any) -> Litestar:
     """The router app for ``config``.
 
     ``clients``: provider name -> ``httpx.AsyncClient``; when ``None`` the lifespan makes one
-    pooled client per provider and closes them at shutdown. ``max_body_bytes``: larger request
-    bodies get 413. ``notes``: lines logged at startup (e.g. that the emulator stands in).
+    pooled client per provider and closes them at shutdown. ``store``: shared state (in-memory
+    when ``None``). ``max_body_bytes``: larger request bodies get 413. ``notes``: lines logged at
+    startup (e.g. that the emulator stands in). ``router_options`` go to ``Router`` (tests inject
+    ``sleep``, ``wall`` and ``clock`` there).
     """
     loaded_at = time.time()
     state: dict[str, Any] = {}
@@ -103,13 +108,14 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
             limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60)
             owned = {name: httpx.AsyncClient(limits=limits, trust_env=False) for name in config.providers}
             use = owned
-        state["router"] = Router(config, use)
+        state["router"] = Router(config, use, store=store, **router_options)
         for line in notes or ():
             log.warning("%s", line)
         for name, p in config.providers.items():
             if p.unusable_reason:
                 log.warning("provider %s is unusable: %s", name, p.unusable_reason)
-        log.warning("stores: in-memory (no Redis configured)")
+        kind = state["router"].store.kind
+        log.warning("stores: %s", "in-memory (no Redis configured)" if kind == "memory" else kind)
         try:
             yield
         finally:
@@ -139,7 +145,8 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
         ready = "router" in state
         body = {"status": "ready" if ready else "starting",
                 "config": {"version": config.digest, "source": config.source, "loaded_at": loaded_at},
-                "stores": {"kind": "memory", "status": "ok"}}
+                "stores": {"kind": state["router"].store.kind if ready else None,
+                           "status": "ok" if ready and await state["router"].store.ping() else "down"}}
         return Response(encode_json(body), status_code=200 if ready else 503, media_type=_JSON)
 
     @get("/v1/routes")

@@ -57,7 +57,6 @@ class Plan(msgspec.Struct, kw_only=True):
     chain: list[Target]
     params: Params
     midstream: str = "error"
-    max_total_wait: float = 30.0
 
 
 def _merge(req: TaskRequest, params: Params) -> Params:
@@ -143,12 +142,10 @@ class Router:
         self.store: Store = store or MemoryStore()
         self.clock, self.wall, self.sleep = clock, wall, sleep
         self.targets = make_targets(config.providers)
-        self._plans: dict[str, tuple[list[Target], Params, str, float]] = {}
+        self._plans: dict[str, tuple[list[Target], Params, str]] = {}
         self._policies: dict[tuple[str, str], Policy] = {}
         for tname, task in config.tasks.items():
-            retry = overlay(DEFAULT_RETRY, task.retry)
-            self._plans[tname] = ([self.targets[t] for t in task.chain], task.params, task.midstream,
-                                  retry.max_total_wait)
+            self._plans[tname] = ([self.targets[t] for t in task.chain], task.params, task.midstream)
             for t in task.chain:
                 p = config.providers[self.targets[t].provider]
                 self._policies[(tname, t)] = Policy(
@@ -162,9 +159,8 @@ class Router:
         found = self._plans.get(req.task)
         if found is None:
             raise UnknownTask(req.task, list(self.config.tasks))
-        chain, params, midstream, max_total_wait = found
-        return Plan(task=req.task, chain=chain, params=_merge(req, params), midstream=midstream,
-                    max_total_wait=max_total_wait)
+        chain, params, midstream = found
+        return Plan(task=req.task, chain=chain, params=_merge(req, params), midstream=midstream)
 
     def policy(self, task: str, target: str) -> Policy:
         """The effective policy of ``target`` within ``task``."""
@@ -210,7 +206,7 @@ class Router:
                       outcome: _Outcome) -> AsyncIterator[Event]:
         attempts = outcome.attempts
         errors: list[UpstreamError] = []
-        budget = RetryBudget(plan.max_total_wait)
+        budget = RetryBudget()
         need = estimate_prompt_tokens(req) + (plan.params.max_tokens or 0)
         min_window = 0  # after a prompt-too-long error: only larger windows are worth a try
         called = 0

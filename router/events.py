@@ -117,7 +117,7 @@ class Fallback(_Event, tag="fallback", rename={"from_": "from"}):
     reason: str
 
 
-class AttemptRecord(msgspec.Struct, omit_defaults=True):
+class AttemptRecord(msgspec.Struct):
     """One target of the chain: ``outcome`` is ``ok``, ``error`` or ``skipped`` (``code`` says why:
     ``unusable``, ``context_window``, ``cooldown``); ``latency_ms`` from the first send to the first
     event or the last failure, retry waits included; ``retries`` made on this target."""

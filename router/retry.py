@@ -25,12 +25,13 @@ T = TypeVar("T")
 
 
 class RetryBudget:
-    """The waiting one request may still do, across all its targets (seconds)."""
+    """The seconds one request has waited so far, across all its targets. A wait must fit under
+    the ``max_total_wait`` of the target about to be retried."""
 
-    __slots__ = ("remaining",)
+    __slots__ = ("spent",)
 
-    def __init__(self, max_total_wait: float) -> None:
-        self.remaining = max_total_wait
+    def __init__(self) -> None:
+        self.spent = 0.0
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -46,7 +47,7 @@ async def first_event(open_: Callable[[], Awaitable[T]], policy: Retry, budget: 
     ``on_retry(error, wait_seconds)`` is called before each wait.
     """
     assert policy.attempts is not None and policy.max_wait is not None
-    backoff = wait_exponential_jitter(initial=policy.initial_wait or 0, max=policy.max_wait,
+    backoff = wait_exponential_jitter(multiplier=policy.initial_wait or 0, max=policy.max_wait,
                                       jitter=policy.initial_wait or 0)
     max_wait = policy.max_wait
 
@@ -58,10 +59,10 @@ async def first_event(open_: Callable[[], Awaitable[T]], policy: Retry, budget: 
     def stop(state: RetryCallState) -> bool:
         upcoming = state.upcoming_sleep
         return (state.attempt_number >= (policy.attempts or 1) or upcoming > max_wait
-                or upcoming > budget.remaining)
+                or budget.spent + upcoming > (policy.max_total_wait or 0))
 
     def before_sleep(state: RetryCallState) -> None:
-        budget.remaining -= state.upcoming_sleep
+        budget.spent += state.upcoming_sleep
         if on_retry is not None and state.outcome is not None:
             exc = state.outcome.exception()
             if isinstance(exc, UpstreamError):

@@ -13,7 +13,7 @@ __all__ = ["Admission", "BreakerState", "Store"]
 Admission = Literal["closed", "probe", "open"]
 
 
-class BreakerState(msgspec.Struct, omit_defaults=True):
+class BreakerState(msgspec.Struct):
     """A target's circuit: ``closed`` (in use), ``open`` (skipped until ``open_until``) or
     ``half_open`` (cooldown over; one probe request decides). ``trips`` counts trips in a row;
     ``failures`` the retryable failures in a row within the window."""
