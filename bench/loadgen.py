@@ -16,20 +16,42 @@ from urllib.parse import urlsplit
 
 import httptools
 
-__all__ = ["Result", "run_load"]
+__all__ = ["Result", "cpu_seconds", "run_load"]
 
 _FIRST = re.compile(rb'"text\.delta"|"content":"[^"]|"text_delta"')
 perf = time.perf_counter
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by ``pids`` and their children (Linux /proc)."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                kids = open(f"/proc/{pid}/task/{tid}/children").read().split()
+                todo += [int(k) for k in kids]
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 class Result:
-    """Latencies in seconds; ``ttft`` only for streams; ``errors`` counts failed requests."""
+    """Latencies in seconds; ``ttft`` only for streams; ``errors`` counts failed requests;
+    ``cpu_us`` the watched processes' CPU per request in the window (microseconds)."""
 
     def __init__(self) -> None:
         self.lat: list[float] = []
         self.ttft: list[float] = []
         self.errors = 0
         self.window = 0.0
+        self.cpu_us: float | None = None
 
     def summary(self) -> dict[str, Any]:
         def pct(xs: list[float], p: float) -> float | None:
@@ -41,7 +63,8 @@ class Result:
         return {"requests": len(self.lat), "errors": self.errors,
                 "rps": round(len(self.lat) / self.window, 1) if self.window else 0,
                 "p50_ms": pct(self.lat, 50), "p99_ms": pct(self.lat, 99),
-                "ttft_p50_ms": pct(self.ttft, 50), "ttft_p99_ms": pct(self.ttft, 99)}
+                "ttft_p50_ms": pct(self.ttft, 50), "ttft_p99_ms": pct(self.ttft, 99),
+                "cpu_us_per_request": self.cpu_us}
 
 
 class _Conn(asyncio.Protocol):
@@ -102,7 +125,8 @@ async def _worker(host: str, port: int, request: bytes, stream: bool, start: flo
         conn.transport.close()
 
 
-async def _run(url: str, body: bytes, stream: bool, concurrency: int, warmup: float, duration: float) -> Result:
+async def _run(url: str, body: bytes, stream: bool, concurrency: int, warmup: float, duration: float,
+               watch: list[int]) -> Result:
     u = urlsplit(url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
     if not (host == "localhost" or host.startswith("127.")):
@@ -113,17 +137,29 @@ async def _run(url: str, body: bytes, stream: bool, concurrency: int, warmup: fl
     res = Result()
     start = perf() + warmup
     stop = start + duration
+
+    async def sample() -> None:
+        await asyncio.sleep(max(0.0, start - perf()))
+        before = cpu_seconds(watch)
+        await asyncio.sleep(max(0.0, stop - perf()))
+        res.cpu_us = cpu_seconds(watch) - before
+
+    sampler = asyncio.ensure_future(sample()) if watch else None
     await asyncio.gather(*(_worker(host, port, request, stream, start, stop, res) for _ in range(concurrency)))
+    if sampler is not None:
+        await sampler
+        res.cpu_us = round(res.cpu_us * 1e6 / max(1, len(res.lat)), 1) if res.cpu_us is not None else None
     res.window = duration
     return res
 
 
 def run_load(url: str, body: bytes, *, stream: bool, concurrency: int, warmup: float = 1.0,
-             duration: float = 5.0) -> Result:
-    """Run one closed-loop load against ``url`` (POST ``body``) and return the latencies."""
+             duration: float = 5.0, watch: list[int] | None = None) -> Result:
+    """Run one closed-loop load against ``url`` (POST ``body``) and return the latencies, and the
+    CPU per request of the ``watch`` processes (and their children) during the window."""
     try:
         import uvloop
 
-        return uvloop.run(_run(url, body, stream, concurrency, warmup, duration))
+        return uvloop.run(_run(url, body, stream, concurrency, warmup, duration, watch or []))
     except ImportError:  # pragma: no cover
-        return asyncio.run(_run(url, body, stream, concurrency, warmup, duration))
+        return asyncio.run(_run(url, body, stream, concurrency, warmup, duration, watch or []))
