@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import running  # noqa: E402
 from loadgen import run_load  # noqa: E402
-from overhead import _free_port, _start, _wait  # noqa: E402
 
 
 def main() -> None:
@@ -34,10 +35,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     a = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="llm-router-bench-"))
-    eport, rport = _free_port(), _free_port()
-    emu = f"http://127.0.0.1:{eport}"
-    (tmp / "routing.yaml").write_text(f"""
+    config = lambda emu: f"""
 version: 1
 providers:
   up:
@@ -61,36 +59,24 @@ tasks:
   healthy: {{chain: [up/m2]}}
   fallback: {{chain: [up/m1, up/m2]}}
   cooled: {{chain: [cool/m1, up/m2]}}
-""")
-    procs = [_start(["emulate", "--port", str(eport)], tmp / "emulator.log"),
-             _start(["serve", "--config", str(tmp / "routing.yaml"), "--port", str(rport),
-                     "--workers", str(a.workers)], tmp / "router.log")]
-    url = f"http://127.0.0.1:{rport}/v1/tasks"
-    try:
-        _wait(emu + "/health")
-        _wait(f"http://127.0.0.1:{rport}/healthz")
+"""  # noqa: E731
+    with running(config, a.workers) as run:
+        url = run.router + "/v1/tasks"
         directive = 'emulate: {"m1": {"status": 503}, "*": {"text": "%s"}}' % " ".join(f"w{i}" for i in range(20))
         msgs = [{"role": "user", "content": "bench\n" + directive}]
         body = {t: json.dumps({"task": t, "messages": msgs}).encode() for t in ("healthy", "fallback", "cooled")}
-        import httpx
-
         for _ in range(a.workers * 4):  # trip cool/m1 in every worker
             httpx.post(url, content=body["cooled"], timeout=10)
         print("| c | task | p50 ms | p99 ms | req/s | router CPU us/request | added p50 over healthy ms | added CPU us |")
         print("|---|---|---|---|---|---|---|---|")
         for c in (int(x) for x in a.concurrency.split(",")):
             res = {t: run_load(url, body[t], stream=False, concurrency=c, warmup=a.warmup, duration=a.duration,
-                               watch=[procs[1].pid]).summary() for t in ("healthy", "fallback", "cooled")}
+                               watch=[run.router_pid]).summary() for t in ("healthy", "fallback", "cooled")}
             h = res["healthy"]
             for t, r in res.items():
                 print(f"| {c} | {t} | {r['p50_ms']} | {r['p99_ms']} | {r['rps']} | {r['cpu_us_per_request']} | "
                       f"{round(r['p50_ms'] - h['p50_ms'], 3)} | "
                       f"{round(r['cpu_us_per_request'] - h['cpu_us_per_request'], 1)} |", flush=True)
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(10)
 
 
 if __name__ == "__main__":

@@ -13,39 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import running  # noqa: E402
 from loadgen import run_load  # noqa: E402
 
 CHUNKS = 20
-
-
-def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "router", *args], stdout=open(log, "wb"),  # noqa: SIM115
-                            stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _wait(url: str) -> None:
-    for _ in range(300):
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise SystemExit(f"{url} did not come up")
-
-
-def _free_port() -> int:
-    from router.emulator import free_port
-
-    return free_port()
 
 
 def main() -> None:
@@ -58,10 +33,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="append JSON lines here")
     a = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="llm-router-bench-"))
-    eport, rport = _free_port(), _free_port()
-    emu = f"http://127.0.0.1:{eport}"
-    (tmp / "routing.yaml").write_text(f"""
+    config = lambda emu: f"""
 version: 1
 providers:
   emu:
@@ -73,13 +45,9 @@ providers:
 tasks:
   bench:
     chain: [emu/glm-4.6]
-""")
-    procs = [_start(["emulate", "--port", str(eport)], tmp / "emulator.log")]
-    procs.append(_start(["serve", "--config", str(tmp / "routing.yaml"), "--port", str(rport),
-                         "--workers", str(a.workers)], tmp / "router.log"))
-    try:
-        _wait(emu + "/health")
-        _wait(f"http://127.0.0.1:{rport}/healthz")
+"""  # noqa: E731
+    with running(config, a.workers) as run:
+        emu = run.emulator
         directive = 'emulate: {"*": {"text": "%s"}}' % " ".join(f"w{i}" for i in range(CHUNKS))
         msgs = [{"role": "user", "content": "bench\n" + directive}]
         rows = []
@@ -91,8 +59,8 @@ tasks:
             for c in (int(x) for x in a.concurrency.split(",")):
                 d = run_load(emu + "/api/paas/v4/chat/completions", direct_body, stream=stream,
                              concurrency=c, warmup=a.warmup, duration=a.duration).summary()
-                r = run_load(f"http://127.0.0.1:{rport}/v1/tasks", router_body, stream=stream,
-                             concurrency=c, warmup=a.warmup, duration=a.duration).summary()
+                r = run_load(run.router + "/v1/tasks", router_body, stream=stream, concurrency=c,
+                             warmup=a.warmup, duration=a.duration, watch=[run.router_pid]).summary()
                 row = {"mode": mode, "concurrency": c, "workers": a.workers, "direct": d, "router": r,
                        "added_p50_ms": round(r["p50_ms"] - d["p50_ms"], 3),
                        "added_p99_ms": round(r["p99_ms"] - d["p99_ms"], 3)}
@@ -104,18 +72,14 @@ tasks:
                     with open(a.out, "a") as f:
                         f.write(json.dumps(row) + "\n")
         print()
-        print("| mode | c | direct p50 / p99 ms | router p50 / p99 ms | added p50 / p99 ms | direct req/s | router req/s | added TTFT p50 ms |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| mode | c | direct p50 / p99 ms | router p50 / p99 ms | added p50 / p99 ms | direct req/s | router req/s "
+              "| added TTFT p50 ms | router CPU us/req |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for row in rows:
             d, r = row["direct"], row["router"]
             print(f"| {row['mode']} | {row['concurrency']} | {d['p50_ms']} / {d['p99_ms']} | {r['p50_ms']} / {r['p99_ms']} "
                   f"| {row['added_p50_ms']} / {row['added_p99_ms']} | {d['rps']} | {r['rps']} "
-                  f"| {row.get('added_ttft_p50_ms', '')} |")
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(10)
+                  f"| {row.get('added_ttft_p50_ms', '')} | {r['cpu_us_per_request']} |")
 
 
 if __name__ == "__main__":

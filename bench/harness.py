@@ -1,0 +1,61 @@
+"""Start the emulator and a router for a benchmark, as processes on loopback, and stop them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from router.emulator import free_port
+
+__all__ = ["Running", "running"]
+
+
+class Running:
+    """``emulator``/``router``: base URLs; ``router_pid``: the process to watch for CPU."""
+
+    def __init__(self, emulator: str, router: str, router_pid: int) -> None:
+        self.emulator, self.router, self.router_pid = emulator, router, router_pid
+
+
+def _wait(url: str) -> None:
+    for _ in range(600):
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise SystemExit(f"{url} did not come up")
+
+
+@contextmanager
+def running(routing_yaml: Callable[[str], str], workers: int = 1) -> Iterator[Running]:
+    """Run ``llm-router emulate`` and ``llm-router serve`` on free ports; ``routing_yaml(emulator
+    base URL)`` gives the router's config. Logs go to a temporary directory."""
+    tmp = Path(tempfile.mkdtemp(prefix="llm-router-bench-"))
+    eport, rport = free_port(), free_port()
+    emu, url = f"http://127.0.0.1:{eport}", f"http://127.0.0.1:{rport}"
+    (tmp / "routing.yaml").write_text(routing_yaml(emu))
+
+    def start(args: list[str], log: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "router", *args], stdout=open(tmp / log, "wb"),  # noqa: SIM115
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+    procs = [start(["emulate", "--port", str(eport)], "emulator.log"),
+             start(["serve", "--config", str(tmp / "routing.yaml"), "--port", str(rport),
+                    "--workers", str(workers)], "router.log")]
+    try:
+        _wait(emu + "/health")
+        _wait(url + "/healthz")
+        yield Running(emu, url, procs[1].pid)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(10)
