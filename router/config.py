@@ -23,7 +23,7 @@ import yaml
 
 from router.request import msgspec_error_path
 
-__all__ = ["ConfigError", "Cooldown", "ModelSpec", "Params", "Price", "Provider", "Retry",
+__all__ = ["CachePolicy", "ConfigError", "Cooldown", "GlobalLimits", "Limits", "ModelSpec", "Params", "Price", "Provider", "Retry",
            "RoutingConfig", "Task", "Timeouts", "load_config", "overlay", "parse_config"]
 
 
@@ -39,10 +39,27 @@ class Price(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     output: float
 
 
+class Limits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Requests per minute and tokens per minute (prompt + completion)."""
+
+    rpm: Count | None = None
+    tpm: Count | None = None
+
+
+class CachePolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Response cache of a task: ``ttl`` seconds; entries over ``max_bytes`` (encoded) are not
+    stored; an identical request waits up to ``coalesce_wait`` seconds for one in flight."""
+
+    ttl: Seconds
+    max_bytes: Count = 1024 * 1024
+    coalesce_wait: Wait = 30.0
+
+
 class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """``context_window`` in tokens; ``price`` in USD per 1M tokens (missing = unpriced, cost 0).
 
-    ``thinking``: how the model is asked to think: ``budget`` (Anthropic ``type: enabled`` with
+    ``limits``: this model's upstream quota (shared by every replica). ``thinking``: how the model
+    is asked to think: ``budget`` (Anthropic ``type: enabled`` with
     ``budget_tokens``: Claude 4.5 and earlier) or ``adaptive`` (``type: adaptive``: Claude 4.6 and
     later; Opus 4.7+ and the 5.x models reject ``budget`` with a 400). ``sampling: false`` for
     models that reject temperature/top_p (Claude 5.x); the request's values are then not sent.
@@ -53,6 +70,7 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     price: Price | None = None
     thinking: Literal["budget", "adaptive"] = "budget"
     sampling: bool = True
+    limits: Limits | None = None
 
 
 class Timeouts(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -116,7 +134,8 @@ class Provider(msgspec.Struct, forbid_unknown_fields=True):
 
     ``protocol``: ``openai`` (POST {base_url}/chat/completions) or ``anthropic``
     (POST {base_url}/v1/messages). ``api_key``: after interpolation; ``None`` when its variable
-    is unset (then ``unusable_reason`` says so). ``headers``: extra request headers.
+    is unset (then ``unusable_reason`` says so). ``headers``: extra request headers. ``limits``:
+    the provider's upstream quota, shared by every replica (a target over it is skipped).
     """
 
     protocol: Literal["openai", "anthropic"]
@@ -127,6 +146,7 @@ class Provider(msgspec.Struct, forbid_unknown_fields=True):
     timeouts: Timeouts | None = None
     retry: Retry | None = None
     cooldown: Cooldown | None = None
+    limits: Limits | None = None
     unusable_reason: str | None = msgspec.field(default=None, name="_unusable_reason")
 
 
@@ -145,7 +165,8 @@ class Task(msgspec.Struct, forbid_unknown_fields=True):
 
     ``timeouts``/``retry`` override the providers' fields one by one. ``midstream``: what a stream
     does when its target fails after output began: ``error`` (end with an error event) or
-    ``restart`` (a ``fallback`` event, then the next target from the start).
+    ``restart`` (a ``fallback`` event, then the next target from the start). ``limits``: per
+    caller, for this task (on top of the global per-caller limits). ``cache``: opt-in response cache.
     """
 
     chain: list[str]
@@ -153,14 +174,26 @@ class Task(msgspec.Struct, forbid_unknown_fields=True):
     timeouts: Timeouts | None = None
     retry: Retry | None = None
     midstream: Literal["error", "restart"] = "error"
+    limits: Limits | None = None
+    cache: CachePolicy | None = None
+
+
+class GlobalLimits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """``per_caller``: the default RPM/TPM of every caller, across tasks."""
+
+    per_caller: Limits | None = None
 
 
 class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True):
-    """The whole file. ``version`` is 1. ``source`` / ``digest`` say where it came from."""
+    """The whole file. ``version`` is 1. ``source`` / ``digest`` say where it came from.
+    ``on_store_error``: when the store (Redis) fails, ``allow`` requests past the limits or
+    ``deny`` them (429)."""
 
     providers: dict[str, Provider]
     tasks: dict[str, Task]
     version: int = 1
+    limits: GlobalLimits = GlobalLimits()
+    on_store_error: Literal["allow", "deny"] = "allow"
     source: str = msgspec.field(default="<memory>", name="_source")
     digest: str = msgspec.field(default="", name="_digest")
 
@@ -260,8 +293,16 @@ def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = 
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): expected a mapping with providers and tasks"])
     for key in raw:
-        if key not in ("version", "providers", "tasks"):
+        if key not in ("version", "providers", "tasks", "limits", "on_store_error"):
             problems.append(f"{key}: unknown key")
+    extras: dict[str, Any] = {}
+    if "limits" in raw:
+        extras["limits"] = _convert(raw["limits"], GlobalLimits, "limits", problems)
+    if "on_store_error" in raw:
+        if raw["on_store_error"] not in ("allow", "deny"):
+            problems.append(f"on_store_error: expected allow or deny, got {raw['on_store_error']!r}")
+        else:
+            extras["on_store_error"] = raw["on_store_error"]
     if raw.get("version", 1) != 1:
         problems.append(f"version: unsupported version {raw.get('version')!r}; expected 1")
 
@@ -316,7 +357,7 @@ def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = 
     if problems:
         raise ConfigError(problems)
     return RoutingConfig(providers=providers, tasks=tasks, source=source,
-                         digest=hashlib.sha256(text.encode()).hexdigest()[:16])
+                         digest=hashlib.sha256(text.encode()).hexdigest()[:16], **extras)
 
 
 def load_config(path: str, env: Mapping[str, str] | None = None) -> RoutingConfig:

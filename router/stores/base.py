@@ -1,16 +1,30 @@
-"""The store interface. Times are seconds on the wall clock (``time.time()``), shared by replicas."""
+"""The store interface: state every replica must agree on (circuit breakers, rate limits, the
+response cache). ``MemoryStore`` serves one process; ``RedisStore`` any number, with the same
+semantics. Times are seconds on the wall clock (epoch); the Redis store's limits use Redis's clock.
+
+Rate limits use GCRA (the generic cell rate algorithm) over a 60-second period: a limit of L per
+minute admits a burst of exactly L units from a full bucket, then one unit every 60/L seconds.
+Each key stores one number, its theoretical arrival time (TAT). A request of cost c is admitted
+when ``max(TAT, now) + c * 60/L - now <= 60``; the TAT then advances by ``c * 60/L``. Refunds
+move it back (never before now). Several keys are checked and charged all-or-nothing, atomically.
+"""
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import msgspec
 
 from router.config import Cooldown
 
-__all__ = ["Admission", "BreakerState", "Store"]
+__all__ = ["PERIOD", "Admission", "BreakerState", "LimitResult", "LimitSpec", "Store", "StoreError"]
 
 Admission = Literal["closed", "probe", "open"]
+PERIOD = 60.0  # seconds: limits are per minute
+
+
+class StoreError(Exception):
+    """The store did not answer in time or failed; callers degrade (see ``on_store_error``)."""
 
 
 class BreakerState(msgspec.Struct):
@@ -24,8 +38,27 @@ class BreakerState(msgspec.Struct):
     open_until: float | None = None
 
 
+class LimitSpec(NamedTuple):
+    """One limiter: ``key`` (namespaced), ``limit`` units per minute, this request's ``cost``."""
+
+    key: str
+    limit: int
+    cost: int
+
+
+class LimitResult(msgspec.Struct):
+    """``allowed``; ``retry_after`` seconds until the request would fit (0 when allowed);
+    per spec, ``remaining`` units now and ``reset`` seconds until the bucket is full again."""
+
+    allowed: bool
+    retry_after: float
+    remaining: list[int]
+    reset: list[float]
+
+
 class Store(Protocol):
-    """What the router keeps outside one request. Every method is atomic per key."""
+    """What the router keeps outside one request. Every method is atomic; each raises
+    ``StoreError`` when the store fails."""
 
     kind: str
 
@@ -47,6 +80,33 @@ class Store(Protocol):
         """The circuits of ``keys`` (closed ones included)."""
         ...
 
+    async def limit_acquire(self, specs: list[LimitSpec]) -> LimitResult:
+        """Charge every spec's cost, or none when any would go over its limit. Specs passed
+        together must share a hash tag (one Redis Cluster slot)."""
+        ...
+
+    async def limit_adjust(self, key: str, limit: int, delta: int) -> None:
+        """Charge ``delta`` more units (negative: refund) without an admission check."""
+        ...
+
+    async def cache_get(self, key: str) -> bytes | None:
+        """A cached entry, or None."""
+        ...
+
+    async def cache_set(self, key: str, value: bytes, ttl: float) -> None:
+        """Store an entry for ``ttl`` seconds (written whole, never partly)."""
+        ...
+
+    async def lock(self, key: str, ttl: float) -> bool:
+        """Take a lock that expires after ``ttl`` seconds; False if someone holds it."""
+        ...
+
+    async def unlock(self, key: str) -> None:
+        ...
+
     async def ping(self) -> bool:
         """Whether the store answers."""
+        ...
+
+    async def close(self) -> None:
         ...

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable
+
 from router.config import Cooldown
-from router.stores.base import Admission, BreakerState
+from router.stores.base import PERIOD, Admission, BreakerState, LimitResult, LimitSpec
 
 __all__ = ["MemoryStore"]
 
@@ -20,13 +24,19 @@ class _Breaker:
 
 
 class MemoryStore:
-    """Dict-backed ``Store`` for a single process (the default when no Redis is configured)."""
+    """Dict-backed ``Store`` for a single process (the default when no Redis is configured).
+    ``clock``: epoch seconds for limits, cache and locks (injectable for tests)."""
 
     kind = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         self._breakers: dict[str, _Breaker] = {}
+        self._tat: dict[str, float] = {}
+        self._cache: dict[str, tuple[float, bytes]] = {}
+        self._locks: dict[str, float] = {}
 
+    # -- circuit breakers ------------------------------------------------------------------
     async def breaker_admit(self, key: str, now: float, probe_lease: float) -> Admission:
         b = self._breakers.get(key)
         if b is None or not b.open_until:
@@ -73,5 +83,63 @@ class MemoryStore:
                 out[key] = BreakerState(failures=b.failures)
         return out
 
+    # -- rate limits (GCRA, see router.stores.base) ----------------------------------------
+    async def limit_acquire(self, specs: list[LimitSpec]) -> LimitResult:
+        now = self.clock()
+        news, retry = [], 0.0
+        for key, limit, cost in specs:
+            tat = max(self._tat.get(key, now), now)
+            new = tat + cost * PERIOD / limit
+            retry = max(retry, new - now - PERIOD)
+            news.append((tat, new))
+        allowed = retry <= 0
+        remaining, reset = [], []
+        for (key, limit, _), (tat, new) in zip(specs, news, strict=True):
+            t = new if allowed else tat
+            if allowed:
+                self._tat[key] = new
+            remaining.append(max(0, math.floor((PERIOD - (t - now)) * limit / PERIOD)))
+            reset.append(round(t - now, 3))
+        return LimitResult(allowed=allowed, retry_after=0.0 if allowed else round(retry, 3),
+                           remaining=remaining, reset=reset)
+
+    async def limit_adjust(self, key: str, limit: int, delta: int) -> None:
+        now = self.clock()
+        new = max(self._tat.get(key, now), now) + delta * PERIOD / limit
+        if new <= now:
+            self._tat.pop(key, None)
+        else:
+            self._tat[key] = new
+
+    # -- cache and locks -------------------------------------------------------------------
+    async def cache_get(self, key: str) -> bytes | None:
+        hit = self._cache.get(key)
+        if hit is None:
+            return None
+        if hit[0] <= self.clock():
+            del self._cache[key]
+            return None
+        return hit[1]
+
+    async def cache_set(self, key: str, value: bytes, ttl: float) -> None:
+        now = self.clock()
+        if len(self._cache) > 10_000:  # bound memory: drop what has expired
+            for k in [k for k, (exp, _) in self._cache.items() if exp <= now]:
+                del self._cache[k]
+        self._cache[key] = (now + ttl, value)
+
+    async def lock(self, key: str, ttl: float) -> bool:
+        now = self.clock()
+        if self._locks.get(key, 0.0) > now:
+            return False
+        self._locks[key] = now + ttl
+        return True
+
+    async def unlock(self, key: str) -> None:
+        self._locks.pop(key, None)
+
     async def ping(self) -> bool:
         return True
+
+    async def close(self) -> None:
+        return None

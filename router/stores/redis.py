@@ -1,0 +1,212 @@
+"""The Redis store: state shared by every router replica, one Lua script per atomic operation.
+
+Keys are namespaced by ``prefix`` and carry Redis Cluster hash tags, so every multi-key script
+touches one slot: ``{prefix}:rl:{c:<caller>}:...`` (a caller's limiters), ``{prefix}:rl:{p:<provider>}:...``
+(a provider's and its models' limiters), ``{prefix}:cb:{<target>}`` (a circuit),
+``{prefix}:cache:{<hash>}`` (a cached answer) and ``...:lock`` (its in-flight marker).
+Rate-limit scripts use Redis's clock (``TIME``), so replicas with skewed clocks still agree.
+Every call is bounded by ``timeout`` seconds; any failure raises ``StoreError``. redis-py
+reconnects by itself, and re-loads scripts after a Redis restart (``NOSCRIPT``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from router.config import Cooldown
+from router.stores.base import PERIOD, Admission, BreakerState, LimitResult, LimitSpec, StoreError
+
+__all__ = ["RedisStore"]
+
+_NOW_MS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: limiter keys; ARGV[1]: period ms; ARGV[2i], ARGV[2i+1]: limit and cost of KEYS[i].
+# Returns {allowed, retry_after_ms, remaining_1, reset_ms_1, remaining_2, reset_ms_2, ...}.
+_ACQUIRE = _NOW_MS + """
+local period = tonumber(ARGV[1])
+local tats, news = {}, {}
+local retry = 0
+for i = 1, #KEYS do
+  local limit, cost = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  local new = tat + cost * period / limit
+  tats[i], news[i] = tat, new
+  if new - now - period > retry then retry = new - now - period end
+end
+local allowed = retry <= 0
+local out = {allowed and 1 or 0, tostring(retry)}
+for i = 1, #KEYS do
+  local limit = tonumber(ARGV[2 * i])
+  local t = tats[i]
+  if allowed then
+    t = news[i]
+    redis.call('SET', KEYS[i], string.format('%.3f', t), 'PX', math.ceil(t - now) + 1000)
+  end
+  out[#out + 1] = math.max(0, math.floor((period - (t - now)) * limit / period))
+  out[#out + 1] = tostring(t - now)
+end
+return out
+"""
+
+# KEYS[1]; ARGV: period ms, limit, delta units (negative refunds).
+_ADJUST = _NOW_MS + """
+local period, limit, delta = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local new = tat + delta * period / limit
+if new <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], string.format('%.3f', new), 'PX', math.ceil(new - now) + 1000)
+end
+return 1
+"""
+
+# KEYS[1]; ARGV: now, probe lease (seconds).
+_ADMIT = """
+local v = redis.call('HMGET', KEYS[1], 'ou', 'pu')
+local ou, pu = tonumber(v[1] or '0'), tonumber(v[2] or '0')
+if ou == 0 then return 'closed' end
+local now = tonumber(ARGV[1])
+if now < ou or now < pu then return 'open' end
+redis.call('HSET', KEYS[1], 'pu', now + tonumber(ARGV[2]))
+return 'probe'
+"""
+
+# KEYS[1]; ARGV: now, failures, window, duration, max_duration. Returns 1 when it tripped.
+_FAILURE = """
+local k = KEYS[1]
+local now, n, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local duration, maxd = tonumber(ARGV[4]), tonumber(ARGV[5])
+local v = redis.call('HMGET', k, 'f', 'ff', 'tr', 'ou')
+local f, ff, tr, ou = tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0'), tonumber(v[4] or '0')
+if ou > 0 then
+  if now < ou then return 0 end
+  tr = tr + 1
+else
+  if f > 0 and now - ff > window then f = 0 end
+  if f == 0 then ff = now end
+  f = f + 1
+  if f < n then
+    redis.call('HSET', k, 'f', f, 'ff', ff)
+    redis.call('EXPIRE', k, math.ceil(window) + 1)
+    return 0
+  end
+  tr = 1
+end
+local dur = math.min(maxd, duration * 2 ^ (tr - 1))
+redis.call('HSET', k, 'f', 0, 'ff', 0, 'tr', tr, 'ou', now + dur, 'pu', 0)
+redis.call('EXPIRE', k, math.ceil(dur + 2 * maxd + window))
+return 1
+"""
+
+
+def _split_cluster_flag(url: str) -> tuple[str, bool]:
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    cluster = any(k == "cluster" and v.lower() in ("1", "true", "yes") for k, v in query)
+    rest = urlencode([(k, v) for k, v in query if k != "cluster"])
+    return urlunsplit(parts._replace(query=rest)), cluster
+
+
+class RedisStore:
+    """``Store`` over Redis (or Redis Cluster: add ``?cluster=true`` to the URL).
+
+    ``timeout``: seconds allowed for each call (connect included); ``prefix`` namespaces keys.
+    """
+
+    kind = "redis"
+
+    def __init__(self, url: str, *, prefix: str = "llmr", timeout: float = 0.05) -> None:
+        url, cluster = _split_cluster_flag(url)
+        opts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
+                                "decode_responses": False}
+        self.client: Any = (aioredis.RedisCluster.from_url(url, **opts) if cluster
+                            else aioredis.Redis.from_url(url, max_connections=256, **opts))
+        self.prefix = prefix
+        self.timeout = timeout
+        self._acquire = self.client.register_script(_ACQUIRE)
+        self._adjust = self.client.register_script(_ADJUST)
+        self._admit = self.client.register_script(_ADMIT)
+        self._failure = self.client.register_script(_FAILURE)
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await coro
+        except (RedisError, OSError, TimeoutError) as e:
+            raise StoreError(f"redis: {type(e).__name__}") from None
+
+    def _cb(self, key: str) -> str:
+        return f"{self.prefix}:cb:{{{key}}}"
+
+    # -- circuit breakers ------------------------------------------------------------------
+    async def breaker_admit(self, key: str, now: float, probe_lease: float) -> Admission:
+        got = await self._call(self._admit(keys=[self._cb(key)], args=[now, probe_lease]))
+        return got.decode() if isinstance(got, bytes) else got  # type: ignore[no-any-return]
+
+    async def breaker_success(self, key: str) -> None:
+        await self._call(self.client.delete(self._cb(key)))
+
+    async def breaker_failure(self, key: str, now: float, cfg: Cooldown) -> bool:
+        got = await self._call(self._failure(keys=[self._cb(key)], args=[
+            now, cfg.failures, cfg.window, cfg.duration, cfg.max_duration]))
+        return bool(int(got))
+
+    async def breaker_states(self, keys: list[str], now: float) -> dict[str, BreakerState]:
+        out = {}
+        for key in keys:
+            v = await self._call(self.client.hmget(self._cb(key), "f", "tr", "ou"))
+            f, tr, ou = (float(x) if x is not None else 0.0 for x in v)
+            if ou:
+                out[key] = BreakerState(state="open" if now < ou else "half_open", trips=int(tr), open_until=ou)
+            else:
+                out[key] = BreakerState(failures=int(f))
+        return out
+
+    # -- rate limits -----------------------------------------------------------------------
+    async def limit_acquire(self, specs: list[LimitSpec]) -> LimitResult:
+        args: list[Any] = [int(PERIOD * 1000)]
+        for s in specs:
+            args += [s.limit, s.cost]
+        got = await self._call(self._acquire(keys=[f"{self.prefix}:rl:{s.key}" for s in specs], args=args))
+        allowed = int(got[0]) == 1
+        return LimitResult(allowed=allowed, retry_after=0.0 if allowed else round(float(got[1]) / 1000, 3),
+                           remaining=[int(x) for x in got[2::2]],
+                           reset=[round(float(x) / 1000, 3) for x in got[3::2]])
+
+    async def limit_adjust(self, key: str, limit: int, delta: int) -> None:
+        await self._call(self._adjust(keys=[f"{self.prefix}:rl:{key}"], args=[int(PERIOD * 1000), limit, delta]))
+
+    # -- cache and locks -------------------------------------------------------------------
+    async def cache_get(self, key: str) -> bytes | None:
+        return await self._call(self.client.get(f"{self.prefix}:cache:{{{key}}}"))  # type: ignore[no-any-return]
+
+    async def cache_set(self, key: str, value: bytes, ttl: float) -> None:
+        await self._call(self.client.set(f"{self.prefix}:cache:{{{key}}}", value, px=max(1, int(ttl * 1000))))
+
+    async def lock(self, key: str, ttl: float) -> bool:
+        got = await self._call(self.client.set(f"{self.prefix}:cache:{{{key}}}:lock", b"1", nx=True,
+                                               px=max(1, int(ttl * 1000))))
+        return bool(got)
+
+    async def unlock(self, key: str) -> None:
+        await self._call(self.client.delete(f"{self.prefix}:cache:{{{key}}}:lock"))
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._call(self.client.ping()))
+        except StoreError:
+            return False
+
+    async def close(self) -> None:
+        await self.client.aclose()

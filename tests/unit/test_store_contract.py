@@ -1,0 +1,125 @@
+"""One contract, two stores: the in-memory store and Redis (a real server) behave alike."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from router.config import Cooldown
+from router.stores import LimitSpec, MemoryStore, StoreError
+from router.stores.redis import RedisStore
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_store(request: pytest.FixtureRequest) -> Callable[[], Any]:
+    if request.param == "memory":
+        return MemoryStore
+    url = request.getfixturevalue("redis_url")
+    prefix = request.getfixturevalue("redis_prefix")
+    return lambda: RedisStore(url, prefix=prefix, timeout=1.0)
+
+
+def run(make_store: Callable[[], Any], body: Callable[[Any], Any]) -> Any:
+    async def go() -> Any:
+        store = make_store()
+        try:
+            return await body(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def test_burst_admits_exactly_the_limit(make_store) -> None:  # type: ignore[no-untyped-def]
+    async def body(s):  # type: ignore[no-untyped-def]
+        results = [await s.limit_acquire([LimitSpec("{c:a}:rpm", 10, 1)]) for _ in range(15)]
+        return results
+
+    results = run(make_store, body)
+    assert [r.allowed for r in results] == [True] * 10 + [False] * 5
+    assert [r.remaining[0] for r in results[:10]] == list(range(9, -1, -1))
+    denied = results[-1]
+    assert 5.5 < denied.retry_after <= 6.0  # one unit every 6 s at 10 per minute
+    assert 59 < results[9].reset[0] <= 60
+
+
+def test_all_or_nothing_over_several_keys(make_store) -> None:  # type: ignore[no-untyped-def]
+    async def body(s):  # type: ignore[no-untyped-def]
+        a = await s.limit_acquire([LimitSpec("{c:b}:rpm", 100, 1), LimitSpec("{c:b}:tpm", 1000, 900)])
+        b = await s.limit_acquire([LimitSpec("{c:b}:rpm", 100, 1), LimitSpec("{c:b}:tpm", 1000, 200)])
+        c = await s.limit_acquire([LimitSpec("{c:b}:rpm", 100, 1), LimitSpec("{c:b}:tpm", 1000, 100)])
+        return a, b, c
+
+    a, b, c = run(make_store, body)
+    assert a.allowed and not b.allowed and c.allowed
+    assert c.remaining[0] == 98  # the denied request charged nothing
+    assert c.remaining[1] == 0
+
+
+def test_refund_and_extra_charge(make_store) -> None:  # type: ignore[no-untyped-def]
+    async def body(s):  # type: ignore[no-untyped-def]
+        await s.limit_acquire([LimitSpec("{c:d}:tpm", 1000, 800)])
+        full = await s.limit_acquire([LimitSpec("{c:d}:tpm", 1000, 300)])
+        await s.limit_adjust("{c:d}:tpm", 1000, -500)  # used 300 of the 800 estimated
+        after_refund = await s.limit_acquire([LimitSpec("{c:d}:tpm", 1000, 300)])
+        await s.limit_adjust("{c:d}:tpm", 1000, 400)  # used 400 more than estimated
+        after_extra = await s.limit_acquire([LimitSpec("{c:d}:tpm", 1000, 1)])
+        return full, after_refund, after_extra
+
+    full, after_refund, after_extra = run(make_store, body)
+    assert not full.allowed and after_refund.allowed and not after_extra.allowed
+
+
+def test_a_cost_over_the_limit_is_never_admitted(make_store) -> None:  # type: ignore[no-untyped-def]
+    r = run(make_store, lambda s: s.limit_acquire([LimitSpec("{c:e}:tpm", 100, 101)]))
+    assert not r.allowed and r.retry_after > 0
+
+
+def test_cache_and_locks(make_store) -> None:  # type: ignore[no-untyped-def]
+    async def body(s):  # type: ignore[no-untyped-def]
+        assert await s.cache_get("k1") is None
+        await s.cache_set("k1", b"\x00\x01value", 60)
+        got = await s.cache_get("k1")
+        assert await s.lock("k1", 5) is True
+        assert await s.lock("k1", 5) is False
+        await s.unlock("k1")
+        assert await s.lock("k1", 5) is True
+        await s.cache_set("k2", b"short", 0.05)
+        await asyncio.sleep(0.1)
+        return got, await s.cache_get("k2"), await s.ping()
+
+    got, expired, ping = run(make_store, body)
+    assert got == b"\x00\x01value" and expired is None and ping is True
+
+
+def test_breaker(make_store) -> None:  # type: ignore[no-untyped-def]
+    cfg = Cooldown(failures=2, window=30, duration=10, max_duration=25)
+
+    async def body(s):  # type: ignore[no-untyped-def]
+        out = [await s.breaker_admit("glm/x", 1000, 5), await s.breaker_failure("glm/x", 1000, cfg),
+               await s.breaker_failure("glm/x", 1001, cfg), await s.breaker_admit("glm/x", 1002, 5),
+               (await s.breaker_states(["glm/x"], 1002))["glm/x"].state,
+               await s.breaker_admit("glm/x", 1012, 5), await s.breaker_admit("glm/x", 1012.5, 5),
+               await s.breaker_failure("glm/x", 1013, cfg),
+               (await s.breaker_states(["glm/x"], 1013))["glm/x"].open_until]
+        await s.breaker_success("glm/x")
+        out.append(await s.breaker_admit("glm/x", 1014, 5))
+        return out
+
+    assert run(make_store, body) == ["closed", False, True, "open", "open", "probe", "open", True, 1033.0, "closed"]
+
+
+def test_unreachable_redis_raises_store_error() -> None:
+    async def body() -> None:
+        s = RedisStore("redis://127.0.0.1:1/0", timeout=0.05)
+        try:
+            with pytest.raises(StoreError):
+                await s.limit_acquire([LimitSpec("{c:f}:rpm", 10, 1)])
+            assert await s.ping() is False
+        finally:
+            await s.close()
+
+    asyncio.run(body())
