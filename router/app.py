@@ -21,11 +21,12 @@ from litestar.exceptions import HTTPException
 from litestar.response import Stream
 
 from router.config import RoutingConfig
-from router.engine import Router, new_request_id
-from router.errors import AllTargetsFailed, RouterError
+from router.engine import RequestContext, Router, new_request_id
+from router.errors import AllTargetsFailed, RateLimited, RouterError
 from router.events import encode_json, encode_sse
 from router.request import decode_task_request
-from router.stores import Store
+from router.limits import caller_id
+from router.stores import Store, store_from_env
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
 
@@ -37,9 +38,11 @@ _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 def _error_response(err: RouterError) -> Response[bytes]:
-    headers = {}
+    headers: dict[str, str] = {}
     retry_after = getattr(err, "retry_after", None)
-    if isinstance(err, AllTargetsFailed) and err.status == 429:
+    if isinstance(err, RateLimited):
+        headers.update(err.headers)
+    if err.status == 429:
         headers["retry-after"] = str(max(1, math.ceil(retry_after or 1)))
     return Response(encode_json(err.to_body()), status_code=err.status, media_type=_JSON,
                     headers=headers)
@@ -70,9 +73,10 @@ async def _routes_view(config: RoutingConfig, router: Router) -> dict[str, Any]:
     only whether set."""
     return {
         "targets": await router.target_states(),
+        "limits": router.limiter.describe(),
         "version": config.digest,
         "source": config.source,
-        "tasks": {name: {"chain": t.chain, "params": t.params, "midstream": t.midstream,
+        "tasks": {name: {"chain": t.chain, "params": t.params, "midstream": t.midstream, "cache": t.cache,
                          "policies": {tg: router.policy(name, tg) for tg in t.chain}}
                   for name, t in config.tasks.items()},
         "providers": {
@@ -92,8 +96,8 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
     """The router app for ``config``.
 
     ``clients``: provider name -> ``httpx.AsyncClient``; when ``None`` the lifespan makes one
-    pooled client per provider and closes them at shutdown. ``store``: shared state (in-memory
-    when ``None``). ``max_body_bytes``: larger request bodies get 413. ``notes``: lines logged at
+    pooled client per provider and closes them at shutdown. ``store``: shared state; when ``None``
+    the lifespan makes one from the environment (Redis for ``REDIS_URL``, else in-memory). ``max_body_bytes``: larger request bodies get 413. ``notes``: lines logged at
     startup (e.g. that the emulator stands in). ``router_options`` go to ``Router`` (tests inject
     ``sleep``, ``wall`` and ``clock`` there).
     """
@@ -108,33 +112,55 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
             limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60)
             owned = {name: httpx.AsyncClient(limits=limits, trust_env=False) for name in config.providers}
             use = owned
-        state["router"] = Router(config, use, store=store, **router_options)
+        own_store = store is None
+        state["router"] = Router(config, use, store=store or store_from_env(), **router_options)
         for line in notes or ():
             log.warning("%s", line)
         for name, p in config.providers.items():
             if p.unusable_reason:
                 log.warning("provider %s is unusable: %s", name, p.unusable_reason)
-        kind = state["router"].store.kind
-        log.warning("stores: %s", "in-memory (no Redis configured)" if kind == "memory" else kind)
+        st = state["router"].store
+        if st.kind == "memory":
+            log.warning("stores: in-memory (no REDIS_URL): limits, cache and cooldowns are this process's own")
+        else:
+            log.warning("stores: %s (%s)", st.kind, "reachable" if await st.ping() else
+                        "NOT reachable yet: degraded until it answers")
         try:
             yield
         finally:
             for c in owned.values():
                 await c.aclose()
+            if own_store:
+                await st.close()
 
     @post("/v1/tasks", status_code=200)
     async def tasks(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
         req = decode_task_request(await request.body(), max_body_bytes)
         router: Router = state["router"]
         plan = router.plan(req)
+        cc = request.headers.get("cache-control", "").lower()
+        ctx = RequestContext(caller=caller_id(request.headers.get("x-caller"),
+                                              request.client.host if request.client else None),
+                             no_cache="no-cache" in cc, no_store="no-store" in cc)
+        ticket = await router.admit(plan, ctx)
         rid = new_request_id()
+        headers = ticket.headers()
         if req.stream:
             async def sse() -> AsyncIterator[bytes]:
-                async for ev in router.stream(req, plan, rid):
-                    yield encode_sse(ev)
-            return Stream(sse(), media_type="text/event-stream", headers=_SSE_HEADERS)
-        answer = await router.complete(req, plan, rid)
-        return Response(encode_json(answer), media_type=_JSON)
+                try:
+                    async for ev in router.stream(req, plan, rid, ticket, ctx):
+                        yield encode_sse(ev)
+                finally:  # the caller left before the stream began: refund its slot
+                    if not ticket.settled:
+                        await router.limiter.settle(ticket, None, served=False)
+            return Stream(sse(), media_type="text/event-stream", headers={**_SSE_HEADERS, **headers})
+        try:
+            answer = await router.complete(req, plan, rid, ticket, ctx)
+        except RouterError as e:
+            response = _error_response(e)
+            response.headers.update(headers)
+            return response
+        return Response(encode_json(answer), media_type=_JSON, headers=headers)
 
     @get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -142,11 +168,14 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
 
     @get("/readyz")
     async def readyz() -> Response[bytes]:
+        """200 while the service can answer (a failing store only degrades it: cache bypassed,
+        limits per ``on_store_error``); 503 before the lifespan has run."""
         ready = "router" in state
-        body = {"status": "ready" if ready else "starting",
+        store_ok = ready and await state["router"].store.ping()
+        body = {"status": ("ready" if store_ok else "degraded") if ready else "starting",
                 "config": {"version": config.digest, "source": config.source, "loaded_at": loaded_at},
                 "stores": {"kind": state["router"].store.kind if ready else None,
-                           "status": "ok" if ready and await state["router"].store.ping() else "down"}}
+                           "status": "ok" if store_ok else "unreachable"}}
         return Response(encode_json(body), status_code=200 if ready else 503, media_type=_JSON)
 
     @get("/v1/routes")

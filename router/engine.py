@@ -23,17 +23,19 @@ import httpx
 import msgspec
 
 from providers import Call
-from router.config import (DEFAULT_COOLDOWN, DEFAULT_RETRY, DEFAULT_TIMEOUTS, Cooldown, Params,
-                           Retry, RoutingConfig, Timeouts, overlay)
+from router.cache import CacheEntry, ResponseCache, cache_key, replay
+from router.config import (DEFAULT_COOLDOWN, DEFAULT_RETRY, DEFAULT_TIMEOUTS, CachePolicy, Cooldown,
+                           Params, Retry, RoutingConfig, Timeouts, overlay)
 from router.errors import (AllTargetsFailed, TargetUnusable, UnknownTask, UpstreamError,
                            UpstreamStreamError)
-from router.events import Answer, AttemptRecord, Error, Event, Fallback, Start, Usage, fold
+from router.events import Answer, AttemptRecord, End, Error, Event, Fallback, Start, Usage, fold
+from router.limits import DEFAULT_MAX_TOKENS_ESTIMATE, Limiter, Ticket
 from router.request import TaskRequest
 from router.retry import RetryBudget, first_event
-from router.stores import MemoryStore, Store
+from router.stores import MemoryStore, Store, StoreError
 from router.upstream import Target, call_target, make_targets
 
-__all__ = ["Plan", "Policy", "Router", "estimate_prompt_tokens", "new_request_id"]
+__all__ = ["Plan", "Policy", "RequestContext", "Router", "estimate_prompt_tokens", "new_request_id"]
 
 
 def new_request_id() -> str:
@@ -51,13 +53,25 @@ class Policy(msgspec.Struct, frozen=True):
 
 
 class Plan(msgspec.Struct, kw_only=True):
-    """What a request will do: its task, the ordered targets, merged params, stream failure mode."""
+    """What a request will do: its task, the ordered targets, merged params, stream failure mode,
+    cache policy, and its token estimate (prompt estimate + ``max_tokens``) for limits and skips."""
 
     task: str
     chain: list[Target]
     params: Params
     midstream: str = "error"
+    cache: CachePolicy | None = None
+    prompt_tokens: int = 0
+    estimate: int = 0
 
+
+class RequestContext(msgspec.Struct, kw_only=True):
+    """Per-request facts from the front door: ``caller`` (for limits), and the caller's
+    ``Cache-Control``: ``no_cache`` skips the cache lookup, ``no_store`` the write."""
+
+    caller: str = "unknown"
+    no_cache: bool = False
+    no_store: bool = False
 
 def _merge(req: TaskRequest, params: Params) -> Params:
     return Params(
@@ -94,33 +108,36 @@ _CONTEXT = ("context_window", "context_overflow")
 
 
 def _all_failed(attempts: list[AttemptRecord], errors: list[UpstreamError]) -> AllTargetsFailed:
-    """The status by the nature of the failures: 400 when the prompt fits no target, 503 when no
-    target could be called, 504 when every call timed out, 429 when every call was rate-limited
-    (``retry_after`` the shortest wait asked), else 502."""
+    """The status by the nature of the failures: 400 when the prompt fits no target, 429 when every
+    target was rate-limited, upstream or by its quota here (``retry_after`` the shortest wait), 503
+    when no target could be called, 504 when every call timed out, else 502."""
+    limited = [e for e in errors if e.code == "rate_limited" or (e.upstream_status == 429 and e.retryable)]
     called = [e for e in errors if not isinstance(e, TargetUnusable)]
     status, retry_after = 502, None
     if attempts and all(a.code in _CONTEXT or (a.code and a.code in ("1261", "prompt_too_long"))
                         for a in attempts):
         status = 400
+    elif errors and len(limited) == len(errors):
+        status = 429
+        waits = [e.retry_after for e in limited if e.retry_after is not None]
+        retry_after = min(waits) if waits else None
     elif not called:
         status = 503
     elif all(e.status == 504 for e in called):
         status = 504
-    elif all(e.upstream_status == 429 and e.retryable for e in called):
-        status = 429
-        waits = [e.retry_after for e in called if e.retry_after is not None]
-        retry_after = min(waits) if waits else None
     return AllTargetsFailed(f"every target of the chain failed ({len(attempts)} tried)", attempts,
                             status=status, retry_after=retry_after)
 
 
 class _Outcome:
-    """Per-request record the event generator fills: every attempt, and the final error."""
+    """Per-request record the event generator fills: every attempt, whether a target committed
+    (upstream did work, so its token charge stands), and the final error."""
 
-    __slots__ = ("attempts", "error")
+    __slots__ = ("attempts", "committed", "error")
 
     def __init__(self, attempts: list[AttemptRecord]) -> None:
         self.attempts = attempts
+        self.committed = False
         self.error: Exception | None = None
 
 
@@ -141,11 +158,14 @@ class Router:
         self.clients = clients
         self.store: Store = store or MemoryStore()
         self.clock, self.wall, self.sleep = clock, wall, sleep
+        self.limiter = Limiter(config, self.store)
+        self.cache = ResponseCache(self.store, wall)
         self.targets = make_targets(config.providers)
-        self._plans: dict[str, tuple[list[Target], Params, str]] = {}
+        self._plans: dict[str, tuple[list[Target], Params, str, CachePolicy | None]] = {}
         self._policies: dict[tuple[str, str], Policy] = {}
         for tname, task in config.tasks.items():
-            self._plans[tname] = ([self.targets[t] for t in task.chain], task.params, task.midstream)
+            self._plans[tname] = ([self.targets[t] for t in task.chain], task.params, task.midstream,
+                                  task.cache)
             for t in task.chain:
                 p = config.providers[self.targets[t].provider]
                 self._policies[(tname, t)] = Policy(
@@ -159,47 +179,106 @@ class Router:
         found = self._plans.get(req.task)
         if found is None:
             raise UnknownTask(req.task, list(self.config.tasks))
-        chain, params, midstream = found
-        return Plan(task=req.task, chain=chain, params=_merge(req, params), midstream=midstream)
+        chain, params, midstream, cache = found
+        merged = _merge(req, params)
+        prompt = estimate_prompt_tokens(req)
+        return Plan(task=req.task, chain=chain, params=merged, midstream=midstream, cache=cache,
+                    prompt_tokens=prompt,
+                    estimate=prompt + (merged.max_tokens or DEFAULT_MAX_TOKENS_ESTIMATE))
+
+    async def admit(self, plan: Plan, ctx: RequestContext) -> Ticket:
+        """Charge the caller's limits for this request (settled when its events end); raises
+        ``RateLimited`` (429) when the caller is over one."""
+        return await self.limiter.admit_caller(ctx.caller, plan.task, plan.estimate)
 
     def policy(self, task: str, target: str) -> Policy:
         """The effective policy of ``target`` within ``task``."""
         return self._policies[(task, target)]
 
     async def target_states(self) -> dict[str, Any]:
-        """Circuit state of every target, for ``/v1/routes``."""
-        states = await self.store.breaker_states(list(self.targets), self.wall())
+        """Circuit state of every target, for ``/v1/routes`` (``unknown`` when the store fails)."""
+        try:
+            states = await self.store.breaker_states(list(self.targets), self.wall())
+        except StoreError:
+            return {name: {"state": "unknown"} for name in self.targets}
         return {name: msgspec.to_builtins(s) for name, s in states.items()}
 
-    async def stream(self, req: TaskRequest, plan: Plan | None = None,
-                     request_id: str | None = None) -> AsyncIterator[Event]:
-        """The numbered events of one request, ending with one ``End`` or ``Error``."""
+    async def stream(self, req: TaskRequest, plan: Plan | None = None, request_id: str | None = None,
+                     ticket: Ticket | None = None, ctx: RequestContext | None = None) -> AsyncIterator[Event]:
+        """The numbered events of one request, ending with one ``End`` or ``Error``. ``ticket``
+        (from ``admit``) is settled when the events end, however they end."""
         seq = 0
-        outcome = _Outcome([])
-        async for ev in self._events(req, plan or self.plan(req), request_id or new_request_id(),
-                                     outcome):
+        async for ev in self._serve(req, plan or self.plan(req), request_id or new_request_id(),
+                                    _Outcome([]), ticket, ctx or RequestContext()):
             ev.seq = seq
             seq += 1
             yield ev
 
-    async def complete(self, req: TaskRequest, plan: Plan | None = None,
-                       request_id: str | None = None) -> Answer:
+    async def complete(self, req: TaskRequest, plan: Plan | None = None, request_id: str | None = None,
+                       ticket: Ticket | None = None, ctx: RequestContext | None = None) -> Answer:
         """The answer as one object. Raises ``AllTargetsFailed`` (with ``attempts``) or, when
         the committed target failed mid-answer, the ``UpstreamError``."""
         answer = Answer()
         outcome = _Outcome(answer.attempts)
-        events = [ev async for ev in self._events(req, plan or self.plan(req),
-                                                  request_id or new_request_id(), outcome)]
+        events = [ev async for ev in self._serve(req, plan or self.plan(req), request_id or new_request_id(),
+                                                 outcome, ticket, ctx or RequestContext())]
         if outcome.error is not None:
             raise outcome.error
         return fold(events, answer)
 
-    def _skip_reason(self, target: Target, need: int, min_window: int) -> tuple[str, str] | None:
+    async def _serve(self, req: TaskRequest, plan: Plan, request_id: str, outcome: _Outcome,
+                     ticket: Ticket | None, ctx: RequestContext) -> AsyncIterator[Event]:
+        """Cache around the chain walk, and the caller's ticket settled at the end."""
+        used: int | None = None
+        served = False
+        key, lead = None, False
+        try:
+            policy = plan.cache
+            if policy is not None and not ctx.no_cache:
+                key = cache_key(plan.chain, req, plan.params)
+                entry = await self.cache.get(key)
+                if entry is None:
+                    entry, lead = await self.cache.wait_or_lead(key, policy.coalesce_wait)
+                if entry is not None:
+                    served, used = True, 0
+                    for ev in replay(entry, request_id, plan.task):
+                        yield ev
+                    return
+            collect: list[Event] | None = [] if policy is not None and not ctx.no_store else None
+            provider = model = ""
+            async for ev in self._events(req, plan, request_id, outcome):
+                if isinstance(ev, Start):
+                    provider, model = ev.provider, ev.model
+                    if collect is not None:
+                        collect.clear()  # a midstream restart: keep only the answer that ends
+                elif isinstance(ev, Usage):
+                    used = ev.input_tokens + ev.output_tokens
+                elif isinstance(ev, End):
+                    served = True
+                elif collect is not None and isinstance(ev, Fallback):
+                    continue
+                if collect is not None and not isinstance(ev, Start | Fallback):
+                    collect.append(ev)
+                yield ev
+            if key is not None and policy is not None and collect is not None and served:
+                entry = CacheEntry(provider=provider, model=model, created_at=self.wall(), events=collect)
+                stored = await self.cache.put(key, entry, policy.ttl, policy.max_bytes)
+                if lead:
+                    await self.cache.done(key, entry if stored else None)
+                    lead = False
+        finally:
+            if lead and key is not None:
+                await self.cache.done(key, None)
+            if ticket is not None:
+                await self.limiter.settle(ticket, used, served or outcome.committed)
+
+    def _skip_reason(self, target: Target, need: int, min_window: int) -> tuple[str, str, None] | None:
         if target.unusable_reason:
-            return "unusable", f"{target.name}: {target.unusable_reason}"
+            return "unusable", f"{target.name}: {target.unusable_reason}", None
         window = target.spec.context_window
         if need > window or window <= min_window:
-            return "context_window", f"{target.name}: the prompt (~{need} tokens with max_tokens) exceeds its context window of {window}"
+            return ("context_window", f"{target.name}: the prompt (~{need} tokens with max_tokens) "
+                    f"exceeds its context window of {window}", None)
         return None
 
     async def _events(self, req: TaskRequest, plan: Plan, request_id: str,
@@ -207,7 +286,7 @@ class Router:
         attempts = outcome.attempts
         errors: list[UpstreamError] = []
         budget = RetryBudget()
-        need = estimate_prompt_tokens(req) + (plan.params.max_tokens or 0)
+        need = plan.prompt_tokens + (plan.params.max_tokens or 0)
         min_window = 0  # after a prompt-too-long error: only larger windows are worth a try
         called = 0
         chain = plan.chain
@@ -217,18 +296,23 @@ class Router:
             skip = self._skip_reason(target, need, min_window)
             admission = "closed"
             if skip is None:
-                admission = await self.store.breaker_admit(target.name, self.wall(),
-                                                           policy.timeouts.total or 600)
+                admission = await self._breaker_admit(target.name, policy.timeouts.total or 600)
                 if admission == "open":
-                    skip = ("cooldown", f"{target.name}: cooling down after repeated failures")
+                    skip = ("cooldown", f"{target.name}: cooling down after repeated failures", None)
+            quota: Ticket | float | None = None
+            if skip is None:
+                quota = await self.limiter.admit_target(target.provider, target.model, plan.estimate)
+                if not isinstance(quota, Ticket):
+                    skip = ("rate_limited", f"{target.name}: over its upstream rate limit", quota)
             if skip is not None:
-                code, message = skip
+                code, message, retry_after = skip
                 attempts.append(AttemptRecord(target.name, "skipped", code=code, message=message))
-                errors.append(TargetUnusable(message, code=code, retryable=code == "cooldown",
-                                             provider=target.provider))
+                errors.append(TargetUnusable(message, code=code, retryable=code != "unusable",
+                                             provider=target.provider, retry_after=retry_after))
                 if nxt:
                     yield Fallback(from_=target.name, to=nxt, reason=code)
                 continue
+            assert isinstance(quota, Ticket)
             called += 1
             call = Call(model=target.model, messages=req.messages, tools=req.tools,
                         tool_choice=req.tool_choice, max_tokens=plan.params.max_tokens,
@@ -241,6 +325,7 @@ class Router:
                 (first, upstream), retries = await first_event(
                     lambda: self._open(target, call, policy, health), policy.retry, budget, self.sleep)
             except UpstreamError as e:
+                await self.limiter.settle(quota, None, served=False)
                 errors.append(e)
                 if e.context_overflow:
                     min_window = max(min_window, target.spec.context_window)
@@ -251,21 +336,27 @@ class Router:
                 if nxt:
                     yield Fallback(from_=target.name, to=nxt, reason=e.code)
                 continue
+            except BaseException:
+                await self.limiter.settle(quota, None, served=False)
+                raise
+            outcome.committed = True
             attempts.append(AttemptRecord(target.name, "ok", latency_ms=round((self.clock() - t0) * 1e3, 3),
                                           retries=retries))
             yield Start(id=request_id, task=plan.task, provider=target.provider, model=target.model,
                         attempt=called)
+            used: int | None = None
             try:
                 ev: Event | None = first
                 while ev is not None:
                     if isinstance(ev, Usage):
                         ev.cost_usd = _cost(ev, target)
+                        used = ev.input_tokens + ev.output_tokens
                     yield ev
                     ev = await anext(upstream, None)
                 return
             except UpstreamError as e:
                 if e.retryable:
-                    await self.store.breaker_failure(target.name, self.wall(), policy.cooldown)
+                    await self._breaker_failure(target.name, policy.cooldown)
                 attempts[-1].outcome, attempts[-1].code, attempts[-1].message = "error", e.code, e.message
                 if plan.midstream == "restart" and nxt:
                     yield Fallback(from_=target.name, to=nxt, reason=e.code)
@@ -276,10 +367,23 @@ class Router:
                 return
             finally:
                 await upstream.aclose()
+                await self.limiter.settle(quota, used, served=True)  # upstream did the work
         failed = _all_failed(attempts, errors)
         outcome.error = failed
         yield Error(code="all_targets_failed", message=failed.message,
                     retryable=failed.status in (429, 503, 504), attempts=attempts)
+
+    async def _breaker_admit(self, key: str, lease: float) -> str:
+        try:
+            return await self.store.breaker_admit(key, self.wall(), lease)
+        except StoreError:
+            return "closed"  # no shared health without the store: try the target
+
+    async def _breaker_failure(self, key: str, cfg: Cooldown) -> bool:
+        try:
+            return await self.store.breaker_failure(key, self.wall(), cfg)
+        except StoreError:
+            return False
 
     async def _open(self, target: Target, call: Call, policy: Policy,
                     health: list[bool]) -> tuple[Event, AsyncIterator[Event]]:
@@ -296,13 +400,16 @@ class Router:
             await upstream.aclose()
             if e.retryable:
                 health[0] = True
-                if await self.store.breaker_failure(target.name, self.wall(), policy.cooldown):
+                if await self._breaker_failure(target.name, policy.cooldown):
                     e.stop_retrying = True
             raise
         except BaseException:
             await upstream.aclose()
             raise
         if health[0]:
-            await self.store.breaker_success(target.name)
+            try:
+                await self.store.breaker_success(target.name)
+            except StoreError:
+                pass
         return first, upstream
 

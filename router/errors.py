@@ -7,6 +7,7 @@ its error ``type`` (the JSON ``error.type``), and whether trying again could hel
     ├── RequestError                 400 invalid_request_error   (``path`` names the field)
     │   └── PayloadTooLarge          413 request_too_large
     ├── UnknownTask                  404 not_found_error         (message lists the known tasks)
+    ├── RateLimited                  429 rate_limit_error        (the caller is over a limit)
     ├── UpstreamError                502 upstream_error          (one failed call to one target)
     │   ├── UpstreamHTTPError            an HTTP error status and its decoded body
     │   ├── UpstreamConnectError         could not connect / connection reset before a byte
@@ -27,6 +28,7 @@ from typing import Any
 __all__ = [
     "AllTargetsFailed",
     "PayloadTooLarge",
+    "RateLimited",
     "RequestError",
     "RouterError",
     "TargetUnusable",
@@ -98,6 +100,20 @@ class UnknownTask(RouterError):
         body = super().to_body()
         body["error"]["path"] = "task"
         return body
+
+
+class RateLimited(RouterError):
+    """The caller is over one of its limits. ``retry_after``: seconds until the request would fit;
+    ``headers``: the ``X-RateLimit-*`` headers to send with the 429."""
+
+    status = 429
+    type = "rate_limit_error"
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.headers = headers
 
 
 class UpstreamError(RouterError):

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import httpx
-from httpx_sse import connect_sse
+from httpx_sse import EventSource
 
 
 def directive(spec: dict[str, Any]) -> str:
@@ -19,12 +19,16 @@ def ask(text: str, spec: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     return [{"role": "user", "content": text + ("\n" + directive(spec) if spec else "")}]
 
 
-def stream_events(client: httpx.Client, url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """POST a streaming task; every SSE message's data, after checking event name == data.type."""
+def stream_events(client: httpx.Client, url: str, body: dict[str, Any],
+                  headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """POST a streaming task; every SSE message's data, after checking event name == data.type.
+    (Not httpx-sse's ``connect_sse``: it always sends ``Cache-Control: no-store``.)"""
     out = []
-    with connect_sse(client, "POST", url + "/v1/tasks", json={**body, "stream": True}) as es:
-        assert es.response.status_code == 200, es.response.read()
-        assert es.response.headers["content-type"].startswith("text/event-stream")
+    with client.stream("POST", url + "/v1/tasks", json={**body, "stream": True},
+                       headers={"accept": "text/event-stream", **(headers or {})}) as response:
+        es = EventSource(response)
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
         for sse in es.iter_sse():
             data = json.loads(sse.data)
             assert data["type"] == sse.event

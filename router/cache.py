@@ -1,0 +1,142 @@
+"""The response cache: complete answers, stored as their normalized events and replayed as such.
+
+Opt-in per task (``cache: {ttl, max_bytes, coalesce_wait}``). The key is a SHA-256 of what decides
+the answer: the chain (target names and their thinking/sampling settings, so a routing change
+misses), the messages, tools, tool_choice and every generation parameter after the task's defaults
+are applied. Only an answer that ended with ``end`` is stored, msgpack-encoded and whole (one SET),
+and only when it fits in ``max_bytes``. A hit replays the same events (reasoning signatures and tool
+calls included), for streaming and non-streaming requests alike, with ``cached: true`` and a cost
+of 0. Identical requests in flight at once are coalesced: one calls upstream, the others wait up to
+``coalesce_wait`` seconds for its answer (in-process through a future, across replicas through a
+store lock and polling), then go upstream themselves. Store failures never fail a request: the
+cache is bypassed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from router.config import Params
+from router.events import End, Event, Start, Usage
+from router.request import TaskRequest
+from router.stores import Store, StoreError
+from router.upstream import Target
+
+__all__ = ["CacheEntry", "ResponseCache", "cache_key"]
+
+_POLL = 0.025  # seconds between cache reads while another replica computes the answer
+
+
+class CacheEntry(msgspec.Struct):
+    """A stored answer: who gave it, when (epoch seconds), and its events after ``start``."""
+
+    provider: str
+    model: str
+    created_at: float
+    events: list[Event]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(CacheEntry)
+_key_encoder = msgspec.json.Encoder(order="sorted")
+
+
+def cache_key(chain: list[Target], req: TaskRequest, params: Params) -> str:
+    """The hex SHA-256 of the canonical JSON of everything that decides the answer."""
+    material = (
+        [(t.name, t.spec.thinking, t.spec.sampling) for t in chain],
+        req.messages, req.tools, req.tool_choice, params,
+    )
+    return hashlib.sha256(_key_encoder.encode(material)).hexdigest()
+
+
+class ResponseCache:
+    """Cache reads, writes and coalescing over a ``Store``. ``clock``: epoch seconds."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+        self._inflight: dict[str, asyncio.Future[CacheEntry | None]] = {}
+
+    async def get(self, key: str) -> CacheEntry | None:
+        """The entry for ``key``, or None (also when the store fails or the entry is corrupt)."""
+        try:
+            raw = await self.store.cache_get(key)
+        except StoreError:
+            return None
+        if raw is None:
+            return None
+        try:
+            return _decoder.decode(raw)
+        except msgspec.DecodeError:
+            return None
+
+    async def put(self, key: str, entry: CacheEntry, ttl: float, max_bytes: int) -> bool:
+        """Store ``entry`` whole if it ends with ``End`` and fits ``max_bytes``; True if stored."""
+        if not entry.events or not isinstance(entry.events[-1], End):
+            return False
+        raw = _encoder.encode(entry)
+        if len(raw) > max_bytes:
+            return False
+        try:
+            await self.store.cache_set(key, raw, ttl)
+        except StoreError:
+            return False
+        return True
+
+    async def wait_or_lead(self, key: str, wait: float) -> tuple[CacheEntry | None, bool]:
+        """Join an identical request in flight: (its entry, False) once it is stored; or
+        (None, True) when this request should call upstream itself (it then leads, and must call
+        ``done``). Waits at most ``wait`` seconds."""
+        fut = self._inflight.get(key)
+        if fut is not None:  # same process: wait on the leader's future
+            try:
+                entry = await asyncio.wait_for(asyncio.shield(fut), wait)
+            except TimeoutError:
+                entry = None
+            return entry, entry is None and await self._lead(key, wait)
+        if await self._lead(key, wait):
+            return None, True
+        deadline = time.monotonic() + wait  # another replica leads: poll for its answer
+        while time.monotonic() < deadline:
+            await asyncio.sleep(_POLL)
+            entry = await self.get(key)
+            if entry is not None:
+                return entry, False
+        return None, True
+
+    async def _lead(self, key: str, wait: float) -> bool:
+        try:
+            got = await self.store.lock(key, wait)
+        except StoreError:
+            got = True  # no coordination without the store: go upstream
+        if got and key not in self._inflight:
+            self._inflight[key] = asyncio.get_running_loop().create_future()
+        return got
+
+    async def done(self, key: str, entry: CacheEntry | None) -> None:
+        """The leader finished (``entry`` None when it produced no cacheable answer)."""
+        fut = self._inflight.pop(key, None)
+        if fut is not None and not fut.done():
+            fut.set_result(entry)
+        try:
+            await self.store.unlock(key)
+        except StoreError:
+            pass
+
+
+def replay(entry: CacheEntry, request_id: str, task: str) -> list[Event]:
+    """A cached answer as a fresh event sequence: ``start`` (cached) then the stored events,
+    with usage at no cost."""
+    out: list[Event] = [Start(id=request_id, task=task, provider=entry.provider, model=entry.model,
+                              attempt=0, cached=True)]
+    for ev in entry.events:
+        if isinstance(ev, Usage):
+            ev = msgspec.structs.replace(ev, cost_usd=0.0)
+        out.append(ev)
+    return out

@@ -1,0 +1,155 @@
+"""Rate limits: per caller (RPM and TPM, global and per task) and per provider and model (the
+upstream quota every replica shares), kept in the store (GCRA, see ``router.stores.base``).
+
+TPM is charged at admission with an estimate (prompt estimate + ``max_tokens``) and settled when
+the answer ends: the difference with the real usage is refunded or charged; a request that was
+not served (every target failed, or it was refused) gets its whole charge back, RPM included, so
+no slot is counted without an answer. When the store fails, ``on_store_error`` decides: ``allow``
+lets the request through uncounted, ``deny`` refuses it with 429.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import msgspec
+
+from router.config import Limits, RoutingConfig
+from router.errors import RateLimited, RequestError
+from router.stores import LimitResult, LimitSpec, Store, StoreError
+
+__all__ = ["DEFAULT_MAX_TOKENS_ESTIMATE", "Limiter", "Ticket", "caller_id"]
+
+DEFAULT_MAX_TOKENS_ESTIMATE = 4096  # tokens charged for the answer when the request sets no max_tokens
+_CALLER = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+def caller_id(header: str | None, client_host: str | None) -> str:
+    """The caller: the ``X-Caller`` header, else the client address. Raises ``RequestError`` for a
+    header that is not 1-128 characters of ``A-Za-z0-9._:@/+=-``."""
+    if header is not None:
+        if not _CALLER.fullmatch(header):
+            raise RequestError("X-Caller must be 1-128 characters of A-Za-z0-9._:@/+=-", "headers.x-caller")
+        return header
+    return client_host or "unknown"
+
+
+class Ticket(msgspec.Struct):
+    """What one admission charged, to settle later: ``specs`` (RPM cost 1, TPM cost the
+    estimate), the ``result`` for the rate-limit headers, and whether it is settled."""
+
+    specs: list[LimitSpec]
+    estimate: int
+    result: LimitResult | None = None
+    settled: bool = False
+
+    def headers(self) -> dict[str, str]:
+        """``X-RateLimit-Limit/Remaining/Reset`` of the tightest RPM limiter, and the ``-Tokens``
+        variants of the tightest TPM limiter (Reset in seconds)."""
+        if self.result is None or not self.result.allowed:
+            return {}
+        return _headers(self.specs, self.result)
+
+
+def _headers(specs: list[LimitSpec], result: LimitResult) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for suffix, kind in (("", ":rpm"), ("-Tokens", ":tpm")):
+        rows = [(rem, spec.limit, reset) for spec, rem, reset in zip(specs, result.remaining, result.reset, strict=True)
+                if spec.key.endswith(kind)]
+        if rows:
+            rem, limit, reset = min(rows)
+            out[f"X-RateLimit-Limit{suffix}"] = str(limit)
+            out[f"X-RateLimit-Remaining{suffix}"] = str(rem)
+            out[f"X-RateLimit-Reset{suffix}"] = str(math.ceil(reset))
+    return out
+
+
+def _specs(prefix: str, limits: Limits | None, cost: int) -> list[LimitSpec]:
+    out = []
+    if limits is not None and limits.rpm:
+        out.append(LimitSpec(prefix + ":rpm", limits.rpm, 1))
+    if limits is not None and limits.tpm:
+        out.append(LimitSpec(prefix + ":tpm", limits.tpm, cost))
+    return out
+
+
+class Limiter:
+    """Admits and settles requests against the limits of one ``RoutingConfig``."""
+
+    def __init__(self, config: RoutingConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.deny_on_error = config.on_store_error == "deny"
+        self._global = config.limits.per_caller
+        self._tasks = {name: t.limits for name, t in config.tasks.items()}
+        self._providers = {name: p.limits for name, p in config.providers.items()}
+        self._models = {(p, m): spec.limits for p, prov in config.providers.items()
+                        for m, spec in prov.models.items()}
+
+    def caller_specs(self, caller: str, task: str, estimate: int) -> list[LimitSpec]:
+        """The caller's limiters for ``task`` (one hash tag: ``{c:<caller>}``)."""
+        tag = "{c:" + caller + "}"
+        return _specs(tag, self._global, estimate) + _specs(f"{tag}:t:{task}", self._tasks.get(task), estimate)
+
+    def target_specs(self, provider: str, model: str, estimate: int) -> list[LimitSpec]:
+        """The provider's and the model's limiters (one hash tag: ``{p:<provider>}``)."""
+        tag = "{p:" + provider + "}"
+        return (_specs(tag, self._providers.get(provider), estimate)
+                + _specs(f"{tag}:m:{model}", self._models.get((provider, model)), estimate))
+
+    async def _acquire(self, specs: list[LimitSpec], estimate: int) -> Ticket | LimitResult:
+        if not specs:
+            return Ticket(specs=[], estimate=estimate)
+        try:
+            result = await self.store.limit_acquire(specs)
+        except StoreError:
+            if self.deny_on_error:
+                return LimitResult(allowed=False, retry_after=1.0, remaining=[], reset=[])
+            return Ticket(specs=[], estimate=estimate)
+        if not result.allowed:
+            return result
+        return Ticket(specs=specs, estimate=estimate, result=result)
+
+    async def admit_caller(self, caller: str, task: str, estimate: int) -> Ticket:
+        """Charge the caller's limits; raises ``RateLimited`` (429, Retry-After) when over one."""
+        got = await self._acquire(self.caller_specs(caller, task, estimate), estimate)
+        if isinstance(got, LimitResult):
+            specs = self.caller_specs(caller, task, estimate)
+            if not got.remaining:
+                raise RateLimited("the rate-limit store is unavailable and on_store_error is deny",
+                                  retry_after=got.retry_after, headers={})
+            too_big = [s for s in specs if s.cost > s.limit]
+            msg = (f"this request needs ~{estimate} tokens; the limit is {too_big[0].limit} per minute"
+                   if too_big else f"caller {caller!r} is over its rate limit")
+            raise RateLimited(msg, retry_after=got.retry_after, headers=_headers(specs, got))
+        return got
+
+    async def admit_target(self, provider: str, model: str, estimate: int) -> Ticket | float:
+        """Charge a target's upstream quota; returns the ticket, or the seconds until it would fit."""
+        got = await self._acquire(self.target_specs(provider, model, estimate), estimate)
+        return got.retry_after if isinstance(got, LimitResult) else got
+
+    async def settle(self, ticket: Ticket, used_tokens: int | None, served: bool) -> None:
+        """Refund an unserved request whole; for a served one, charge or refund the difference
+        between ``used_tokens`` and the estimate (``None``: keep the estimate). Idempotent."""
+        if ticket.settled or not ticket.specs:
+            ticket.settled = True
+            return
+        ticket.settled = True
+        try:
+            for spec in ticket.specs:
+                if not served:
+                    await self.store.limit_adjust(spec.key, spec.limit, -spec.cost)
+                elif spec.key.endswith(":tpm") and used_tokens is not None and used_tokens != spec.cost:
+                    await self.store.limit_adjust(spec.key, spec.limit, used_tokens - spec.cost)
+        except StoreError:
+            return
+
+    def describe(self) -> dict[str, Any]:
+        """The configured limits, for ``/v1/routes``."""
+        return {"per_caller": self._global, "tasks": {k: v for k, v in self._tasks.items() if v},
+                "providers": {k: v for k, v in self._providers.items() if v},
+                "models": {f"{p}/{m}": v for (p, m), v in self._models.items() if v},
+                "on_store_error": self.config.on_store_error}
