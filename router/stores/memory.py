@@ -25,12 +25,14 @@ class _Breaker:
 
 class MemoryStore:
     """Dict-backed ``Store`` for a single process (the default when no Redis is configured).
-    ``clock``: epoch seconds for limits, cache and locks (injectable for tests)."""
+    ``clock``: epoch seconds for limits, cache and locks (injectable for tests); the cache keeps at
+    most ``max_entries`` entries (oldest written dropped first)."""
 
     kind = "memory"
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, max_entries: int = 10_000) -> None:
         self.clock = clock
+        self.max_entries = max_entries
         self._breakers: dict[str, _Breaker] = {}
         self._tat: dict[str, float] = {}
         self._cache: dict[str, tuple[float, bytes]] = {}
@@ -123,9 +125,12 @@ class MemoryStore:
 
     async def cache_set(self, key: str, value: bytes, ttl: float) -> None:
         now = self.clock()
-        if len(self._cache) > 10_000:  # bound memory: drop what has expired
+        if len(self._cache) >= self.max_entries:  # bound memory: drop the expired, then the oldest
             for k in [k for k, (exp, _) in self._cache.items() if exp <= now]:
                 del self._cache[k]
+            while len(self._cache) >= self.max_entries:
+                del self._cache[next(iter(self._cache))]
+        self._cache.pop(key, None)
         self._cache[key] = (now + ttl, value)
 
     async def lock(self, key: str, ttl: float) -> bool:

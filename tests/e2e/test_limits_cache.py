@@ -36,6 +36,14 @@ providers:
       glm-l: {{context_window: 200000, price: {{input: 1, output: 1}}}}
       glm-q: {{context_window: 200000, limits: {{rpm: 2}}}}
       glm-c: {{context_window: 200000, price: {{input: 1, output: 1}}}}
+  glm2:
+    protocol: openai
+    base_url: {emu}/api/paas/v4
+    api_key: k
+    retry: {{attempts: 1}}
+    cooldown: {{failures: 3, duration: 600}}
+    models:
+      glm-q: {{context_window: 200000}}
   claude:
     protocol: anthropic
     base_url: {emu}
@@ -53,6 +61,8 @@ tasks:
     chain: [glm/glm-q, claude/claude-l]
   quota_only:
     chain: [glm/glm-q]
+  quota_shared:
+    chain: [glm2/glm-q, claude/claude-l]
   cached:
     chain: [glm/glm-c]
     cache: {{ttl: 60, coalesce_wait: 5}}
@@ -232,6 +242,18 @@ def test_store_down_with_deny(tmp_path: Path, emu: str, redis_proc) -> None:  # 
         redis_proc.stop()
         r = post(routers.urls[0], "limited", "b")
         assert r.status_code == 429 and "unavailable" in r.json()["error"]["message"]
+    finally:
+        routers.stop()
+
+
+def test_cooldown_is_shared_by_replicas(tmp_path: Path, emu: str, redis_url: str, redis_prefix: str) -> None:
+    routers = Routers(tmp_path, emu, redis_url, 2)
+    try:
+        for i in range(3):  # trip glm-q's circuit through the first replica (cooldown failures: 3)
+            post(routers.urls[0], "quota_shared", f"f{i}", {"glm-q": {"status": 503}})
+        r = post(routers.urls[1], "quota_shared", "through the second replica")
+        assert r.json()["attempts"][0]["code"] == "cooldown" and r.json()["model"] == "claude-l"
+        assert httpx.get(routers.urls[1] + "/v1/routes").json()["targets"]["glm2/glm-q"]["state"] == "open"
     finally:
         routers.stop()
 

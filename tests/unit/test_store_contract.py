@@ -123,3 +123,13 @@ def test_unreachable_redis_raises_store_error() -> None:
             await s.close()
 
     asyncio.run(body())
+
+
+def test_memory_cache_is_bounded() -> None:
+    async def body() -> list[bytes | None]:
+        s = MemoryStore(max_entries=3)
+        for i in range(5):
+            await s.cache_set(f"k{i}", str(i).encode(), 60)
+        return [await s.cache_get(f"k{i}") for i in range(5)]
+
+    assert asyncio.run(body()) == [None, None, b"2", b"3", b"4"]
