@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -35,21 +36,25 @@ def _wait(url: str) -> None:
 
 
 @contextmanager
-def running(routing_yaml: Callable[[str], str], workers: int = 1) -> Iterator[Running]:
+def running(routing_yaml: Callable[[str], str], workers: int = 1,
+            env: dict[str, str] | None = None) -> Iterator[Running]:
     """Run ``llm-router emulate`` and ``llm-router serve`` on free ports; ``routing_yaml(emulator
-    base URL)`` gives the router's config. Logs go to a temporary directory."""
+    base URL)`` gives the router's config; ``env`` is added to the router's environment (e.g.
+    ``REDIS_URL``; without it the router runs with no REDIS_URL). Logs go to a temporary directory."""
     tmp = Path(tempfile.mkdtemp(prefix="llm-router-bench-"))
     eport, rport = free_port(), free_port()
     emu, url = f"http://127.0.0.1:{eport}", f"http://127.0.0.1:{rport}"
     (tmp / "routing.yaml").write_text(routing_yaml(emu))
 
-    def start(args: list[str], log: str) -> subprocess.Popen[bytes]:
+    base_env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+
+    def start(args: list[str], log: str, extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "router", *args], stdout=open(tmp / log, "wb"),  # noqa: SIM115
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, env={**base_env, **(extra or {})})
 
     procs = [start(["emulate", "--port", str(eport)], "emulator.log"),
              start(["serve", "--config", str(tmp / "routing.yaml"), "--port", str(rport),
-                    "--workers", str(workers)], "router.log")]
+                    "--workers", str(workers)], "router.log", env)]
     try:
         _wait(emu + "/health")
         _wait(url + "/healthz")

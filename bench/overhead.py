@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -83,5 +82,4 @@ tasks:
 
 
 if __name__ == "__main__":
-    os.environ.pop("REDIS_URL", None)
     main()
