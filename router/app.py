@@ -1,4 +1,5 @@
-"""The HTTP service (Litestar): ``POST /v1/tasks``, health, readiness and routes.
+"""The HTTP service (Litestar): the front doors (``/v1/tasks``, ``/v1/chat/completions``,
+``/v1/messages``, ``/api/chat``), ``/v1/models``, health, readiness and routes.
 
 ``create_app(config, clients=None, ...)`` builds the app; the pooled upstream clients (one
 ``httpx.AsyncClient`` per provider, keep-alive) are made in the lifespan unless given. Every error
@@ -9,8 +10,8 @@ no stack trace and no secret is echoed.
 from __future__ import annotations
 
 import logging
-import math
 import time
+from datetime import datetime
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,9 +23,13 @@ from litestar.response import Stream
 
 from router.config import RoutingConfig
 from router.engine import RequestContext, Router, new_request_id
-from router.errors import AllTargetsFailed, RateLimited, RouterError
-from router.events import encode_json, encode_sse
-from router.request import decode_task_request
+from router.errors import RouterError
+from router.doors.anthropic import AnthropicDoor
+from router.doors.base import Door, error_headers
+from router.doors.native import NativeDoor
+from router.doors.openai import OpenAIDoor
+from router.doors.zchat import ChatDoor
+from router.events import encode_json
 from router.limits import caller_id
 from router.stores import Store, store_from_env
 
@@ -38,14 +43,8 @@ _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 def _error_response(err: RouterError) -> Response[bytes]:
-    headers: dict[str, str] = {}
-    retry_after = getattr(err, "retry_after", None)
-    if isinstance(err, RateLimited):
-        headers.update(err.headers)
-    if err.status == 429:
-        headers["retry-after"] = str(max(1, math.ceil(retry_after or 1)))
     return Response(encode_json(err.to_body()), status_code=err.status, media_type=_JSON,
-                    headers=headers)
+                    headers=error_headers(err))
 
 
 def _router_error(_: Request[Any, Any, Any], exc: RouterError) -> Response[bytes]:
@@ -133,23 +132,28 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
             if own_store:
                 await st.close()
 
-    @post("/v1/tasks", status_code=200)
-    async def tasks(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
-        req = decode_task_request(await request.body(), max_body_bytes)
+    async def serve_door(door: Door, request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+        """One request through ``door``: decode, plan, admit, then stream or fold; every error
+        before the stream begins is answered in the door's own shape."""
         router: Router = state["router"]
-        plan = router.plan(req)
-        cc = request.headers.get("cache-control", "").lower()
-        ctx = RequestContext(caller=caller_id(request.headers.get("x-caller"),
-                                              request.client.host if request.client else None),
-                             no_cache="no-cache" in cc, no_store="no-store" in cc)
-        ticket = await router.admit(plan, ctx)
+        try:
+            req, opts = door.decode(await request.body(), request.headers)
+            plan = router.plan(req)
+            cc = request.headers.get("cache-control", "").lower()
+            ctx = RequestContext(caller=caller_id(request.headers.get("x-caller"),
+                                                  request.client.host if request.client else None),
+                                 no_cache="no-cache" in cc, no_store="no-store" in cc)
+            ticket = await router.admit(plan, ctx)
+        except RouterError as e:
+            status, body = door.error(e)
+            return Response(body, status_code=status, media_type=door.media_type, headers=error_headers(e))
         rid = new_request_id()
         headers = ticket.headers()
         if req.stream:
             async def sse() -> AsyncIterator[bytes]:
                 try:
-                    async for ev in router.stream(req, plan, rid, ticket, ctx):
-                        yield encode_sse(ev)
+                    async for chunk in door.stream(router.stream(req, plan, rid, ticket, ctx), req, opts):
+                        yield chunk
                 finally:  # the caller left before the stream began: refund its slot
                     if not ticket.settled:
                         await router.limiter.settle(ticket, None, served=False)
@@ -157,10 +161,47 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
         try:
             answer = await router.complete(req, plan, rid, ticket, ctx)
         except RouterError as e:
-            response = _error_response(e)
-            response.headers.update(headers)
-            return response
-        return Response(encode_json(answer), media_type=_JSON, headers=headers)
+            status, body = door.error(e)
+            return Response(body, status_code=status, media_type=door.media_type,
+                            headers={**headers, **error_headers(e)})
+        return Response(door.answer(answer, req, opts), media_type=door.media_type, headers=headers)
+
+    native, oai, claude = NativeDoor(max_body_bytes), OpenAIDoor(max_body_bytes), AnthropicDoor(max_body_bytes)
+    zchat = ChatDoor(max_body_bytes, lambda name: name in config.tasks or "/" in name and name in state["router"].targets)
+
+    @post("/v1/tasks", status_code=200)
+    async def tasks(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+        """The native door: the canonical request, the unified events."""
+        return await serve_door(native, request)
+
+    @post("/v1/chat/completions", status_code=200)
+    async def chat_completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+        """OpenAI chat completions; ``model`` is a task or ``provider/model``."""
+        return await serve_door(oai, request)
+
+    @post("/v1/messages", status_code=200)
+    async def messages(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+        """Anthropic Messages; ``model`` is a task or ``provider/model``."""
+        return await serve_door(claude, request)
+
+    @post("/api/chat", status_code=200)
+    async def api_chat(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+        """The Z.AI FastAPI backend's contract, routed to the ``chat`` task by default."""
+        return await serve_door(zchat, request)
+
+    @get("/v1/models")
+    async def models() -> Response[bytes]:
+        """Tasks and pinnable targets, as an OpenAI model list."""
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "llm-router"} for name in config.tasks]
+        data += [{"id": name, "object": "model", "created": 0, "owned_by": t.provider}
+                 for name, t in state["router"].targets.items()]
+        return Response(encode_json({"object": "list", "data": data}), media_type=_JSON)
+
+    @get("/health")
+    async def health() -> dict[str, Any]:
+        """The health answer of the Z.AI FastAPI backend that ``/api/chat`` replaces."""
+        return {"status": "healthy", "zai_client_initialized": "router" in state,
+                "timestamp": datetime.now().isoformat()}
 
     @get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -183,7 +224,7 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
         return Response(encode_json(await _routes_view(config, state["router"])), media_type=_JSON)
 
     return Litestar(
-        route_handlers=[tasks, healthz, readyz, routes],
+        route_handlers=[tasks, chat_completions, messages, api_chat, models, health, healthz, readyz, routes],
         lifespan=[lifespan],
         exception_handlers={RouterError: _router_error, HTTPException: _http_error,
                             Exception: _internal_error},

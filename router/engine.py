@@ -173,9 +173,16 @@ class Router:
                     retry=overlay(DEFAULT_RETRY, p.retry, task.retry),
                     cooldown=overlay(DEFAULT_COOLDOWN, p.cooldown),
                 )
+        for t, target in self.targets.items():  # a pinned target is a one-target chain of its own
+            p = config.providers[target.provider]
+            self._plans.setdefault(t, ([target], Params(), "error", None))
+            self._policies.setdefault((t, t), Policy(timeouts=overlay(DEFAULT_TIMEOUTS, p.timeouts),
+                                                     retry=overlay(DEFAULT_RETRY, p.retry),
+                                                     cooldown=overlay(DEFAULT_COOLDOWN, p.cooldown)))
 
     def plan(self, req: TaskRequest) -> Plan:
-        """Resolve the request's task; raises ``UnknownTask`` listing the known ones."""
+        """Resolve the request's task, or a pinned ``provider/model`` target (its provider's
+        policies, no task params or cache); raises ``UnknownTask`` listing the known tasks."""
         found = self._plans.get(req.task)
         if found is None:
             raise UnknownTask(req.task, list(self.config.tasks))

@@ -104,6 +104,11 @@ tasks:
     params: {{max_tokens: 128}}
   nothing_usable:
     chain: [nokey/claude-haiku-5-5]
+  chat:
+    chain: [glm/glm-4.6]
+  one_per_minute:
+    chain: [glm/glm-4.6]
+    limits: {{rpm: 1}}
 """
 
 

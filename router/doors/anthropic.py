@@ -1,0 +1,255 @@
+"""The Anthropic-compatible door, ``POST /v1/messages``.
+
+Wire facts (https://docs.anthropic.com/en/api/messages, .../messages-streaming, .../errors):
+``system`` as a string or text blocks; content blocks ``text``, ``tool_use``, ``tool_result``,
+``thinking`` (with ``signature``), ``redacted_thinking``; ``tools`` with ``input_schema``;
+``tool_choice`` ``{"type": "auto"|"any"|"tool"|"none"}``; ``thinking`` ``{"type": "enabled",
+"budget_tokens"}``/``{"type": "adaptive"}``/``{"type": "disabled"}``. The stream is
+``message_start``, ``ping``, per block ``content_block_start``/``_delta``*/``_stop`` (thinking with
+``thinking_delta`` and ``signature_delta``, text, tool_use with ``input_json_delta``),
+``message_delta`` (stop_reason, usage), ``message_stop``; errors are
+``{"type": "error", "error": {"type", "message"}}``. ``model`` names a task or ``provider/model``.
+GLM reasoning arrives as thinking blocks (without a signature).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import msgspec
+
+from router.errors import PayloadTooLarge, RequestError, RouterError
+from router.events import (Answer, End, Error, Event, ReasoningDelta, Start, TextDelta, ToolCallDelta,
+                           ToolCallEnd, ToolCallStart, Usage)
+from router.request import TaskRequest, msgspec_error_path
+
+from router.doors.base import canonical
+
+__all__ = ["AnthropicDoor", "AnthropicOptions"]
+
+_enc = msgspec.json.Encoder()
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+               503: "overloaded_error", 529: "overloaded_error"}
+
+
+class _Block(msgspec.Struct):
+    type: str
+    text: str | None = None
+    id: str | None = None
+    name: str | None = None
+    input: Any = None
+    tool_use_id: str | None = None
+    content: str | list[dict[str, Any]] | None = None
+    thinking: str | None = None
+    signature: str | None = None
+    data: str | None = None
+
+
+class _Message(msgspec.Struct):
+    role: str
+    content: str | list[_Block]
+
+
+class _Tool(msgspec.Struct):
+    name: str
+    description: str | None = None
+    input_schema: dict[str, Any] = {}
+
+
+class _ToolChoice(msgspec.Struct):
+    type: str
+    name: str | None = None
+
+
+class _Thinking(msgspec.Struct):
+    type: str
+    budget_tokens: int | None = None
+
+
+class _Request(msgspec.Struct):
+    """The request; unknown fields are ignored."""
+
+    model: str
+    max_tokens: int
+    messages: list[_Message]
+    system: str | list[_Block] | None = None
+    tools: list[_Tool] | None = None
+    tool_choice: _ToolChoice | None = None
+    thinking: _Thinking | None = None
+    stop_sequences: list[str] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stream: bool = False
+    metadata: dict[str, Any] | None = None
+
+
+_decoder = msgspec.json.Decoder(_Request)
+
+
+class AnthropicOptions(msgspec.Struct):
+    model: str
+
+
+def _text(content: str | list[dict[str, Any]] | None) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    return "".join(b.get("text", "") for b in content if isinstance(b, dict))
+
+
+def _messages(r: _Request) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    system = r.system if isinstance(r.system, str) else "".join(b.text or "" for b in r.system or ())
+    if system:
+        out.append({"role": "system", "content": system})
+    for i, m in enumerate(r.messages):
+        blocks = [_Block(type="text", text=m.content)] if isinstance(m.content, str) else m.content
+        if m.role == "user":
+            texts = []
+            for b in blocks:
+                if b.type == "tool_result":
+                    out.append({"role": "tool", "tool_call_id": b.tool_use_id, "content": _text(b.content)})
+                elif b.type == "text":
+                    texts.append(b.text or "")
+            if texts:
+                out.append({"role": "user", "content": "".join(texts)})
+        elif m.role == "assistant":
+            msg: dict[str, Any] = {"role": "assistant"}
+            text, calls = [], []
+            for b in blocks:
+                if b.type == "text":
+                    text.append(b.text or "")
+                elif b.type == "thinking":
+                    msg["reasoning"], msg["reasoning_signature"] = b.thinking or "", b.signature
+                elif b.type == "tool_use":
+                    calls.append({"id": b.id, "function": {"name": b.name, "arguments": json.dumps(b.input or {})}})
+            msg["content"] = "".join(text) or None
+            if calls:
+                msg["tool_calls"] = calls
+            out.append(msg)
+        else:
+            raise RequestError(f"role must be user or assistant, got {m.role!r}", f"messages[{i}].role")
+    return out
+
+
+class AnthropicDoor:
+    """``POST /v1/messages`` (see the module docstring)."""
+
+    media_type = "application/json"
+
+    def __init__(self, max_body_bytes: int) -> None:
+        self.max_body_bytes = max_body_bytes
+
+    def decode(self, body: bytes, headers: Mapping[str, str]) -> tuple[TaskRequest, AnthropicOptions]:
+        if len(body) > self.max_body_bytes:
+            raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {self.max_body_bytes}")
+        try:
+            r = _decoder.decode(body)
+        except msgspec.ValidationError as e:
+            msg, path = msgspec_error_path(e)
+            raise RequestError(msg, path) from None
+        except msgspec.DecodeError as e:
+            raise RequestError(f"malformed JSON: {e}") from None
+        obj: dict[str, Any] = {"task": r.model, "messages": _messages(r), "max_tokens": r.max_tokens,
+                               "stream": r.stream}
+        if r.tools:
+            obj["tools"] = [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                                               "parameters": t.input_schema}} for t in r.tools]
+        if r.tool_choice is not None:
+            tc = r.tool_choice
+            obj["tool_choice"] = ({"type": "function", "function": {"name": tc.name}} if tc.type == "tool"
+                                  else {"auto": "auto", "any": "required", "none": "none"}.get(tc.type, "auto"))
+        if r.thinking is not None:
+            obj["thinking"] = r.thinking.type != "disabled"
+        for key, value in (("stop", r.stop_sequences), ("temperature", r.temperature), ("top_p", r.top_p)):
+            if value is not None:
+                obj[key] = value
+        if r.metadata and isinstance(r.metadata.get("user_id"), str):
+            obj["metadata"] = {"user": r.metadata["user_id"]}
+        return canonical(obj), AnthropicOptions(model=r.model)
+
+    async def stream(self, events: AsyncIterator[Event], req: TaskRequest, opts: AnthropicOptions) -> AsyncIterator[bytes]:
+        index = -1
+        open_kind: str | None = None
+        usage: Usage | None = None
+
+        def event(name: str, obj: dict[str, Any]) -> bytes:
+            return b"event: " + name.encode() + b"\ndata: " + _enc.encode({"type": name, **obj}) + b"\n\n"
+
+        def close() -> bytes:
+            nonlocal open_kind
+            if open_kind is None:
+                return b""
+            open_kind = None
+            return event("content_block_stop", {"index": index})
+
+        def open_(kind: str, block: dict[str, Any]) -> bytes:
+            nonlocal index, open_kind
+            out = close()
+            index += 1
+            open_kind = kind
+            return out + event("content_block_start", {"index": index, "content_block": block})
+
+        async for ev in events:
+            match ev:
+                case TextDelta(text=t):
+                    out = b"" if open_kind == "text" else open_("text", {"type": "text", "text": ""})
+                    yield out + event("content_block_delta", {"index": index, "delta": {"type": "text_delta", "text": t}})
+                case ReasoningDelta(text=t, signature=sig, redacted=red):
+                    if red is not None:
+                        yield open_("redacted", {"type": "redacted_thinking", "data": red}) + close()
+                        continue
+                    out = b"" if open_kind == "thinking" else open_(
+                        "thinking", {"type": "thinking", "thinking": "", "signature": ""})
+                    if t:
+                        out += event("content_block_delta", {"index": index, "delta": {"type": "thinking_delta", "thinking": t}})
+                    if sig:
+                        out += event("content_block_delta", {"index": index, "delta": {"type": "signature_delta", "signature": sig}})
+                    yield out
+                case ToolCallStart(id=tid, name=name):
+                    yield open_("tool", {"type": "tool_use", "id": tid, "name": name, "input": {}})
+                case ToolCallDelta(arguments=a):
+                    yield event("content_block_delta", {"index": index, "delta": {"type": "input_json_delta", "partial_json": a}})
+                case ToolCallEnd():
+                    yield close()
+                case Start(id=rid, model=model):
+                    yield event("message_start", {"message": {
+                        "id": "msg_" + rid.removeprefix("req_"), "type": "message", "role": "assistant",
+                        "model": opts.model, "content": [], "stop_reason": None, "stop_sequence": None,
+                        "usage": {"input_tokens": 0, "output_tokens": 0}}}) + b'event: ping\ndata: {"type": "ping"}\n\n'
+                case Usage():
+                    usage = ev
+                case End(finish_reason=fr):
+                    u = usage or Usage()
+                    yield close() + event("message_delta", {
+                        "delta": {"stop_reason": STOP_REASONS.get(fr, "end_turn"), "stop_sequence": None},
+                        "usage": {"input_tokens": u.input_tokens - u.cached_tokens, "output_tokens": u.output_tokens,
+                                  "cache_read_input_tokens": u.cached_tokens, "cache_creation_input_tokens": 0}}) + \
+                        event("message_stop", {})
+                case Error(code=code, message=message, retryable=retryable):
+                    kind = "overloaded_error" if retryable else "api_error"
+                    yield event("error", {"error": {"type": kind, "message": f"{message} ({code})"}})
+
+    def answer(self, answer: Answer, req: TaskRequest, opts: AnthropicOptions) -> bytes:
+        content: list[dict[str, Any]] = []
+        if answer.reasoning or answer.reasoning_signature:
+            content.append({"type": "thinking", "thinking": answer.reasoning, "signature": answer.reasoning_signature or ""})
+        if answer.text:
+            content.append({"type": "text", "text": answer.text})
+        for t in answer.tool_calls:
+            content.append({"type": "tool_use", "id": t.id, "name": t.function["name"],
+                            "input": json.loads(t.function["arguments"] or "{}")})
+        u = answer.usage
+        return _enc.encode({
+            "id": "msg_" + answer.id.removeprefix("req_"), "type": "message", "role": "assistant",
+            "model": opts.model, "content": content, "stop_reason": STOP_REASONS.get(answer.finish_reason, "end_turn"),
+            "stop_sequence": None,
+            "usage": {"input_tokens": u.input_tokens - u.cached_tokens, "output_tokens": u.output_tokens,
+                      "cache_read_input_tokens": u.cached_tokens, "cache_creation_input_tokens": 0}})
+
+    def error(self, err: RouterError) -> tuple[int, bytes]:
+        kind = ERROR_TYPES.get(err.status, "api_error")
+        return err.status, _enc.encode({"type": "error", "error": {"type": kind, "message": err.message}})

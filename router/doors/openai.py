@@ -1,0 +1,237 @@
+"""The OpenAI-compatible door, ``POST /v1/chat/completions``.
+
+Wire facts: https://platform.openai.com/docs/api-reference/chat (request, completion object, chunk
+object, ``stream_options.include_usage`` usage chunk with ``choices: []``, ``data: [DONE]``, the
+error envelope ``{"error": {"message", "type", "param", "code"}}``). GLM conventions kept:
+``reasoning_content`` in deltas and messages, ``thinking: {"type": "enabled"|"disabled"}`` in the
+request. ``model`` names a task or a pinned ``provider/model``. Our extension: assistant
+``reasoning_signature`` (a Claude thinking signature), sent in answers and accepted back in
+history, so multi-turn thinking conversations with Claude work through this door.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import msgspec
+
+from router.errors import PayloadTooLarge, RequestError, RouterError
+from router.events import (Answer, End, Error, Event, Fallback, ReasoningDelta, Start, TextDelta,
+                           ToolCallDelta, ToolCallStart, Usage)
+from router.request import TaskRequest, msgspec_error_path
+
+from router.doors.base import canonical
+
+__all__ = ["OpenAIDoor", "OpenAIOptions", "completion_json", "openai_error_type"]
+
+_enc = msgspec.json.Encoder()
+
+
+class _Part(msgspec.Struct):
+    type: str
+    text: str | None = None
+
+
+class _Fn(msgspec.Struct):
+    name: str
+    arguments: str = "{}"
+
+
+class _ToolCall(msgspec.Struct):
+    id: str
+    function: _Fn
+    type: str = "function"
+
+
+class _Message(msgspec.Struct):
+    role: str
+    content: str | list[_Part] | None = None
+    name: str | None = None
+    tool_calls: list[_ToolCall] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+    reasoning_signature: str | None = None
+
+
+class _StreamOptions(msgspec.Struct):
+    include_usage: bool = False
+
+
+class _Thinking(msgspec.Struct):
+    type: str = "enabled"
+
+
+class _Request(msgspec.Struct):
+    """The request; unknown fields are ignored, as OpenAI-compatible servers do."""
+
+    model: str
+    messages: list[_Message]
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: _StreamOptions | None = None
+    thinking: _Thinking | None = None
+    n: int = 1
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+
+
+_decoder = msgspec.json.Decoder(_Request)
+
+
+class OpenAIOptions(msgspec.Struct):
+    """What the door remembers for encoding: the model named, and the usage-chunk flag."""
+
+    model: str
+    include_usage: bool
+
+
+def _message(m: _Message, i: int) -> dict[str, Any]:
+    role = "system" if m.role == "developer" else m.role
+    out: dict[str, Any] = {"role": role}
+    if isinstance(m.content, list):
+        parts = []
+        for j, p in enumerate(m.content):
+            if p.type != "text" or p.text is None:
+                raise RequestError(f"content part type {p.type!r} is not supported; send text parts",
+                                   f"messages[{i}].content[{j}].type")
+            parts.append(p.text)
+        out["content"] = "".join(parts)
+    elif m.content is not None:
+        out["content"] = m.content
+    if m.tool_calls:
+        out["tool_calls"] = [{"id": tc.id, "function": {"name": tc.function.name, "arguments": tc.function.arguments}}
+                             for tc in m.tool_calls]
+    for key in ("name", "tool_call_id"):
+        if getattr(m, key) is not None:
+            out[key] = getattr(m, key)
+    if m.reasoning_content is not None:
+        out["reasoning"] = m.reasoning_content
+    if m.reasoning_signature is not None:
+        out["reasoning_signature"] = m.reasoning_signature
+    return out
+
+
+def openai_error_type(status: int) -> str:
+    """OpenAI's error ``type`` for an HTTP status."""
+    return {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+            404: "not_found_error", 413: "invalid_request_error", 429: "rate_limit_error"}.get(
+        status, "api_error")
+
+
+def _usage(u: Usage | Any) -> dict[str, Any]:
+    return {"prompt_tokens": u.input_tokens, "completion_tokens": u.output_tokens,
+            "total_tokens": u.input_tokens + u.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+            "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+            "cost_usd": u.cost_usd}
+
+
+def completion_json(answer: Answer, model: str) -> dict[str, Any]:
+    """A complete answer as an OpenAI ``chat.completion`` object."""
+    msg: dict[str, Any] = {"role": "assistant", "content": answer.text or (None if answer.tool_calls else "")}
+    if answer.reasoning:
+        msg["reasoning_content"] = answer.reasoning
+    if answer.reasoning_signature:
+        msg["reasoning_signature"] = answer.reasoning_signature
+    if answer.tool_calls:
+        msg["tool_calls"] = [{"id": t.id, "type": "function", "function": t.function} for t in answer.tool_calls]
+    return {"id": "chatcmpl-" + answer.id.removeprefix("req_"), "object": "chat.completion",
+            "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": msg, "finish_reason": answer.finish_reason, "logprobs": None}],
+            "usage": _usage(answer.usage), "system_fingerprint": None,
+            "router": {"provider": answer.provider, "model": answer.model, "cached": answer.cached,
+                       "attempts": msgspec.to_builtins(answer.attempts)}}
+
+
+class OpenAIDoor:
+    """``POST /v1/chat/completions`` (see the module docstring)."""
+
+    media_type = "application/json"
+
+    def __init__(self, max_body_bytes: int) -> None:
+        self.max_body_bytes = max_body_bytes
+
+    def decode(self, body: bytes, headers: Mapping[str, str]) -> tuple[TaskRequest, OpenAIOptions]:
+        if len(body) > self.max_body_bytes:
+            raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {self.max_body_bytes}")
+        try:
+            r = _decoder.decode(body)
+        except msgspec.ValidationError as e:
+            msg, path = msgspec_error_path(e)
+            raise RequestError(msg, path) from None
+        except msgspec.DecodeError as e:
+            raise RequestError(f"malformed JSON: {e}") from None
+        if r.n != 1:
+            raise RequestError("only n=1 is supported", "n")
+        obj: dict[str, Any] = {"task": r.model, "messages": [_message(m, i) for i, m in enumerate(r.messages)],
+                               "stream": r.stream}
+        for key in ("tools", "tool_choice", "temperature", "top_p", "metadata"):
+            if getattr(r, key) is not None:
+                obj[key] = getattr(r, key)
+        if r.max_completion_tokens is not None or r.max_tokens is not None:
+            obj["max_tokens"] = r.max_completion_tokens or r.max_tokens
+        if r.stop is not None:
+            obj["stop"] = [r.stop] if isinstance(r.stop, str) else r.stop
+        if r.thinking is not None:
+            obj["thinking"] = r.thinking.type != "disabled"
+        return canonical(obj), OpenAIOptions(model=r.model, include_usage=bool(
+            r.stream_options and r.stream_options.include_usage))
+
+    async def stream(self, events: AsyncIterator[Event], req: TaskRequest, opts: OpenAIOptions) -> AsyncIterator[bytes]:
+        cid, created = "chatcmpl-" + secrets.token_hex(12), int(time.time())
+        head = b'{"id":"' + cid.encode() + b'","object":"chat.completion.chunk","created":' + str(created).encode() + \
+            b',"model":' + _enc.encode(opts.model) + b',"choices":'
+        usage: Usage | None = None
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            return b"data: " + head + _enc.encode([choice]) + b"}\n\n"
+
+        async for ev in events:
+            match ev:
+                case TextDelta(text=t):
+                    yield chunk({"content": t})
+                case ReasoningDelta(text=t, signature=sig):
+                    d: dict[str, Any] = {"reasoning_content": t}
+                    if sig:
+                        d["reasoning_signature"] = sig
+                    if t or sig:
+                        yield chunk(d)
+                case ToolCallStart(index=i, id=tid, name=name):
+                    yield chunk({"tool_calls": [{"index": i, "id": tid, "type": "function",
+                                                 "function": {"name": name, "arguments": ""}}]})
+                case ToolCallDelta(index=i, arguments=a):
+                    yield chunk({"tool_calls": [{"index": i, "function": {"arguments": a}}]})
+                case Start(cached=cached):
+                    yield chunk({"role": "assistant", "content": ""})
+                case Usage():
+                    usage = ev
+                case Fallback(from_=a, to=b, reason=why):
+                    yield f": fallback {a} -> {b} ({why})\n\n".encode()
+                case End(finish_reason=fr):
+                    yield chunk({}, fr)
+                    if opts.include_usage and usage is not None:
+                        yield b"data: " + head + b"[],\"usage\":" + _enc.encode(_usage(usage)) + b"}\n\n"
+                    yield b"data: [DONE]\n\n"
+                case Error(code=code, message=message):
+                    yield b"data: " + _enc.encode({"error": {"message": message, "type": "api_error",
+                                                             "param": None, "code": code}}) + b"\n\n"
+
+    def answer(self, answer: Answer, req: TaskRequest, opts: OpenAIOptions) -> bytes:
+        return _enc.encode(completion_json(answer, opts.model))
+
+    def error(self, err: RouterError) -> tuple[int, bytes]:
+        body: dict[str, Any] = {"message": err.message, "type": openai_error_type(err.status),
+                                "param": getattr(err, "path", None), "code": getattr(err, "code", None) or err.type}
+        if hasattr(err, "attempts"):
+            body["attempts"] = msgspec.to_builtins(err.attempts)
+        return err.status, _enc.encode({"error": body})

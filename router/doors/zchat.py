@@ -1,0 +1,100 @@
+"""``POST /api/chat``: the contract of the Z.AI FastAPI backend a Next.js front end already uses.
+
+Its request is ``{messages: [{role, content}], model?, stream? (default true), temperature?,
+max_tokens?}``. A streamed answer is ``data: <json>`` lines of
+``{"choices": [{"delta": {"content": ...}}], "model": ..., "created": ...}`` written by Python's
+``json.dumps`` (spaces after ``:`` and ``,``), ended by ``data: {"data": "[DONE]"}``; a failure
+mid-stream is ``data: {"error": {"message", "type": "streaming_error"}}``. A non-streamed answer is a
+chat completion object. Errors are FastAPI's ``{"detail": ...}``. The request goes to the ``chat``
+task unless ``model`` names another task (or a ``provider/model``); the chunks' ``model`` echoes the
+model asked for, as that backend did.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import msgspec
+
+from router.errors import PayloadTooLarge, RequestError, RouterError
+from router.events import Answer, End, Error, Event, TextDelta
+from router.request import TaskRequest, msgspec_error_path
+
+from router.doors.base import canonical
+from router.doors.openai import completion_json
+
+__all__ = ["ChatDoor", "ChatOptions"]
+
+DEFAULT_TASK = "chat"
+
+
+class _Message(msgspec.Struct):
+    role: str
+    content: str
+
+
+class _Request(msgspec.Struct):
+    messages: list[_Message]
+    model: str | None = None
+    stream: bool = True
+    temperature: float | None = None
+    max_tokens: int | None = None
+
+
+_decoder = msgspec.json.Decoder(_Request)
+
+
+class ChatOptions(msgspec.Struct):
+    model: str
+
+
+class ChatDoor:
+    """``POST /api/chat`` (see the module docstring). ``known`` tells a task or target name."""
+
+    media_type = "application/json"
+
+    def __init__(self, max_body_bytes: int, known: Any) -> None:
+        self.max_body_bytes = max_body_bytes
+        self.known = known
+
+    def decode(self, body: bytes, headers: Mapping[str, str]) -> tuple[TaskRequest, ChatOptions]:
+        if len(body) > self.max_body_bytes:
+            raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {self.max_body_bytes}")
+        try:
+            r = _decoder.decode(body)
+        except msgspec.ValidationError as e:
+            msg, path = msgspec_error_path(e)
+            raise RequestError(msg, path) from None
+        except msgspec.DecodeError as e:
+            raise RequestError(f"malformed JSON: {e}") from None
+        messages = [{"role": m.role, "content": m.content} for m in r.messages if m.role and m.content]
+        if not r.messages:
+            raise RequestError("Messages array is required and cannot be empty", "messages")
+        if not messages:
+            raise RequestError("No valid messages provided", "messages")
+        task = r.model if r.model and self.known(r.model) else DEFAULT_TASK
+        obj: dict[str, Any] = {"task": task, "messages": messages, "stream": r.stream}
+        if r.temperature is not None:
+            obj["temperature"] = r.temperature
+        if r.max_tokens is not None:
+            obj["max_tokens"] = r.max_tokens
+        return canonical(obj), ChatOptions(model=r.model or task)
+
+    async def stream(self, events: AsyncIterator[Event], req: TaskRequest, opts: ChatOptions) -> AsyncIterator[bytes]:
+        async for ev in events:
+            if isinstance(ev, TextDelta):
+                chunk = {"choices": [{"delta": {"content": ev.text}}], "model": opts.model, "created": int(time.time())}
+                yield f"data: {json.dumps(chunk)}\n\n".encode()
+            elif isinstance(ev, End):
+                yield f"data: {json.dumps({'data': '[DONE]'})}\n\n".encode()
+            elif isinstance(ev, Error):
+                yield f"data: {json.dumps({'error': {'message': ev.message, 'type': 'streaming_error'}})}\n\n".encode()
+
+    def answer(self, answer: Answer, req: TaskRequest, opts: ChatOptions) -> bytes:
+        return msgspec.json.encode(completion_json(answer, opts.model))
+
+    def error(self, err: RouterError) -> tuple[int, bytes]:
+        return err.status, msgspec.json.encode({"detail": err.message})
