@@ -30,6 +30,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--modes", default="nonstream,stream")
     ap.add_argument("--out", default=None, help="append JSON lines here")
+    ap.add_argument("--door", choices=["tasks", "openai"], default="tasks",
+                    help="load POST /v1/tasks, or the OpenAI door POST /v1/chat/completions (the peers' load)")
     a = ap.parse_args()
 
     config = lambda emu: f"""
@@ -54,13 +56,16 @@ tasks:
             stream = mode == "stream"
             direct_body = json.dumps({"model": "glm-4.6", "messages": msgs, "stream": stream,
                                       **({"stream_options": {"include_usage": True}} if stream else {})}).encode()
-            router_body = json.dumps({"task": "bench", "messages": msgs, "stream": stream}).encode()
+            if a.door == "openai":
+                router_body, router_path = direct_body.replace(b'"glm-4.6"', b'"bench"', 1), "/v1/chat/completions"
+            else:
+                router_body, router_path = json.dumps({"task": "bench", "messages": msgs, "stream": stream}).encode(), "/v1/tasks"
             for c in (int(x) for x in a.concurrency.split(",")):
                 d = run_load(emu + "/api/paas/v4/chat/completions", direct_body, stream=stream,
                              concurrency=c, warmup=a.warmup, duration=a.duration).summary()
-                r = run_load(run.router + "/v1/tasks", router_body, stream=stream, concurrency=c,
+                r = run_load(run.router + router_path, router_body, stream=stream, concurrency=c,
                              warmup=a.warmup, duration=a.duration, watch=[run.router_pid]).summary()
-                row = {"mode": mode, "concurrency": c, "workers": a.workers, "direct": d, "router": r,
+                row = {"mode": mode, "door": a.door, "concurrency": c, "workers": a.workers, "direct": d, "router": r,
                        "added_p50_ms": round(r["p50_ms"] - d["p50_ms"], 3),
                        "added_p99_ms": round(r["p99_ms"] - d["p99_ms"], 3)}
                 if stream:

@@ -194,3 +194,15 @@ def test_api_chat_contract(router: str) -> None:
         assert empty.status_code == 400 and empty.json() == {"detail": "Messages array is required and cannot be empty"}
         health = c.get(router + "/health").json()
         assert health["status"] == "healthy" and "timestamp" in health
+
+
+@pytest.mark.parametrize("task", sorted(BACKENDS))
+def test_cut_stream_raises_in_both_sdks(oai: openai.OpenAI, ant: anthropic.Anthropic, task: str) -> None:
+    spec = {"text": "one two three four five six", "cut_after": 4}
+    with pytest.raises(openai.APIError):
+        for _ in oai.chat.completions.create(model=task, stream=True,
+                                             messages=[{"role": "user", "content": say(spec)}]):
+            pass
+    with pytest.raises(anthropic.APIStatusError):
+        with ant.messages.stream(model=task, max_tokens=64, messages=[{"role": "user", "content": say(spec)}]) as s:
+            s.get_final_message()
