@@ -33,26 +33,31 @@ def demo_config(config, upstream: str):  # type: ignore[no-untyped-def]
 
 
 def asgi_app():  # type: ignore[no-untyped-def]
-    """App factory for uvicorn workers: config from ``ROUTER_CONFIG``; demo upstream from
-    ``LLM_ROUTER_DEMO_UPSTREAM`` when set. Exits with the config's problems when invalid."""
+    """App factory for uvicorn workers: config from ``ROUTER_CONFIG`` (watched and reloaded live);
+    demo upstream from ``LLM_ROUTER_DEMO_UPSTREAM`` when set. Exits with the config's problems when
+    invalid."""
     from router.app import create_app
     from router.config import ConfigError, load_config
 
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
     path = os.environ.get("ROUTER_CONFIG", DEFAULT_CONFIG)
-    try:
+    upstream = os.environ.get(_DEMO_ENV)
+
+    def load():  # type: ignore[no-untyped-def]
         config = load_config(path)
+        return demo_config(config, upstream) if upstream else config
+
+    try:
+        config = load()
     except ConfigError as e:
         for p in e.problems:
             logging.getLogger("llm_router").error("%s: %s", path, p)
         raise SystemExit(1) from None
-    notes = [f"config {path} (version {config.digest})"]
-    upstream = os.environ.get(_DEMO_ENV)
+    notes = [f"config {path} (version {config.digest}); watching it for edits, SIGHUP reloads"]
     if upstream:
-        config = demo_config(config, upstream)
         notes.append(f"demo mode: every provider is the built-in upstream emulator at {upstream}; "
                      "no API key is used")
-    return create_app(config, notes=notes)
+    return create_app(config, notes=notes, load=load)
 
 
 @click.group()

@@ -23,7 +23,7 @@ import yaml
 
 from router.request import msgspec_error_path
 
-__all__ = ["CachePolicy", "ConfigError", "Cooldown", "GlobalLimits", "Limits", "ModelSpec", "Params", "Price", "Provider", "Retry",
+__all__ = ["CachePolicy", "ConfigError", "Cooldown", "GlobalLimits", "Limits", "ModelSpec", "Tenant", "environment", "Params", "Price", "Provider", "Retry",
            "RoutingConfig", "Task", "Timeouts", "load_config", "overlay", "parse_config"]
 
 
@@ -178,6 +178,18 @@ class Task(msgspec.Struct, forbid_unknown_fields=True):
     cache: CachePolicy | None = None
 
 
+KeyHash = Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
+
+
+class Tenant(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A calling service: its API keys as SHA-256 hashes (``llm-router hash-key`` prints one), the
+    tasks it may use (``None``: every task) and its own RPM/TPM (instead of ``limits.per_caller``)."""
+
+    keys: list[KeyHash]
+    tasks: list[str] | None = None
+    limits: Limits | None = None
+
+
 class GlobalLimits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """``per_caller``: the default RPM/TPM of every caller, across tasks."""
 
@@ -187,13 +199,16 @@ class GlobalLimits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True):
     """The whole file. ``version`` is 1. ``source`` / ``digest`` say where it came from.
     ``on_store_error``: when the store (Redis) fails, ``allow`` requests past the limits or
-    ``deny`` them (429)."""
+    ``deny`` them (429). ``tenants`` turn authentication on; ``admin_keys`` (SHA-256 hashes) open
+    the admin endpoints then."""
 
     providers: dict[str, Provider]
     tasks: dict[str, Task]
     version: int = 1
     limits: GlobalLimits = GlobalLimits()
     on_store_error: Literal["allow", "deny"] = "allow"
+    tenants: dict[str, Tenant] = {}
+    admin_keys: list[str] = []
     source: str = msgspec.field(default="<memory>", name="_source")
     digest: str = msgspec.field(default="", name="_digest")
 
@@ -293,7 +308,7 @@ def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = 
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): expected a mapping with providers and tasks"])
     for key in raw:
-        if key not in ("version", "providers", "tasks", "limits", "on_store_error"):
+        if key not in ("version", "providers", "tasks", "limits", "on_store_error", "tenants", "admin_keys"):
             problems.append(f"{key}: unknown key")
     extras: dict[str, Any] = {}
     if "limits" in raw:
@@ -354,17 +369,56 @@ def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = 
             _check_chain(chain, where, raw_providers, providers, problems)
         if t is not None:
             tasks[str(name)] = t
+    tenants: dict[str, Tenant] = {}
+    raw_tenants = raw.get("tenants") or {}
+    if not isinstance(raw_tenants, dict):
+        problems.append("tenants: expected a mapping of tenant name to tenant")
+        raw_tenants = {}
+    seen_keys: dict[str, str] = {}
+    for name, body in raw_tenants.items():
+        where = f"tenants.{name}"
+        t = _convert(body, Tenant, where, problems)
+        if t is None:
+            continue
+        for i, task in enumerate(t.tasks or ()):
+            if task not in raw_tasks:
+                problems.append(f"{where}.tasks[{i}]: unknown task {task!r}")
+        for i, k in enumerate(t.keys):
+            if k in seen_keys:
+                problems.append(f"{where}.keys[{i}]: the same key is also tenant {seen_keys[k]!r}'s")
+            seen_keys[k] = str(name)
+        tenants[str(name)] = t
+    if tenants:
+        extras["tenants"] = tenants
+    if "admin_keys" in raw:
+        admin = _convert(raw["admin_keys"], list[KeyHash], "admin_keys", problems)
+        if admin is not None:
+            extras["admin_keys"] = admin
     if problems:
         raise ConfigError(problems)
     return RoutingConfig(providers=providers, tasks=tasks, source=source,
                          digest=hashlib.sha256(text.encode()).hexdigest()[:16], **extras)
 
 
+def environment(config_path: str) -> dict[str, str]:
+    """The variables ``${VAR}`` reads: ``.env`` beside the config, then ``.env.local`` over it
+    (the layering Z.ai's GLM integration guide uses), then the process environment over both."""
+    from dotenv import dotenv_values
+
+    here = os.path.dirname(os.path.abspath(config_path))
+    env: dict[str, str] = {}
+    for name in (".env", ".env.local"):
+        env.update({k: v for k, v in dotenv_values(os.path.join(here, name)).items() if v is not None})
+    env.update(os.environ)
+    return env
+
+
 def load_config(path: str, env: Mapping[str, str] | None = None) -> RoutingConfig:
-    """Read and parse routing.yaml at ``path``; raises ``ConfigError`` (unreadable file included)."""
+    """Read and parse routing.yaml at ``path``; raises ``ConfigError`` (unreadable file included).
+    ``env`` defaults to ``environment(path)`` (process environment over ``.env.local`` over ``.env``)."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
         raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
-    return parse_config(text, env, source=path)
+    return parse_config(text, environment(path) if env is None else env, source=path)

@@ -24,8 +24,9 @@ import msgspec
 
 from providers import Call
 from router.cache import CacheEntry, ResponseCache, cache_key, replay
+from router.auth import Authenticator
 from router.config import (DEFAULT_COOLDOWN, DEFAULT_RETRY, DEFAULT_TIMEOUTS, CachePolicy, Cooldown,
-                           Params, Retry, RoutingConfig, Timeouts, overlay)
+                           Limits, Params, Retry, RoutingConfig, Timeouts, overlay)
 from router.errors import (AllTargetsFailed, TargetUnusable, UnknownTask, UpstreamError,
                            UpstreamStreamError)
 from router.events import Answer, AttemptRecord, End, Error, Event, Fallback, Start, Usage, fold
@@ -66,12 +67,14 @@ class Plan(msgspec.Struct, kw_only=True):
 
 
 class RequestContext(msgspec.Struct, kw_only=True):
-    """Per-request facts from the front door: ``caller`` (for limits), and the caller's
-    ``Cache-Control``: ``no_cache`` skips the cache lookup, ``no_store`` the write."""
+    """Per-request facts from the front door: ``caller`` (the tenant, or X-Caller / the client
+    address, for limits), ``limits`` (the tenant's own, over ``limits.per_caller``), and the
+    caller's ``Cache-Control``: ``no_cache`` skips the cache lookup, ``no_store`` the write."""
 
     caller: str = "unknown"
     no_cache: bool = False
     no_store: bool = False
+    limits: Limits | None = None
 
 def _merge(req: TaskRequest, params: Params) -> Params:
     return Params(
@@ -159,6 +162,7 @@ class Router:
         self.store: Store = store or MemoryStore()
         self.clock, self.wall, self.sleep = clock, wall, sleep
         self.limiter = Limiter(config, self.store)
+        self.auth = Authenticator(config)
         self.cache = ResponseCache(self.store, wall)
         self.targets = make_targets(config.providers)
         self._plans: dict[str, tuple[list[Target], Params, str, CachePolicy | None]] = {}
@@ -196,7 +200,7 @@ class Router:
     async def admit(self, plan: Plan, ctx: RequestContext) -> Ticket:
         """Charge the caller's limits for this request (settled when its events end); raises
         ``RateLimited`` (429) when the caller is over one."""
-        return await self.limiter.admit_caller(ctx.caller, plan.task, plan.estimate)
+        return await self.limiter.admit_caller(ctx.caller, plan.task, plan.estimate, ctx.limits)
 
     def policy(self, task: str, target: str) -> Policy:
         """The effective policy of ``target`` within ``task``."""

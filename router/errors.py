@@ -6,6 +6,8 @@ its error ``type`` (the JSON ``error.type``), and whether trying again could hel
     RouterError                      500 internal_error
     ├── RequestError                 400 invalid_request_error   (``path`` names the field)
     │   └── PayloadTooLarge          413 request_too_large
+    ├── Unauthorized                 401 authentication_error    (no key, or an unknown one)
+    ├── Forbidden                    403 permission_error        (the tenant may not use this)
     ├── UnknownTask                  404 not_found_error         (message lists the known tasks)
     ├── RateLimited                  429 rate_limit_error        (the caller is over a limit)
     ├── UpstreamError                502 upstream_error          (one failed call to one target)
@@ -27,6 +29,8 @@ from typing import Any
 
 __all__ = [
     "AllTargetsFailed",
+    "Forbidden",
+    "Unauthorized",
     "PayloadTooLarge",
     "RateLimited",
     "RequestError",
@@ -83,6 +87,20 @@ class PayloadTooLarge(RequestError):
 
     status = 413
     type = "request_too_large"
+
+
+class Unauthorized(RouterError):
+    """No API key, or one that matches no tenant (the key itself is never echoed)."""
+
+    status = 401
+    type = "authentication_error"
+
+
+class Forbidden(RouterError):
+    """The tenant may not use this task, or this endpoint needs an admin key."""
+
+    status = 403
+    type = "permission_error"
 
 
 class UnknownTask(RouterError):

@@ -88,10 +88,12 @@ class Limiter:
         self._models = {(p, m): spec.limits for p, prov in config.providers.items()
                         for m, spec in prov.models.items()}
 
-    def caller_specs(self, caller: str, task: str, estimate: int) -> list[LimitSpec]:
-        """The caller's limiters for ``task`` (one hash tag: ``{c:<caller>}``)."""
+    def caller_specs(self, caller: str, task: str, estimate: int, own: Limits | None = None) -> list[LimitSpec]:
+        """The caller's limiters for ``task`` (one hash tag: ``{c:<caller>}``): its ``own``
+        limits (a tenant's) or the global per-caller ones, and the task's."""
         tag = "{c:" + caller + "}"
-        return _specs(tag, self._global, estimate) + _specs(f"{tag}:t:{task}", self._tasks.get(task), estimate)
+        return (_specs(tag, own or self._global, estimate)
+                + _specs(f"{tag}:t:{task}", self._tasks.get(task), estimate))
 
     def target_specs(self, provider: str, model: str, estimate: int) -> list[LimitSpec]:
         """The provider's and the model's limiters (one hash tag: ``{p:<provider>}``)."""
@@ -112,11 +114,11 @@ class Limiter:
             return result
         return Ticket(specs=specs, estimate=estimate, result=result)
 
-    async def admit_caller(self, caller: str, task: str, estimate: int) -> Ticket:
+    async def admit_caller(self, caller: str, task: str, estimate: int, own: Limits | None = None) -> Ticket:
         """Charge the caller's limits; raises ``RateLimited`` (429, Retry-After) when over one."""
-        got = await self._acquire(self.caller_specs(caller, task, estimate), estimate)
+        specs = self.caller_specs(caller, task, estimate, own)
+        got = await self._acquire(specs, estimate)
         if isinstance(got, LimitResult):
-            specs = self.caller_specs(caller, task, estimate)
             if not got.remaining:
                 raise RateLimited("the rate-limit store is unavailable and on_store_error is deny",
                                   retry_after=got.retry_after, headers={})
