@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -245,7 +246,7 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
             return _json({"status": "starting"}, 503)
         router = current()
         store_ok = await router.store.ping()
-        return _json({"status": "ready" if store_ok else "degraded", "config": state["live"].status(),
+        return _json({"status": "ready" if store_ok else "degraded", "pid": os.getpid(), "config": state["live"].status(),
                       "stores": {"kind": router.store.kind, "status": "ok" if store_ok else "unreachable"}})
 
     @get("/v1/routes")

@@ -97,9 +97,14 @@ def serve(config_path: str, host: str, port: int, workers: int, demo: bool) -> N
 
 @main.command()
 @click.argument("path", default=DEFAULT_CONFIG, envvar="ROUTER_CONFIG")
-def validate(path: str) -> None:
-    """Check routing.yaml: exit 0 when valid, 1 with every problem and its location."""
-    from router.config import ConfigError, load_config
+@click.option("--show", is_flag=True, help="print the effective config (secrets redacted)")
+def validate(path: str, show: bool) -> None:
+    """Check routing.yaml: exit 0 when valid (warnings printed), 1 with every problem and its
+    location."""
+    import msgspec
+
+    from router.config import ConfigError, environment, load_config
+    from router.validate import redacted, warnings
 
     try:
         config = load_config(path)
@@ -108,10 +113,29 @@ def validate(path: str) -> None:
             click.echo(f"{path}: {p}", err=True)
         click.echo(f"{path}: {len(e.problems)} problem(s)", err=True)
         sys.exit(1)
-    for name, p in config.providers.items():
-        if p.unusable_reason:
-            click.echo(f"{path}: providers.{name}: warning: {p.unusable_reason}", err=True)
-    click.echo(f"{path}: ok ({len(config.tasks)} tasks, {len(config.providers)} providers)")
+    with open(path, encoding="utf-8") as f:
+        found = warnings(config, f.read(), environment(path))
+    for w in found:
+        click.echo(f"{path}: warning: {w}", err=True)
+    if show:
+        click.echo(msgspec.json.format(msgspec.json.encode(redacted(config)), indent=2).decode())
+    click.echo(f"{path}: ok ({len(config.tasks)} tasks, {len(config.providers)} providers, "
+               f"{len(found)} warning(s))", err=show)
+
+
+@main.command("hash-key")
+@click.argument("key", required=False)
+def hash_key_cmd(key: str | None) -> None:
+    """Print the sha256:... form of an API key for routing.yaml's tenants (reads stdin when no
+    KEY is given, so the key stays out of the shell history)."""
+    from router.auth import hash_key
+
+    if key is None:
+        key = sys.stdin.readline().strip()
+    if not key:
+        click.echo("no key given", err=True)
+        sys.exit(1)
+    click.echo(hash_key(key))
 
 
 @main.command()

@@ -12,6 +12,7 @@ with their locations and kept in ``rejected`` for ``/readyz`` and ``/v1/routes``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -39,6 +40,7 @@ class LiveConfig:
         self.rejected: dict[str, Any] | None = None
         self.debounce = debounce
         self._lock = asyncio.Lock()
+        self._seen = self._signature()
 
     def status(self) -> dict[str, Any]:
         """The active version (content hash, source, load time) and the last rejected edit."""
@@ -50,6 +52,7 @@ class LiveConfig:
         """Load the file now; True when the router now serves it (or already did). ``force``
         rebuilds even when routing.yaml's text is unchanged (a ``.env`` edit changes keys)."""
         async with self._lock:
+            self._seen = self._signature()
             try:
                 config = self.load()
             except ConfigError as e:
@@ -66,14 +69,42 @@ class LiveConfig:
             log.warning("config reloaded (%s): version %s", reason, config.digest)
             return True
 
-    async def watch(self, stop: asyncio.Event) -> None:
-        """Reload on every change to the watched files until ``stop`` is set."""
+    def _signature(self) -> tuple[tuple[int, int], ...]:
+        out = []
+        for name in (os.path.basename(self.path), *_WATCHED[1:]):
+            try:
+                st = os.stat(os.path.join(os.path.dirname(self.path), name))
+                out.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((0, 0))
+        return tuple(out)
+
+    async def _apply_if_changed(self, reason: str) -> None:
+        sig = self._signature()
+        if sig == self._seen:
+            return
+        env_changed = sig[1:] != self._seen[1:]  # .env or .env.local: keys may differ, text not
+        await self.reload(reason, force=env_changed)
+
+    async def watch(self, stop: asyncio.Event, poll: float = 1.0) -> None:
+        """Reload on every change to the watched files until ``stop`` is set: inotify (watchfiles)
+        for speed, and a stat poll every ``poll`` seconds for what inotify misses (an edit made
+        while the watcher was starting, mounts that deliver no events)."""
         from watchfiles import awatch
 
-        here = os.path.dirname(self.path)
-        names = {os.path.basename(self.path), *_WATCHED[1:]}
-        async for changes in awatch(here, stop_event=stop, debounce=self.debounce, step=50,
-                                    recursive=False):
-            changed = {os.path.basename(p) for _, p in changes} & names
-            if changed:
-                await self.reload("file changed", force=bool(changed - {os.path.basename(self.path)}))
+        async def polling() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), poll)
+                await self._apply_if_changed("file changed (poll)")
+
+        poller = asyncio.create_task(polling())
+        try:
+            here = os.path.dirname(self.path)
+            names = {os.path.basename(self.path), *_WATCHED[1:]}
+            logging.getLogger("watchfiles").setLevel(logging.WARNING)
+            async for _ in awatch(here, stop_event=stop, debounce=self.debounce, step=50, recursive=False,
+                                  watch_filter=lambda _change, path: os.path.basename(path) in names):
+                await self._apply_if_changed("file changed")
+        finally:
+            poller.cancel()

@@ -2,7 +2,7 @@
 
 Routes: ``POST .../chat/completions`` (OpenAI flavour under ``/v1``, GLM flavour elsewhere, e.g.
 ``/api/paas/v4``), ``POST .../messages`` (Anthropic), ``GET /_emulator/stats``,
-``GET /_emulator/last/{model}`` (the last request to a model, credentials left out),
+``GET /_emulator/last/{model}`` (the last request to a model; its credential only as a SHA-256),
 ``POST /_emulator/reset``, ``GET /health``. A bare ASGI app (no framework) so the bytes on the
 wire are exactly the ones ``router.emulator.wire`` builds, chunk by chunk.
 """
@@ -70,9 +70,11 @@ class Emulator:
         except (ValueError, DirectiveError) as e:
             return await _send_json(send, 400, {"error": {"code": "1214", "message": str(e)[:200]}})
         model = str(body.get("model", ""))
-        self.last[model] = {"path": path, "body": body, "headers": {
-            k.decode(): v.decode() for k, v in scope["headers"]
-            if k not in (b"authorization", b"x-api-key")}}
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        credential = headers.pop("x-api-key", None) or headers.pop("authorization", "").removeprefix("Bearer ")
+        headers.pop("authorization", None)
+        self.last[model] = {"path": path, "body": body, "headers": headers,
+                            "credential_sha256": hashlib.sha256(credential.encode()).hexdigest() if credential else None}
         stats = self.stats[model]
         stats["requests"] += 1
         disconnected = asyncio.Event()
