@@ -98,6 +98,7 @@ class LiveConfig:
                     await asyncio.wait_for(stop.wait(), poll)
                 await self._apply_if_changed("file changed (poll)")
 
+        await self.reload("startup check")  # an edit between loading and watching is not lost
         poller = asyncio.create_task(polling())
         try:
             here = os.path.dirname(self.path)
@@ -106,5 +107,9 @@ class LiveConfig:
             async for _ in awatch(here, stop_event=stop, debounce=self.debounce, step=50, recursive=False,
                                   watch_filter=lambda _change, path: os.path.basename(path) in names):
                 await self._apply_if_changed("file changed")
+        except Exception as e:  # no inotify here (limits, mounts): the poll alone keeps watching
+            log.warning("config watcher unavailable (%s: %s); polling %s every %s s", type(e).__name__, e,
+                        self.path, poll)
+            await poller
         finally:
             poller.cancel()
