@@ -34,9 +34,10 @@ from router.doors.zchat import ChatDoor
 from router.engine import RequestContext, Router, new_request_id
 from router.errors import RouterError
 from router.events import encode_json
+from router.experiments import UnknownResponse, UnknownTaskExperiment, decode_feedback, experiment_report
 from router.limits import caller_id
 from router.reload import LiveConfig
-from router.stores import Store, store_from_env
+from router.stores import Store, StoreError, store_from_env
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
 
@@ -249,6 +250,37 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
         return _json({"status": "ready" if store_ok else "degraded", "pid": os.getpid(), "config": state["live"].status(),
                       "stores": {"kind": router.store.kind, "status": "ok" if store_ok else "unreachable"}})
 
+    @get("/v1/experiments/{task:str}")
+    async def experiment(task: str, request: Request[Any, Any, Any]) -> Response[bytes]:
+        """Per variant (and shadow target): counts, errors, fallbacks, latency/TTFT, tokens, cost
+        and feedback, summed over every replica, with the sample sizes."""
+        router = current()
+        router.auth.admin(request.headers)
+        t = router.config.tasks.get(task)
+        if t is None or (t.experiment is None and t.shadow is None):
+            with_ab = [n for n, x in router.config.tasks.items() if x.experiment or x.shadow]
+            raise UnknownTaskExperiment(task, with_ab)
+        return _json(await experiment_report(router.store, task, t))
+
+    @post("/v1/feedback", status_code=200)
+    async def feedback(request: Request[Any, Any, Any]) -> Response[bytes]:
+        """``{id, score, label?}``: a caller's judgement of an answer, attributed to its variant."""
+        router = current()
+        router.auth.identify(request.headers)
+        fb = decode_feedback(await request.body())
+        task_variant = await router.store.kv_get(f"resp:{fb.id}")
+        if task_variant is None:
+            raise UnknownResponse(fb.id)
+        task, variant = task_variant.decode().split("\t", 1)
+        fields = {"feedback_count": 1.0, "feedback_sum": fb.score}
+        if fb.label:
+            fields[f"label:{fb.label}"] = 1.0
+        await router.store.stats_add(f"exp:{task}:{variant}", fields)
+        return _json({"id": fb.id, "task": task, "variant": variant, "recorded": True})
+
+    async def _store_down(_: Request[Any, Any, Any], exc: StoreError) -> Response[bytes]:
+        return _json({"error": {"type": "store_unavailable", "message": "the store (Redis) did not answer"}}, 503)
+
     @get("/v1/routes")
     async def routes(request: Request[Any, Any, Any]) -> Response[bytes]:
         """The effective routing (an admin key is needed when tenants exist)."""
@@ -257,9 +289,11 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
         return _json(await _routes_view(router, state["live"]))
 
     return Litestar(
-        route_handlers=[tasks, chat_completions, messages, api_chat, models, health, healthz, readyz, routes],
+        route_handlers=[tasks, chat_completions, messages, api_chat, models, health, healthz, readyz, routes,
+                        experiment, feedback],
         lifespan=[lifespan],
-        exception_handlers={RouterError: _router_error, HTTPException: _http_error, Exception: _internal_error},
+        exception_handlers={RouterError: _router_error, HTTPException: _http_error, StoreError: _store_down,
+                            Exception: _internal_error},
         request_max_body_size=max_body_bytes,
         openapi_config=None,
         logging_config=None,

@@ -130,11 +130,11 @@ class ResponseCache:
             pass
 
 
-def replay(entry: CacheEntry, request_id: str, task: str) -> list[Event]:
+def replay(entry: CacheEntry, request_id: str, task: str, variant: str | None = None) -> list[Event]:
     """A cached answer as a fresh event sequence: ``start`` (cached) then the stored events,
     with usage at no cost."""
     out: list[Event] = [Start(id=request_id, task=task, provider=entry.provider, model=entry.model,
-                              attempt=0, cached=True)]
+                              attempt=0, cached=True, variant=variant)]
     for ev in entry.events:
         if isinstance(ev, Usage):
             ev = msgspec.structs.replace(ev, cost_usd=0.0)

@@ -23,7 +23,8 @@ import yaml
 
 from router.request import msgspec_error_path
 
-__all__ = ["CachePolicy", "ConfigError", "Cooldown", "GlobalLimits", "Limits", "ModelSpec", "Tenant", "environment", "Params", "Price", "Provider", "Retry",
+__all__ = ["CachePolicy", "ConfigError", "Cooldown", "Experiment", "GlobalLimits", "Limits", "ModelSpec", "Shadow",
+           "Tenant", "Variant", "environment", "Params", "Price", "Provider", "Retry",
            "RoutingConfig", "Task", "Timeouts", "load_config", "overlay", "parse_config"]
 
 
@@ -160,6 +161,31 @@ class Params(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, fro
     thinking: bool | None = None
 
 
+class Variant(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One arm of an experiment: its own ``chain`` (falls back like any chain), ``params`` over the
+    task's, and a relative ``weight``."""
+
+    chain: list[str]
+    weight: Annotated[float, msgspec.Meta(gt=0)]
+    params: Params | None = None
+
+
+class Experiment(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Weighted variants of a task. ``sticky_by``: the request field (``metadata.<key>``) whose
+    value keeps a caller on one variant; requests without it are assigned at random."""
+
+    variants: dict[str, Variant]
+    sticky_by: Annotated[str, msgspec.Meta(pattern=r"^metadata\.[A-Za-z0-9_.-]+$")] = "metadata.user"
+
+
+class Shadow(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Mirror a ``sample`` fraction (0..1) of the task's requests to ``target`` in the background."""
+
+    target: str
+    sample: Annotated[float, msgspec.Meta(ge=0, le=1)]
+    max_in_flight: Count = 16
+
+
 class Task(msgspec.Struct, forbid_unknown_fields=True):
     """A task type: ``chain`` of ``provider/model`` targets tried in order, and ``params``.
 
@@ -167,6 +193,7 @@ class Task(msgspec.Struct, forbid_unknown_fields=True):
     does when its target fails after output began: ``error`` (end with an error event) or
     ``restart`` (a ``fallback`` event, then the next target from the start). ``limits``: per
     caller, for this task (on top of the global per-caller limits). ``cache``: opt-in response cache.
+    ``experiment``: weighted variants, each with its own chain. ``shadow``: background mirror traffic.
     """
 
     chain: list[str]
@@ -176,6 +203,8 @@ class Task(msgspec.Struct, forbid_unknown_fields=True):
     midstream: Literal["error", "restart"] = "error"
     limits: Limits | None = None
     cache: CachePolicy | None = None
+    experiment: Experiment | None = None
+    shadow: Shadow | None = None
 
 
 KeyHash = Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
@@ -367,6 +396,15 @@ def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = 
         chain = body.get("chain") if isinstance(body, dict) else None
         if isinstance(chain, list):  # checked even when another key of the task is wrong
             _check_chain(chain, where, raw_providers, providers, problems)
+        if t is not None and t.experiment is not None:
+            if not t.experiment.variants:
+                problems.append(f"{where}.experiment.variants: at least one variant is needed")
+            for vname, v in t.experiment.variants.items():
+                _check_chain(v.chain, f"{where}.experiment.variants.{vname}", raw_providers, providers, problems)
+        if t is not None and t.shadow is not None:
+            pname, _, mname = t.shadow.target.partition("/")
+            if pname not in providers or mname not in providers[pname].models:
+                problems.append(f"{where}.shadow.target: unknown target {t.shadow.target!r}")
         if t is not None:
             tasks[str(name)] = t
     tenants: dict[str, Tenant] = {}

@@ -30,7 +30,9 @@ from router.config import (DEFAULT_COOLDOWN, DEFAULT_RETRY, DEFAULT_TIMEOUTS, Ca
 from router.errors import (AllTargetsFailed, TargetUnusable, UnknownTask, UpstreamError,
                            UpstreamStreamError)
 from router.events import Answer, AttemptRecord, End, Error, Event, Fallback, Start, Usage, fold
+from router.experiments import assign
 from router.limits import DEFAULT_MAX_TOKENS_ESTIMATE, Limiter, Ticket
+from router.outcomes import Tracker
 from router.request import TaskRequest
 from router.retry import RetryBudget, first_event
 from router.stores import MemoryStore, Store, StoreError
@@ -64,6 +66,8 @@ class Plan(msgspec.Struct, kw_only=True):
     cache: CachePolicy | None = None
     prompt_tokens: int = 0
     estimate: int = 0
+    variant: str | None = None
+    tracked: bool = False
 
 
 class RequestContext(msgspec.Struct, kw_only=True):
@@ -163,6 +167,7 @@ class Router:
         self.clock, self.wall, self.sleep = clock, wall, sleep
         self.limiter = Limiter(config, self.store)
         self.auth = Authenticator(config)
+        self.tracker = Tracker(self.store, self.call_one, clock)
         self.cache = ResponseCache(self.store, wall)
         self.targets = make_targets(config.providers)
         self._plans: dict[str, tuple[list[Target], Params, str, CachePolicy | None]] = {}
@@ -170,7 +175,8 @@ class Router:
         for tname, task in config.tasks.items():
             self._plans[tname] = ([self.targets[t] for t in task.chain], task.params, task.midstream,
                                   task.cache)
-            for t in task.chain:
+            variant_targets = [t for v in (task.experiment.variants.values() if task.experiment else ()) for t in v.chain]
+            for t in dict.fromkeys([*task.chain, *variant_targets]):
                 p = config.providers[self.targets[t].provider]
                 self._policies[(tname, t)] = Policy(
                     timeouts=overlay(DEFAULT_TIMEOUTS, p.timeouts, task.timeouts),
@@ -191,11 +197,19 @@ class Router:
         if found is None:
             raise UnknownTask(req.task, list(self.config.tasks))
         chain, params, midstream, cache = found
+        task = self.config.tasks.get(req.task)
+        variant = None
+        if task is not None and task.experiment is not None:
+            variant = assign(req.task, task.experiment, req)
+            v = task.experiment.variants[variant]
+            chain = [self.targets[t] for t in v.chain]
+            if v.params is not None:
+                params = overlay(params, v.params)
         merged = _merge(req, params)
         prompt = estimate_prompt_tokens(req)
         return Plan(task=req.task, chain=chain, params=merged, midstream=midstream, cache=cache,
-                    prompt_tokens=prompt,
-                    estimate=prompt + (merged.max_tokens or DEFAULT_MAX_TOKENS_ESTIMATE))
+                    prompt_tokens=prompt, estimate=prompt + (merged.max_tokens or DEFAULT_MAX_TOKENS_ESTIMATE),
+                    variant=variant, tracked=task is not None and (task.experiment is not None or task.shadow is not None))
 
     async def admit(self, plan: Plan, ctx: RequestContext) -> Ticket:
         """Charge the caller's limits for this request (settled when its events end); raises
@@ -219,8 +233,9 @@ class Router:
         """The numbered events of one request, ending with one ``End`` or ``Error``. ``ticket``
         (from ``admit``) is settled when the events end, however they end."""
         seq = 0
-        async for ev in self._serve(req, plan or self.plan(req), request_id or new_request_id(),
-                                    _Outcome([]), ticket, ctx or RequestContext()):
+        plan = plan or self.plan(req)
+        async for ev in self._tracked(req, plan, request_id or new_request_id(), _Outcome([]), ticket,
+                                      ctx or RequestContext()):
             ev.seq = seq
             seq += 1
             yield ev
@@ -231,11 +246,48 @@ class Router:
         the committed target failed mid-answer, the ``UpstreamError``."""
         answer = Answer()
         outcome = _Outcome(answer.attempts)
-        events = [ev async for ev in self._serve(req, plan or self.plan(req), request_id or new_request_id(),
-                                                 outcome, ticket, ctx or RequestContext())]
+        events = [ev async for ev in self._tracked(req, plan or self.plan(req), request_id or new_request_id(),
+                                                   outcome, ticket, ctx or RequestContext())]
         if outcome.error is not None:
             raise outcome.error
         return fold(events, answer)
+
+    def _tracked(self, req: TaskRequest, plan: Plan, request_id: str, outcome: _Outcome,
+                 ticket: Ticket | None, ctx: RequestContext) -> AsyncIterator[Event]:
+        """``_serve``, followed by the A/B tracker for tasks with an experiment or a shadow."""
+        events = self._serve(req, plan, request_id, outcome, ticket, ctx)
+        if not plan.tracked:
+            return events
+        task = self.config.tasks[plan.task]
+        return self.tracker.track(events, task=plan.task, variant=plan.variant or "primary",
+                                  request_id=request_id, shadow=task.shadow, req=req)
+
+    async def call_one(self, target_name: str, req: TaskRequest) -> AsyncIterator[Event]:
+        """One streamed call to one target with its provider's timeouts and quota, no retry or
+        fallback (shadow traffic, comparison runs). Raises ``UpstreamError`` (code
+        ``rate_limited`` when over the quota)."""
+        target = self.targets[target_name]
+        plan = self.plan(msgspec.structs.replace(req, task=target_name))
+        quota = await self.limiter.admit_target(target.provider, target.model, plan.estimate)
+        if not isinstance(quota, Ticket):
+            raise TargetUnusable(f"{target_name}: over its upstream rate limit", code="rate_limited",
+                                 retryable=True, provider=target.provider, retry_after=quota)
+        call = Call(model=target.model, messages=req.messages, tools=req.tools, tool_choice=req.tool_choice,
+                    max_tokens=plan.params.max_tokens, temperature=plan.params.temperature,
+                    top_p=plan.params.top_p, stop=plan.params.stop, thinking=plan.params.thinking, stream=True,
+                    thinking_style=target.spec.thinking, sampling=target.spec.sampling)
+        used: int | None = None
+        ok = False
+        try:
+            async for ev in call_target(self.clients[target.provider], target, call,
+                                        self._policies[(target_name, target_name)].timeouts):
+                if isinstance(ev, Usage):
+                    ev.cost_usd = _cost(ev, target)
+                    used = ev.input_tokens + ev.output_tokens
+                ok = True
+                yield ev
+        finally:
+            await self.limiter.settle(quota, used, served=ok)
 
     async def _serve(self, req: TaskRequest, plan: Plan, request_id: str, outcome: _Outcome,
                      ticket: Ticket | None, ctx: RequestContext) -> AsyncIterator[Event]:
@@ -252,7 +304,7 @@ class Router:
                     entry, lead = await self.cache.wait_or_lead(key, policy.coalesce_wait)
                 if entry is not None:
                     served, used = True, 0
-                    for ev in replay(entry, request_id, plan.task):
+                    for ev in replay(entry, request_id, plan.task, plan.variant):
                         yield ev
                     return
             collect: list[Event] | None = [] if policy is not None and not ctx.no_store else None
@@ -354,7 +406,7 @@ class Router:
             attempts.append(AttemptRecord(target.name, "ok", latency_ms=round((self.clock() - t0) * 1e3, 3),
                                           retries=retries))
             yield Start(id=request_id, task=plan.task, provider=target.provider, model=target.model,
-                        attempt=called)
+                        attempt=called, variant=plan.variant)
             used: int | None = None
             try:
                 ev: Event | None = first

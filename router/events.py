@@ -46,7 +46,8 @@ class _Event(msgspec.Struct, tag_field="type", kw_only=True):
 
 
 class Start(_Event, tag="start"):
-    """The router committed to a target. ``attempt`` counts tries over the whole chain, from 1."""
+    """The router committed to a target. ``attempt``: the how-manieth target tried (from 1; 0 for a
+    cached answer); ``variant``: the experiment variant the request was assigned to, if any."""
 
     id: str
     task: str
@@ -54,6 +55,7 @@ class Start(_Event, tag="start"):
     model: str
     attempt: int = 1
     cached: bool = False
+    variant: str | None = None
 
 
 class ReasoningDelta(_Event, tag="reasoning.delta", omit_defaults=True):
@@ -204,6 +206,7 @@ class Answer(msgspec.Struct):
     usage: TokenUsage = msgspec.field(default_factory=TokenUsage)
     attempts: list[AttemptRecord] = msgspec.field(default_factory=list)
     cached: bool = False
+    variant: str | None = None
 
 
 def fold(events: Iterable[Event], answer: Answer | None = None) -> Answer:
@@ -229,8 +232,8 @@ def fold(events: Iterable[Event], answer: Answer | None = None) -> Answer:
             case Usage():
                 a.usage = TokenUsage(ev.input_tokens, ev.output_tokens, ev.reasoning_tokens,
                                      ev.cached_tokens, ev.cost_usd)
-            case Start(id=rid, task=task, provider=prov, model=model, cached=cached):
-                a.id, a.task, a.provider, a.model, a.cached = rid, task, prov, model, cached
+            case Start(id=rid, task=task, provider=prov, model=model, cached=cached, variant=variant):
+                a.id, a.task, a.provider, a.model, a.cached, a.variant = rid, task, prov, model, cached, variant
             case End(finish_reason=fr):
                 a.finish_reason = fr
                 terminal = True

@@ -104,6 +104,29 @@ class Store(Protocol):
     async def unlock(self, key: str) -> None:
         ...
 
+    async def stats_add(self, key: str, fields: dict[str, float]) -> None:
+        """Add to counters (created at 0) under ``key``, atomically."""
+        ...
+
+    async def stats_get(self, key: str) -> dict[str, float]:
+        """Every counter under ``key`` ({} when none)."""
+        ...
+
+    async def kv_set(self, key: str, value: bytes, ttl: float) -> None:
+        """A value that expires after ``ttl`` seconds."""
+        ...
+
+    async def kv_get(self, key: str) -> bytes | None:
+        ...
+
+    async def log_push(self, key: str, value: bytes, keep: int) -> None:
+        """Append to a list that keeps only the newest ``keep`` entries."""
+        ...
+
+    async def log_get(self, key: str, n: int) -> list[bytes]:
+        """The newest ``n`` entries, newest first."""
+        ...
+
     async def ping(self) -> bool:
         """Whether the store answers."""
         ...

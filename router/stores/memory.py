@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 
 from router.config import Cooldown
@@ -37,6 +38,9 @@ class MemoryStore:
         self._tat: dict[str, float] = {}
         self._cache: dict[str, tuple[float, bytes]] = {}
         self._locks: dict[str, float] = {}
+        self._stats: dict[str, dict[str, float]] = {}
+        self._kv: dict[str, tuple[float, bytes]] = {}
+        self._logs: dict[str, deque[bytes]] = {}
 
     # -- circuit breakers ------------------------------------------------------------------
     async def breaker_admit(self, key: str, now: float, probe_lease: float) -> Admission:
@@ -142,6 +146,35 @@ class MemoryStore:
 
     async def unlock(self, key: str) -> None:
         self._locks.pop(key, None)
+
+    # -- outcomes --------------------------------------------------------------------------
+    async def stats_add(self, key: str, fields: dict[str, float]) -> None:
+        d = self._stats.setdefault(key, {})
+        for f, v in fields.items():
+            d[f] = d.get(f, 0.0) + v
+
+    async def stats_get(self, key: str) -> dict[str, float]:
+        return dict(self._stats.get(key, {}))
+
+    async def kv_set(self, key: str, value: bytes, ttl: float) -> None:
+        now = self.clock()
+        if len(self._kv) >= self.max_entries:
+            for k in [k for k, (exp, _) in self._kv.items() if exp <= now] or [next(iter(self._kv))]:
+                del self._kv[k]
+        self._kv[key] = (now + ttl, value)
+
+    async def kv_get(self, key: str) -> bytes | None:
+        hit = self._kv.get(key)
+        return hit[1] if hit is not None and hit[0] > self.clock() else None
+
+    async def log_push(self, key: str, value: bytes, keep: int) -> None:
+        log = self._logs.get(key)
+        if log is None or log.maxlen != keep:
+            log = self._logs[key] = deque(log or (), maxlen=keep)
+        log.appendleft(value)
+
+    async def log_get(self, key: str, n: int) -> list[bytes]:
+        return list(self._logs.get(key, ()))[:n]
 
     async def ping(self) -> bool:
         return True

@@ -202,6 +202,42 @@ class RedisStore:
     async def unlock(self, key: str) -> None:
         await self._call(self.client.delete(f"{self.prefix}:cache:{{{key}}}:lock"))
 
+    # -- outcomes --------------------------------------------------------------------------
+    async def stats_add(self, key: str, fields: dict[str, float]) -> None:
+        k = f"{self.prefix}:stats:{{{key}}}"
+
+        async def run() -> None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                for f, v in fields.items():
+                    pipe.hincrbyfloat(k, f, v)
+                await pipe.execute()
+
+        await self._call(run())
+
+    async def stats_get(self, key: str) -> dict[str, float]:
+        raw = await self._call(self.client.hgetall(f"{self.prefix}:stats:{{{key}}}"))
+        return {f.decode(): float(v) for f, v in raw.items()}
+
+    async def kv_set(self, key: str, value: bytes, ttl: float) -> None:
+        await self._call(self.client.set(f"{self.prefix}:kv:{{{key}}}", value, px=max(1, int(ttl * 1000))))
+
+    async def kv_get(self, key: str) -> bytes | None:
+        return await self._call(self.client.get(f"{self.prefix}:kv:{{{key}}}"))  # type: ignore[no-any-return]
+
+    async def log_push(self, key: str, value: bytes, keep: int) -> None:
+        k = f"{self.prefix}:log:{{{key}}}"
+
+        async def run() -> None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.lpush(k, value)
+                pipe.ltrim(k, 0, keep - 1)
+                await pipe.execute()
+
+        await self._call(run())
+
+    async def log_get(self, key: str, n: int) -> list[bytes]:
+        return await self._call(self.client.lrange(f"{self.prefix}:log:{{{key}}}", 0, n - 1))  # type: ignore[no-any-return]
+
     async def ping(self) -> bool:
         try:
             return bool(await self._call(self.client.ping()))

@@ -72,9 +72,10 @@ tasks:
 class Routers:
     """N router processes on one Redis (keys under a fresh prefix)."""
 
-    def __init__(self, tmp: Path, emu: str, redis_url: str, n: int, on_store_error: str = "allow") -> None:
-        (tmp / "routing.yaml").write_text(yaml_for(emu, on_store_error))
-        self.prefix = "llmr-e2e-" + uuid.uuid4().hex[:10]
+    def __init__(self, tmp: Path, emu: str, redis_url: str, n: int, on_store_error: str = "allow",
+                 text: str | None = None, prefix: str | None = None) -> None:
+        (tmp / "routing.yaml").write_text(text or yaml_for(emu, on_store_error))
+        self.prefix = prefix or "llmr-e2e-" + uuid.uuid4().hex[:10]
         env = {"REDIS_URL": redis_url, "REDIS_PREFIX": self.prefix, "REDIS_TIMEOUT_MS": "200"}
         self.procs, self.urls = [], []
         for i in range(n):

@@ -133,3 +133,18 @@ def test_memory_cache_is_bounded() -> None:
         return [await s.cache_get(f"k{i}") for i in range(5)]
 
     assert asyncio.run(body()) == [None, None, b"2", b"3", b"4"]
+
+
+def test_stats_kv_and_logs(make_store) -> None:  # type: ignore[no-untyped-def]
+    async def body(s):  # type: ignore[no-untyped-def]
+        await s.stats_add("exp:t:a", {"requests": 1, "cost_usd": 0.25})
+        await s.stats_add("exp:t:a", {"requests": 1, "cost_usd": 0.5, "errors": 1})
+        await s.kv_set("resp:1", b"t\ta", 60)
+        for i in range(5):
+            await s.log_push("shadow:t", str(i).encode(), 3)
+        return (await s.stats_get("exp:t:a"), await s.stats_get("nothing"), await s.kv_get("resp:1"),
+                await s.kv_get("resp:2"), await s.log_get("shadow:t", 10))
+
+    stats, empty, hit, miss, log = run(make_store, body)
+    assert stats == {"requests": 2.0, "cost_usd": 0.75, "errors": 1.0} and empty == {}
+    assert hit == b"t\ta" and miss is None and log == [b"4", b"3", b"2"]

@@ -1,0 +1,155 @@
+"""A/B: sticky weighted assignment of requests to a task's variants, and their outcomes.
+
+Assignment uses weighted rendezvous hashing: each variant scores ``-weight / ln(u)``, ``u`` a
+uniform number in (0, 1) from SHA-256 of (task, variant, sticky value); the highest score wins.
+Variant ``i`` wins with probability ``weight_i / sum(weights)``; a user keeps its variant while the
+weights hold; when a weight changes, a user moves only if the change flips its winner, so as few
+users as possible move. Requests without the sticky field are assigned at random by weight.
+
+Outcomes (per variant, and per shadow target) are counters in the store, so every replica adds to
+the same totals: requests, errors, fallbacks, latency and time-to-first-token histograms (ms
+buckets), tokens, cost, feedback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from typing import Annotated, Any
+
+import msgspec
+
+from router.config import Experiment, Task
+from router.errors import RequestError, RouterError
+from router.request import TaskRequest, msgspec_error_path
+from router.stores import Store, StoreError
+
+__all__ = ["BUCKETS_MS", "Feedback", "UnknownResponse", "UnknownTaskExperiment", "assign", "decode_feedback",
+           "experiment_report", "percentile", "sticky_value", "summarize"]
+
+BUCKETS_MS = (25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)  # upper bounds; then +inf
+
+
+def sticky_value(req: TaskRequest, sticky_by: str) -> str | None:
+    """The request's value of ``metadata.<key>``, or None."""
+    key = sticky_by.removeprefix("metadata.")
+    return (req.metadata or {}).get(key)
+
+
+def _unit(task: str, variant: str, value: str) -> float:
+    h = hashlib.sha256(f"{task}\x00{variant}\x00{value}".encode()).digest()
+    return (int.from_bytes(h[:8], "big") + 0.5) / 2**64  # strictly inside (0, 1)
+
+
+def assign(task: str, experiment: Experiment, req: TaskRequest, rng: random.Random | None = None) -> str:
+    """The variant name for this request (sticky when the request carries ``sticky_by``)."""
+    names = list(experiment.variants)
+    weights = [experiment.variants[n].weight for n in names]
+    value = sticky_value(req, experiment.sticky_by)
+    if value is None:
+        return (rng or random).choices(names, weights)[0]
+    return max(names, key=lambda n: -experiment.variants[n].weight / math.log(_unit(task, n, value)))
+
+
+def bucket_field(prefix: str, ms: float) -> str:
+    """The histogram field a latency of ``ms`` milliseconds falls in."""
+    for bound in BUCKETS_MS:
+        if ms <= bound:
+            return f"{prefix}_le_{bound}"
+    return f"{prefix}_le_inf"
+
+
+def percentile(stats: dict[str, float], prefix: str, p: float) -> float | None:
+    """The upper bound (ms) of the bucket holding the ``p``-th percentile, from a histogram."""
+    counts = [(b, stats.get(f"{prefix}_le_{b}", 0.0)) for b in BUCKETS_MS] + [(math.inf, stats.get(f"{prefix}_le_inf", 0.0))]
+    total = sum(c for _, c in counts)
+    if not total:
+        return None
+    seen = 0.0
+    for bound, c in counts:
+        seen += c
+        if seen >= total * p / 100:
+            return bound
+    return math.inf
+
+
+def summarize(stats: dict[str, float]) -> dict[str, Any]:
+    """One variant's (or shadow target's) counters as a report with its sample sizes."""
+    n = stats.get("requests", 0.0)
+    ok = n - stats.get("errors", 0.0)
+    fb = stats.get("feedback_count", 0.0)
+    return {
+        "requests": int(n), "errors": int(stats.get("errors", 0)), "error_rate": round(stats.get("errors", 0) / n, 4) if n else None,
+        "fallbacks": int(stats.get("fallbacks", 0)), "cached": int(stats.get("cached", 0)),
+        "latency_ms": {"mean": round(stats.get("latency_ms_sum", 0) / n, 3) if n else None,
+                       "p50_le": percentile(stats, "latency", 50), "p95_le": percentile(stats, "latency", 95)},
+        "ttft_ms": {"samples": int(stats.get("ttft_n", 0)),
+                    "mean": round(stats.get("ttft_ms_sum", 0) / stats["ttft_n"], 3) if stats.get("ttft_n") else None,
+                    "p50_le": percentile(stats, "ttft", 50), "p95_le": percentile(stats, "ttft", 95)},
+        "tokens": {"input": int(stats.get("input_tokens", 0)), "output": int(stats.get("output_tokens", 0)),
+                   "mean_output": round(stats.get("output_tokens", 0) / ok, 2) if ok else None},
+        "cost_usd": round(stats.get("cost_usd", 0.0), 8),
+        "feedback": {"count": int(fb), "mean_score": round(stats.get("feedback_sum", 0) / fb, 4) if fb else None,
+                     "labels": {k.removeprefix("label:"): int(v) for k, v in stats.items() if k.startswith("label:")}},
+        "dropped": int(stats.get("dropped", 0)),
+    }
+
+
+class Feedback(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /v1/feedback``: the response ``id``, a ``score`` and an optional short ``label``."""
+
+    id: str
+    score: float
+    label: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")] | None = None
+
+
+class UnknownResponse(RouterError):
+    """Feedback for a response id the router does not know (or no longer: 7 days)."""
+
+    status = 404
+    type = "not_found_error"
+
+    def __init__(self, rid: str) -> None:
+        super().__init__(f"no answer with id {rid!r} is known (ids are kept 7 days, for tasks with an experiment or shadow)")
+
+
+class UnknownTaskExperiment(RouterError):
+    """The task has no experiment and no shadow."""
+
+    status = 404
+    type = "not_found_error"
+
+    def __init__(self, task: str, known: list[str]) -> None:
+        super().__init__(f"task {task!r} has no experiment or shadow; tasks that do: {', '.join(sorted(known)) or 'none'}")
+
+
+def decode_feedback(body: bytes) -> Feedback:
+    """Raises ``RequestError`` naming the field."""
+    try:
+        return msgspec.json.decode(body, type=Feedback)
+    except msgspec.ValidationError as e:
+        msg, path = msgspec_error_path(e)
+        raise RequestError(msg, path) from None
+    except msgspec.DecodeError as e:
+        raise RequestError(f"malformed JSON: {e}") from None
+
+
+async def experiment_report(store: Store, name: str, task: Task) -> dict[str, Any]:
+    """The outcomes of ``task``'s variants and shadow, with the recent shadow comparisons."""
+    out: dict[str, Any] = {"task": name}
+    try:
+        if task.experiment is not None:
+            out["sticky_by"] = task.experiment.sticky_by
+            out["variants"] = {v: {"weight": spec.weight, "chain": spec.chain,
+                                   **summarize(await store.stats_get(f"exp:{name}:{v}"))}
+                               for v, spec in task.experiment.variants.items()}
+        else:
+            out["variants"] = {"primary": {"chain": task.chain, **summarize(await store.stats_get(f"exp:{name}:primary"))}}
+        if task.shadow is not None:
+            out["shadow"] = {"target": task.shadow.target, "sample": task.shadow.sample,
+                             **summarize(await store.stats_get(f"exp:{name}:shadow:{task.shadow.target}")),
+                             "recent": [msgspec.json.decode(x) for x in await store.log_get(f"exp:{name}:shadow_log", 20)]}
+    except StoreError:
+        out["store"] = "unreachable: outcomes are unavailable until it answers"
+    return out
