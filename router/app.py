@@ -251,9 +251,10 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
                       "stores": {"kind": router.store.kind, "status": "ok" if store_ok else "unreachable"}})
 
     @get("/v1/experiments/{task:str}")
-    async def experiment(task: str, request: Request[Any, Any, Any]) -> Response[bytes]:
+    async def experiment(request: Request[Any, Any, Any]) -> Response[bytes]:
         """Per variant (and shadow target): counts, errors, fallbacks, latency/TTFT, tokens, cost
         and feedback, summed over every replica, with the sample sizes."""
+        task: str = request.path_params["task"]
         router = current()
         router.auth.admin(request.headers)
         t = router.config.tasks.get(task)
