@@ -139,6 +139,77 @@ def hash_key_cmd(key: str | None) -> None:
 
 
 @main.command()
+@click.option("--tasks", "tasks_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="JSON lines, each a request without task (messages, and optionally id, max_tokens, ...)")
+@click.option("--targets", required=True, help="comma-separated provider/model targets")
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 256))
+@click.option("--repeat", default=1, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--out", "out_dir", default="compare-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--url", default=None, help="a running router to call instead of calling in-process")
+@click.option("--config", "config_path", envvar="ROUTER_CONFIG", default=DEFAULT_CONFIG, show_default=True)
+def compare(tasks_file: str, targets: str, concurrency: int, repeat: int, out_dir: str, url: str | None,
+            config_path: str) -> None:
+    """Run every task line on every target; write results.jsonl, report.md and chart.html."""
+    import asyncio
+    from pathlib import Path
+
+    from router.compare import load_tasks, render_chart, render_report, run_compare
+
+    logging.basicConfig(level=logging.WARNING, format=_LOG_FORMAT)
+    jobs, bad = load_tasks(Path(tasks_file))
+    for b in bad:
+        click.echo(f"{tasks_file}: {b} (skipped)", err=True)
+    names = [t.strip() for t in targets.split(",") if t.strip()]
+    out = Path(out_dir)
+    rows: list[dict] = []  # type: ignore[type-arg]
+
+    async def main_async() -> None:
+        import httpx
+
+        with click.progressbar(length=len(jobs) * len(names) * repeat, label="comparing", file=sys.stderr) as bar:
+            if url:
+                async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10)) as client:
+                    from router.compare import _sse_events
+
+                    await run_compare(jobs, names, call=lambda t, r: _sse_events(client, url, t, r), concurrency=concurrency,
+                                      repeat=repeat, results_path=out / "results.jsonl", rows=rows, progress=bar.update)
+                return
+            from router.config import ConfigError, load_config
+            from router.engine import Router
+            from router.stores import store_from_env
+
+            try:
+                config = load_config(config_path)
+            except ConfigError as e:
+                raise click.ClickException("; ".join(e.problems)) from None
+            unknown = [t for t in names if t.partition("/")[0] not in config.providers
+                       or t.partition("/")[2] not in config.providers[t.partition("/")[0]].models]
+            if unknown:
+                raise click.ClickException(f"unknown targets: {', '.join(unknown)}")
+            store = store_from_env()
+            clients = {p: httpx.AsyncClient(trust_env=False) for p in config.providers}
+            try:
+                router = Router(config, clients, store=store)
+                await run_compare(jobs, names, call=router.call_one, concurrency=concurrency, repeat=repeat,
+                                  results_path=out / "results.jsonl", rows=rows, progress=bar.update)
+            finally:
+                for c in clients.values():
+                    await c.aclose()
+                await store.close()
+
+    interrupted = False
+    try:
+        asyncio.run(main_async())
+    except KeyboardInterrupt:
+        interrupted = True
+        click.echo("interrupted: writing the report of the runs finished so far", err=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(render_report(rows, names, bad, interrupted))
+    (out / "chart.html").write_text(render_chart(rows, names))
+    click.echo(f"{len(rows)} runs: {out / 'results.jsonl'}, {out / 'report.md'}, {out / 'chart.html'}")
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8090, show_default=True, type=int)
 @click.option("--fixtures", type=click.Path(file_okay=False), default=None,
