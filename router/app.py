@@ -14,10 +14,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
@@ -32,12 +34,13 @@ from router.doors.native import NativeDoor
 from router.doors.openai import OpenAIDoor
 from router.doors.zchat import ChatDoor
 from router.engine import RequestContext, Router, new_request_id
-from router.errors import RouterError
+from router.errors import RateLimited, RequestError, RouterError
 from router.events import encode_json
 from router.experiments import UnknownResponse, UnknownTaskExperiment, decode_feedback, experiment_report
 from router.limits import caller_id
 from router.reload import LiveConfig
 from router.stores import Store, StoreError, store_from_env
+from router.telemetry import Telemetry, usage_report
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
 
@@ -47,6 +50,57 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 _JSON = "application/json"
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 _HTTP_TYPES = {404: "not_found_error", 405: "method_not_allowed", 413: "request_too_large"}
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+def request_id(request: Request[Any, Any, Any]) -> str:
+    """The caller's ``X-Request-ID`` when it is 1-128 safe characters, else a new ``req_...`` id
+    (kept on the request so every response carries the same one)."""
+    rid = request.scope.get("state", {}).get("request_id")
+    if rid is None:
+        given = request.headers.get("x-request-id")
+        rid = given if given and _REQUEST_ID.fullmatch(given) else new_request_id()
+        request.scope.setdefault("state", {})["request_id"] = rid
+    return rid  # type: ignore[no-any-return]
+
+
+def _request_id_middleware(app: Any) -> Any:
+    """Every response carries ``X-Request-ID``: the caller's when valid, else a new one."""
+
+    async def middleware(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        given = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-request-id"), None)
+        rid = given if given and _REQUEST_ID.fullmatch(given) else new_request_id()
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                    headers.append((b"x-request-id", rid.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await app(scope, receive, send_with_id)
+
+    return middleware
+
+
+def parse_since(value: str | None) -> float:
+    """``YYYY-MM-DD`` or epoch seconds; default 30 days ago. Raises ``RequestError``."""
+    if not value:
+        return time.time() - 30 * 86400
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        raise RequestError("since must be YYYY-MM-DD or epoch seconds", "since") from None
 
 
 def _json(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response[bytes]:
@@ -93,15 +147,16 @@ async def _routes_view(router: Router, live: LiveConfig) -> dict[str, Any]:
 def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient] | None = None,
                store: Store | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                notes: list[str] | None = None, load: Callable[[], RoutingConfig] | None = None,
-               **router_options: Any) -> Litestar:
+               telemetry: Telemetry | None = None, **router_options: Any) -> Litestar:
     """The router app for ``config``.
 
     ``clients``: provider name -> ``httpx.AsyncClient`` (else one pooled client per provider, made
     in the lifespan, also for providers a reload adds). ``store``: shared state (else from the
     environment). ``load``: re-reads the config (raises ``ConfigError``); given, the app watches
     ``config.source`` and reloads on change and on SIGHUP. ``max_body_bytes``: larger bodies get 413.
-    ``notes``: lines logged at startup. ``router_options`` go to ``Router`` (tests inject ``sleep``,
-    ``wall`` and ``clock``).
+    ``notes``: lines logged at startup. ``telemetry``: metrics, spans, request logs and the usage
+    ledger (else one built from the ``OTEL_*`` environment). ``router_options`` go to ``Router``
+    (tests inject ``sleep``, ``wall`` and ``clock``).
     """
     state: dict[str, Any] = {}
 
@@ -110,6 +165,9 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
         owned: dict[str, httpx.AsyncClient] = {}
         pool: dict[str, httpx.AsyncClient] = dict(clients or {})
         st = store or store_from_env()
+        tel = telemetry or Telemetry()
+        tel.store = st
+        state["telemetry"] = tel
 
         def build(cfg: RoutingConfig) -> Router:
             if clients is None:
@@ -117,7 +175,7 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
                 for name in cfg.providers:
                     if name not in pool:
                         pool[name] = owned[name] = httpx.AsyncClient(limits=limits, trust_env=False)
-            return Router(cfg, pool, store=st, **router_options)
+            return Router(cfg, pool, store=st, observer=tel.record, log_content=cfg.log_content, **router_options)
 
         live = LiveConfig(config.source, load or (lambda: config), build, build(config))
         state["live"] = live
@@ -160,6 +218,8 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
         """One request through ``door``: authenticate, decode, plan, admit, then stream or fold;
         every error before the stream begins is answered in the door's own shape."""
         router = current()  # this request keeps this router (and its config) to the end
+        rid = request_id(request)
+        plan = None
         try:
             tenant = router.auth.identify(request.headers)
             req, opts = door.decode(await request.body(), request.headers)
@@ -167,14 +227,17 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
             router.auth.allow(tenant, plan.task)
             cc = request.headers.get("cache-control", "").lower()
             caller = tenant or caller_id(request.headers.get("x-caller"), request.client.host if request.client else None)
+            trace = {k: v for k in ("traceparent", "tracestate") if (v := request.headers.get(k))}
             ctx = RequestContext(caller=caller, no_cache="no-cache" in cc, no_store="no-store" in cc,
-                                 limits=router.auth.limits(tenant) if tenant else None)
+                                 limits=router.auth.limits(tenant) if tenant else None, trace=trace or None)
             ticket = await router.admit(plan, ctx)
         except RouterError as e:
+            if isinstance(e, RateLimited) and plan is not None:
+                state["telemetry"].rate_limited(plan.task, "caller")
             status, body = door.error(e)
-            return Response(body, status_code=status, media_type=door.media_type, headers=error_headers(e))
-        rid = new_request_id()
-        headers = ticket.headers()
+            return Response(body, status_code=status, media_type=door.media_type,
+                            headers={**error_headers(e), "x-request-id": rid})
+        headers = {**ticket.headers(), "x-request-id": rid}
         if req.stream:
             async def sse() -> AsyncIterator[bytes]:
                 try:
@@ -282,6 +345,21 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
     async def _store_down(_: Request[Any, Any, Any], exc: StoreError) -> Response[bytes]:
         return _json({"error": {"type": "store_unavailable", "message": "the store (Redis) did not answer"}}, 503)
 
+    @get("/metrics", media_type="text/plain; version=0.0.4")
+    async def metrics() -> Response[bytes]:
+        """Prometheus text format, summed over every worker."""
+        return Response(state["telemetry"].metrics_text(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @get("/v1/usage")
+    async def usage(request: Request[Any, Any, Any]) -> Response[bytes]:
+        """Usage and cost totals: ``?tenant=&task=&since=`` (``since``: YYYY-MM-DD or epoch seconds;
+        default 30 days ago; UTC-day resolution). An admin key is needed when tenants exist."""
+        router = current()
+        router.auth.admin(request.headers)
+        q = request.query_params
+        since = parse_since(q.get("since"))
+        return _json(await usage_report(router.store, tenant=q.get("tenant"), task=q.get("task"), since=since))
+
     @get("/v1/routes")
     async def routes(request: Request[Any, Any, Any]) -> Response[bytes]:
         """The effective routing (an admin key is needed when tenants exist)."""
@@ -291,7 +369,8 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
 
     return Litestar(
         route_handlers=[tasks, chat_completions, messages, api_chat, models, health, healthz, readyz, routes,
-                        experiment, feedback],
+                        experiment, feedback, metrics, usage],
+        middleware=[_request_id_middleware],
         lifespan=[lifespan],
         exception_handlers={RouterError: _router_error, HTTPException: _http_error, StoreError: _store_down,
                             Exception: _internal_error},

@@ -20,6 +20,18 @@ __all__ = ["asgi_app", "demo_config", "main"]
 DEFAULT_CONFIG = "routing.yaml"
 _DEMO_ENV = "LLM_ROUTER_DEMO_UPSTREAM"
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_CONFIG = {  # every line JSON (router.telemetry.JsonFormatter), uvicorn's own included
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "router.telemetry.JsonFormatter"}},
+    "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+    "loggers": {
+        "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
+        "uvicorn.access": {"handlers": ["default"], "level": "WARNING", "propagate": False},
+        "llm_router": {"handlers": ["default"], "level": "INFO", "propagate": False},
+    },
+    "root": {"handlers": ["default"], "level": "WARNING"},
+}
 
 
 def demo_config(config, upstream: str):  # type: ignore[no-untyped-def]
@@ -36,10 +48,13 @@ def asgi_app():  # type: ignore[no-untyped-def]
     """App factory for uvicorn workers: config from ``ROUTER_CONFIG`` (watched and reloaded live);
     demo upstream from ``LLM_ROUTER_DEMO_UPSTREAM`` when set. Exits with the config's problems when
     invalid."""
+    import logging.config
+
     from router.app import create_app
     from router.config import ConfigError, load_config
 
-    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    if not logging.getLogger("llm_router").handlers:  # run directly (not by `serve`): configure it here
+        logging.config.dictConfig(LOG_CONFIG)
     path = os.environ.get("ROUTER_CONFIG", DEFAULT_CONFIG)
     upstream = os.environ.get(_DEMO_ENV)
 
@@ -74,11 +89,14 @@ def main() -> None:
 @click.option("--demo", is_flag=True, help="serve every provider from the built-in emulator")
 def serve(config_path: str, host: str, port: int, workers: int, demo: bool) -> None:
     """Run the router service."""
+    import logging.config
+    import tempfile
+
     import uvicorn
 
     from router.config import ConfigError, load_config
 
-    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    logging.config.dictConfig(LOG_CONFIG)
     try:
         load_config(config_path)  # fail fast, with every problem, before any worker starts
     except ConfigError as e:
@@ -91,8 +109,10 @@ def serve(config_path: str, host: str, port: int, workers: int, demo: bool) -> N
 
         url, _ = start_in_thread()
         os.environ[_DEMO_ENV] = url
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # /metrics sums the workers
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="llm-router-metrics-")
     uvicorn.run("router.cli:asgi_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info", access_log=False, timeout_graceful_shutdown=10)
+                log_config=LOG_CONFIG, access_log=False, timeout_graceful_shutdown=10)
 
 
 @main.command()

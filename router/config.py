@@ -34,10 +34,21 @@ Count = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class Price(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """USD per 1M tokens."""
+    """USD per 1M tokens. ``cached_input``: prompt tokens read from the provider's cache, where it
+    bills them differently (default: ``input``). Reasoning tokens are output tokens, as both
+    providers bill them."""
 
     input: float
     output: float
+    cached_input: float | None = None
+
+    def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> float:
+        """USD for these tokens: uncached input at ``input``, cached input at ``cached_input``
+        (else ``input``), output (reasoning included) at ``output``; prices are per 1M tokens."""
+        cached = min(cached_tokens, input_tokens)
+        cached_price = self.cached_input if self.cached_input is not None else self.input
+        return round(((input_tokens - cached) * self.input + cached * cached_price
+                      + output_tokens * self.output) / 1e6, 10)
 
 
 class Limits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -229,7 +240,8 @@ class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True):
     """The whole file. ``version`` is 1. ``source`` / ``digest`` say where it came from.
     ``on_store_error``: when the store (Redis) fails, ``allow`` requests past the limits or
     ``deny`` them (429). ``tenants`` turn authentication on; ``admin_keys`` (SHA-256 hashes) open
-    the admin endpoints then."""
+    the admin endpoints then. ``log_content``: put prompts and outputs in the request log lines
+    (off by default)."""
 
     providers: dict[str, Provider]
     tasks: dict[str, Task]
@@ -238,6 +250,7 @@ class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True):
     on_store_error: Literal["allow", "deny"] = "allow"
     tenants: dict[str, Tenant] = {}
     admin_keys: list[str] = []
+    log_content: bool = False
     source: str = msgspec.field(default="<memory>", name="_source")
     digest: str = msgspec.field(default="", name="_digest")
 
@@ -337,11 +350,17 @@ def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = 
     if not isinstance(raw, dict):
         raise ConfigError(["(top level): expected a mapping with providers and tasks"])
     for key in raw:
-        if key not in ("version", "providers", "tasks", "limits", "on_store_error", "tenants", "admin_keys"):
+        if key not in ("version", "providers", "tasks", "limits", "on_store_error", "tenants", "admin_keys",
+                       "log_content"):
             problems.append(f"{key}: unknown key")
     extras: dict[str, Any] = {}
     if "limits" in raw:
         extras["limits"] = _convert(raw["limits"], GlobalLimits, "limits", problems)
+    if "log_content" in raw:
+        if not isinstance(raw["log_content"], bool):
+            problems.append("log_content: expected true or false")
+        else:
+            extras["log_content"] = raw["log_content"]
     if "on_store_error" in raw:
         if raw["on_store_error"] not in ("allow", "deny"):
             problems.append(f"on_store_error: expected allow or deny, got {raw['on_store_error']!r}")

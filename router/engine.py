@@ -33,6 +33,7 @@ from router.events import Answer, AttemptRecord, End, Error, Event, Fallback, St
 from router.experiments import assign
 from router.limits import DEFAULT_MAX_TOKENS_ESTIMATE, Limiter, Ticket
 from router.outcomes import Tracker
+from router.record import RequestRecord, observe
 from router.request import TaskRequest
 from router.retry import RetryBudget, first_event
 from router.stores import MemoryStore, Store, StoreError
@@ -79,6 +80,7 @@ class RequestContext(msgspec.Struct, kw_only=True):
     no_cache: bool = False
     no_store: bool = False
     limits: Limits | None = None
+    trace: dict[str, str] | None = None
 
 def _merge(req: TaskRequest, params: Params) -> Params:
     return Params(
@@ -104,11 +106,9 @@ def estimate_prompt_tokens(req: TaskRequest) -> int:
 
 
 def _cost(usage: Usage, target: Target) -> float:
-    """USD from routing.yaml prices (USD per 1M tokens); unpriced models cost 0."""
+    """USD from the target's routing.yaml price (``Price.cost``); unpriced models cost 0."""
     price = target.spec.price
-    if price is None:
-        return 0.0
-    return round((usage.input_tokens * price.input + usage.output_tokens * price.output) / 1e6, 10)
+    return price.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens) if price else 0.0
 
 
 _CONTEXT = ("context_window", "context_overflow")
@@ -140,12 +140,14 @@ class _Outcome:
     """Per-request record the event generator fills: every attempt, whether a target committed
     (upstream did work, so its token charge stands), and the final error."""
 
-    __slots__ = ("attempts", "committed", "error")
+    __slots__ = ("attempts", "committed", "error", "trips", "upstream_time")
 
     def __init__(self, attempts: list[AttemptRecord]) -> None:
         self.attempts = attempts
         self.committed = False
         self.error: Exception | None = None
+        self.trips: list[str] = []
+        self.upstream_time = 0.0  # seconds inside upstream calls
 
 
 class Router:
@@ -160,8 +162,11 @@ class Router:
     def __init__(self, config: RoutingConfig, clients: Mapping[str, httpx.AsyncClient], *,
                  store: Store | None = None, clock: Callable[[], float] = time.perf_counter,
                  wall: Callable[[], float] = time.time,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 observer: Callable[[RequestRecord], None] | None = None, log_content: bool = False) -> None:
         self.config = config
+        self.observer = observer
+        self.log_content = log_content
         self.clients = clients
         self.store: Store = store or MemoryStore()
         self.clock, self.wall, self.sleep = clock, wall, sleep
@@ -254,13 +259,22 @@ class Router:
 
     def _tracked(self, req: TaskRequest, plan: Plan, request_id: str, outcome: _Outcome,
                  ticket: Ticket | None, ctx: RequestContext) -> AsyncIterator[Event]:
-        """``_serve``, followed by the A/B tracker for tasks with an experiment or a shadow."""
+        """``_serve``, followed by the A/B tracker for tasks with an experiment or a shadow, and
+        the observer (telemetry) when one is set."""
         events = self._serve(req, plan, request_id, outcome, ticket, ctx)
-        if not plan.tracked:
-            return events
-        task = self.config.tasks[plan.task]
-        return self.tracker.track(events, task=plan.task, variant=plan.variant or "primary",
-                                  request_id=request_id, shadow=task.shadow, req=req)
+        if plan.tracked:
+            task = self.config.tasks[plan.task]
+            events = self.tracker.track(events, task=plan.task, variant=plan.variant or "primary",
+                                        request_id=request_id, shadow=task.shadow, req=req)
+        if self.observer is not None:
+            rec = RequestRecord(request_id=request_id, task=plan.task, caller=ctx.caller, variant=plan.variant,
+                                stream=req.stream, start_ns=time.time_ns(), attempts=outcome.attempts,
+                                max_tokens=plan.params.max_tokens,
+                                cache=None if plan.cache is None or ctx.no_cache else "miss", trace=ctx.trace)
+            events = observe(events, rec, outcome, self.observer, clock=self.clock,
+                             prompt_tokens=plan.prompt_tokens, targets=self.targets,
+                             prompt=(lambda: "\n".join(m.text() for m in req.messages)) if self.log_content else None)
+        return events
 
     async def call_one(self, target_name: str, req: TaskRequest) -> AsyncIterator[Event]:
         """One streamed call to one target with its provider's timeouts and quota, no retry or
@@ -386,8 +400,9 @@ class Router:
             health = [admission != "closed"]  # must the store hear of a success?
             try:
                 (first, upstream), retries = await first_event(
-                    lambda: self._open(target, call, policy, health), policy.retry, budget, self.sleep)
+                    lambda: self._open(target, call, policy, health, outcome), policy.retry, budget, self.sleep)
             except UpstreamError as e:
+                outcome.upstream_time += self.clock() - t0
                 await self.limiter.settle(quota, None, served=False)
                 errors.append(e)
                 if e.context_overflow:
@@ -418,8 +433,8 @@ class Router:
                     ev = await anext(upstream, None)
                 return
             except UpstreamError as e:
-                if e.retryable:
-                    await self._breaker_failure(target.name, policy.cooldown)
+                if e.retryable and await self._breaker_failure(target.name, policy.cooldown):
+                    outcome.trips.append(target.name)
                 attempts[-1].outcome, attempts[-1].code, attempts[-1].message = "error", e.code, e.message
                 if plan.midstream == "restart" and nxt:
                     yield Fallback(from_=target.name, to=nxt, reason=e.code)
@@ -429,6 +444,7 @@ class Router:
                             provider=target.provider, attempts=attempts)
                 return
             finally:
+                outcome.upstream_time += self.clock() - t0
                 await upstream.aclose()
                 await self.limiter.settle(quota, used, served=True)  # upstream did the work
         failed = _all_failed(attempts, errors)
@@ -448,8 +464,8 @@ class Router:
         except StoreError:
             return False
 
-    async def _open(self, target: Target, call: Call, policy: Policy,
-                    health: list[bool]) -> tuple[Event, AsyncIterator[Event]]:
+    async def _open(self, target: Target, call: Call, policy: Policy, health: list[bool],
+                    outcome: _Outcome) -> tuple[Event, AsyncIterator[Event]]:
         """One try: send, and wait for the first event. Each retryable failure counts toward the
         target's cooldown; once the circuit trips, the try is not retried. A success resets the
         circuit only when it had failures (``health[0]``), so a healthy target costs no write."""
@@ -465,6 +481,7 @@ class Router:
                 health[0] = True
                 if await self._breaker_failure(target.name, policy.cooldown):
                     e.stop_retrying = True
+                    outcome.trips.append(target.name)
             raise
         except BaseException:
             await upstream.aclose()

@@ -1,0 +1,306 @@
+"""Traces, metrics, the request log line and the usage ledger, from one ``RequestRecord`` per request.
+
+Nothing here runs per event: the engine hands over one record when a request ends, and this module
+turns it into
+
+* **metrics** (prometheus_client; ``GET /metrics`` in Prometheus text): requests, duration, time
+  to first token, output tokens per second, tokens, cost, fallbacks, retries, cache hits and
+  misses, rate-limit rejections, cooldown trips and the router's own overhead, labelled by task,
+  provider, model, variant and outcome only (never a tenant, key or anything unbounded). With
+  ``PROMETHEUS_MULTIPROC_DIR`` set (``serve --workers N`` sets it) every worker writes its values
+  there and ``/metrics`` sums them;
+* **spans** (opentelemetry-sdk): one per request and one per attempt, with the GenAI semantic
+  convention attributes (https://opentelemetry.io/docs/specs/semconv/gen-ai/) and the router's own,
+  continuing an incoming ``traceparent``. Exported with OTLP when the standard ``OTEL_*`` variables
+  ask for it (``OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`` or ``OTEL_TRACES_EXPORTER=otlp``), off
+  otherwise; metrics go to OTLP too when ``OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT`` is set;
+* **one JSON log line** per request (``llm_router.request``), no prompt or output text unless the
+  config's ``log_content`` is on, never a secret;
+* **the usage ledger**: tokens and cost per caller (tenant), task and model per UTC day, in the
+  store, for ``GET /v1/usage``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from router.record import RequestRecord
+from router.stores import Store, StoreError
+
+__all__ = ["JsonFormatter", "Telemetry", "usage_report"]
+
+log = logging.getLogger("llm_router.request")
+_LAT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TPS_BUCKETS = (1, 5, 10, 25, 50, 100, 200, 400, 800, 1600)
+_OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line: ts, level, logger, msg (or the request line's fields)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name}
+        if isinstance(record.msg, dict):
+            out.update(record.msg)
+        else:
+            out["msg"] = record.getMessage()
+        if record.exc_info:
+            out["exc"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+        return json.dumps(out, separators=(",", ":"), default=str)
+
+
+def _env_on(*names: str) -> bool:
+    return any(os.environ.get(n) for n in names)
+
+
+class _Prometheus:
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.registry = CollectorRegistry()
+        reg = None if self.multiprocess else self.registry
+        base = ("task", "provider", "model", "variant")
+        self.requests = Counter("llm_router_requests", "Requests answered, by outcome (ok, cached, error)",
+                                [*base, "outcome"], registry=reg)
+        self.duration = Histogram("llm_router_request_duration_seconds", "Request duration", [*base, "outcome"],
+                                  buckets=_LAT_BUCKETS, registry=reg)
+        self.ttft = Histogram("llm_router_time_to_first_token_seconds", "Time to the first content event", base,
+                              buckets=_LAT_BUCKETS, registry=reg)
+        self.tps = Histogram("llm_router_output_tokens_per_second", "Output tokens per second after the first token",
+                             base, buckets=_TPS_BUCKETS, registry=reg)
+        self.tokens = Counter("llm_router_tokens", "Tokens (kind: input, output, reasoning, cached)",
+                              [*base, "kind"], registry=reg)
+        self.cost = Counter("llm_router_cost_usd", "Cost in USD from routing.yaml prices", base, registry=reg)
+        self.fallbacks = Counter("llm_router_fallbacks", "Moves to the next target", ["task", "from_target", "to_target", "reason"],
+                                 registry=reg)
+        self.retries = Counter("llm_router_retries", "Retries of a target", ["task"], registry=reg)
+        self.cache = Counter("llm_router_cache_requests", "Cache lookups (result: hit, miss)", ["task", "result"], registry=reg)
+        self.limited = Counter("llm_router_rate_limited", "Rate-limit rejections (scope: caller, target)", ["task", "scope"],
+                               registry=reg)
+        self.trips = Counter("llm_router_cooldown_trips", "Circuits opened", ["target"], registry=reg)
+        self.overhead = Histogram("llm_router_overhead_seconds", "Time spent outside upstream calls", ["task"],
+                                  buckets=_OVERHEAD_BUCKETS, registry=reg)
+
+    def text(self) -> bytes:
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)
+
+
+class Telemetry:
+    """One per process. ``tracer_provider``: spans go there (tests pass one with an in-memory
+    exporter); ``None`` builds one from the ``OTEL_*`` variables, or disables tracing when they ask
+    for no exporter. ``store``: where the usage ledger goes (set by the app)."""
+
+    def __init__(self, tracer_provider: Any = None, store: Store | None = None) -> None:
+        self.prom = _Prometheus()
+        self.store = store
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.tracer = None
+        if tracer_provider is None and _env_on("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") \
+                or os.environ.get("OTEL_TRACES_EXPORTER") == "otlp":
+            tracer_provider = self._otlp_tracer_provider()
+        if tracer_provider is not None:
+            self.tracer = tracer_provider.get_tracer("llm-router")
+        self._otel_metrics = self._otlp_meters() if _env_on(
+            "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") else None
+
+    @staticmethod
+    def _otlp_tracer_provider() -> Any:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "llm-router")}))
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        return provider
+
+    @staticmethod
+    def _otlp_meters() -> Any:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        meter = MeterProvider(metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())]).get_meter("llm-router")
+        return {"requests": meter.create_counter("llm_router.requests"),
+                "duration": meter.create_histogram("llm_router.request.duration", unit="s"),
+                "tokens": meter.create_counter("llm_router.tokens"),
+                "cost": meter.create_counter("llm_router.cost", unit="USD")}
+
+    # -- what the app calls ------------------------------------------------------------------
+    def metrics_text(self) -> bytes:
+        """``/metrics`` in Prometheus text format (summed over workers in multiprocess mode)."""
+        return self.prom.text()
+
+    def rate_limited(self, task: str, scope: str) -> None:
+        self.prom.limited.labels(task, scope).inc()
+
+    def record(self, rec: RequestRecord) -> None:
+        """Metrics, spans, the log line and the ledger for one finished request."""
+        p = self.prom
+        labels = (rec.task, rec.provider or "none", rec.model or "none", rec.variant or "")
+        p.requests.labels(*labels, rec.outcome).inc()
+        p.duration.labels(*labels, rec.outcome).observe(rec.duration)
+        if rec.ttft is not None:
+            p.ttft.labels(*labels).observe(rec.ttft)
+            if rec.output_tokens and rec.duration > rec.ttft:
+                p.tps.labels(*labels).observe(rec.output_tokens / (rec.duration - rec.ttft))
+        for kind, n in (("input", rec.input_tokens), ("output", rec.output_tokens),
+                        ("reasoning", rec.reasoning_tokens), ("cached", rec.cached_tokens)):
+            if n:
+                p.tokens.labels(*labels, kind).inc(n)
+        if rec.cost_usd:
+            p.cost.labels(*labels).inc(rec.cost_usd)
+        for a, b, why in rec.fallbacks:
+            p.fallbacks.labels(rec.task, a, b, why).inc()
+            if why == "rate_limited":
+                p.limited.labels(rec.task, "target").inc()
+        if rec.retries:
+            p.retries.labels(rec.task).inc(rec.retries)
+        if rec.cache:
+            p.cache.labels(rec.task, rec.cache).inc()
+        for t in rec.cooldown_trips:
+            p.trips.labels(t).inc()
+        p.overhead.labels(rec.task).observe(rec.overhead)
+        if self._otel_metrics is not None:
+            attrs = {"task": rec.task, "provider": rec.provider, "model": rec.model, "outcome": rec.outcome}
+            self._otel_metrics["requests"].add(1, attrs)
+            self._otel_metrics["duration"].record(rec.duration, attrs)
+            self._otel_metrics["tokens"].add(rec.input_tokens + rec.output_tokens, attrs)
+            self._otel_metrics["cost"].add(rec.cost_usd, attrs)
+        if self.tracer is not None:
+            self._spans(rec, rec.trace or {})
+        log.info(self.log_fields(rec))
+        if self.store is not None and rec.provider and rec.outcome != "cached":
+            task = asyncio.ensure_future(self._ledger(rec))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    def log_fields(rec: RequestRecord) -> dict[str, Any]:
+        """The request's log line: outcome summary; prompt/output only when content logging is on."""
+        out: dict[str, Any] = {
+            "event": "request", "request_id": rec.request_id, "task": rec.task, "variant": rec.variant,
+            "caller": rec.caller, "target": f"{rec.provider}/{rec.model}" if rec.provider else None,
+            "stream": rec.stream, "status": rec.status, "outcome": rec.outcome, "error": rec.error_code,
+            "attempts": [f"{a.target}:{a.outcome}{':' + a.code if a.code else ''}" for a in rec.attempts],
+            "latency_ms": round(rec.duration * 1e3, 3), "ttft_ms": round(rec.ttft * 1e3, 3) if rec.ttft is not None else None,
+            "overhead_ms": round(rec.overhead * 1e3, 3), "input_tokens": rec.input_tokens,
+            "output_tokens": rec.output_tokens, "reasoning_tokens": rec.reasoning_tokens,
+            "cached_tokens": rec.cached_tokens, "cost_usd": rec.cost_usd, "usage_estimated": rec.usage_estimated,
+            "cached": rec.outcome == "cached",
+        }
+        if rec.prompt is not None:
+            out["prompt"], out["output"] = rec.prompt, rec.output
+        return out
+
+    def _spans(self, rec: RequestRecord, headers: Mapping[str, str]) -> None:
+        from opentelemetry import trace
+        from opentelemetry.propagate import extract
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        assert self.tracer is not None
+        end_ns = rec.start_ns + int(rec.duration * 1e9)
+        root = self.tracer.start_span(f"chat {rec.task}", context=extract(dict(headers)), kind=SpanKind.SERVER,
+                                      start_time=rec.start_ns, attributes={
+                                          "gen_ai.operation.name": "chat", "llm_router.task": rec.task,
+                                          "llm_router.request_id": rec.request_id, "gen_ai.response.id": rec.request_id,
+                                          "llm_router.cached": rec.outcome == "cached",
+                                          "llm_router.attempts": len(rec.attempts), "llm_router.stream": rec.stream,
+                                          **({"llm_router.variant": rec.variant} if rec.variant else {}),
+                                          **({"gen_ai.provider.name": rec.provider, "gen_ai.response.model": rec.model}
+                                             if rec.provider else {}),
+                                          **self._usage_attrs(rec)})
+        ctx = trace.set_span_in_context(root)
+        offset = rec.start_ns
+        fallback_reasons = {a: why for a, _b, why in rec.fallbacks}
+        for i, a in enumerate(rec.attempts):
+            provider, _, model = a.target.partition("/")
+            took = int((a.latency_ms or 0) * 1e6)
+            committed = a.outcome == "ok" or (a.outcome == "error" and i == len(rec.attempts) - 1 and rec.provider == provider
+                                               and rec.model == model)
+            span = self.tracer.start_span(f"chat {model}", context=ctx, kind=SpanKind.CLIENT, start_time=offset, attributes={
+                "gen_ai.operation.name": "chat", "gen_ai.provider.name": provider, "gen_ai.request.model": model,
+                "llm_router.attempt": i + 1, "llm_router.target": a.target, "llm_router.outcome": a.outcome,
+                "llm_router.retries": a.retries,
+                **({"gen_ai.request.max_tokens": rec.max_tokens} if rec.max_tokens else {}),
+                **({"error.type": a.code} if a.outcome == "error" and a.code else {}),
+                **({"llm_router.cooldown_skip": True} if a.code == "cooldown" else {}),
+                **({"llm_router.fallback_reason": fallback_reasons[a.target]} if a.target in fallback_reasons else {}),
+                **(self._usage_attrs(rec) | {"gen_ai.response.model": model} if committed else {})})
+            if a.outcome == "error":
+                span.set_status(Status(StatusCode.ERROR, a.code or "error"))
+            span.end(end_time=end_ns if committed else offset + took)
+            offset += took
+        if rec.outcome == "error":
+            root.set_status(Status(StatusCode.ERROR, rec.error_code or "error"))
+            root.set_attribute("error.type", rec.error_code or "error")
+        root.end(end_time=end_ns)
+
+    @staticmethod
+    def _usage_attrs(rec: RequestRecord) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if rec.provider:
+            out.update({"gen_ai.usage.input_tokens": rec.input_tokens, "gen_ai.usage.output_tokens": rec.output_tokens,
+                        "llm_router.cost_usd": rec.cost_usd})
+        if rec.finish_reason:
+            out["gen_ai.response.finish_reasons"] = [rec.finish_reason]
+        return out
+
+    async def _ledger(self, rec: RequestRecord) -> None:
+        assert self.store is not None
+        day = time.strftime("%Y-%m-%d", time.gmtime(rec.start_ns / 1e9))
+        combo = f"{rec.caller}\t{rec.task}\t{rec.provider}/{rec.model}"
+        fields = {"requests": 1.0, "input_tokens": rec.input_tokens, "output_tokens": rec.output_tokens,
+                  "reasoning_tokens": rec.reasoning_tokens, "cached_tokens": rec.cached_tokens, "cost_usd": rec.cost_usd}
+        if rec.usage_estimated:
+            fields["estimated_requests"] = 1.0
+        if rec.outcome == "error":
+            fields["errors"] = 1.0
+        try:
+            await self.store.stats_add(f"usage:{combo}:{day}", fields)
+            await self.store.stats_add("usage:index", {combo: 1.0})
+        except StoreError:
+            pass
+
+
+async def usage_report(store: Store, *, tenant: str | None, task: str | None, since: float) -> dict[str, Any]:
+    """Usage totals per (tenant, task, model) since ``since`` (epoch seconds; UTC-day resolution),
+    and overall. Raises ``StoreError``."""
+    index = await store.stats_get("usage:index")
+    days = []
+    t = since - since % 86400
+    while t <= time.time():
+        days.append(time.strftime("%Y-%m-%d", time.gmtime(t)))
+        t += 86400
+    rows, total = [], {"requests": 0.0, "input_tokens": 0.0, "output_tokens": 0.0, "reasoning_tokens": 0.0,
+                       "cached_tokens": 0.0, "cost_usd": 0.0, "estimated_requests": 0.0, "errors": 0.0}
+    for combo in sorted(index):
+        who, what, model = combo.split("\t")
+        if (tenant and who != tenant) or (task and what != task):
+            continue
+        sums: dict[str, float] = {}
+        for day in days:
+            for k, v in (await store.stats_get(f"usage:{combo}:{day}")).items():
+                sums[k] = sums.get(k, 0.0) + v
+        if not sums:
+            continue
+        for k in total:
+            total[k] += sums.get(k, 0.0)
+        rows.append({"tenant": who, "task": what, "model": model,
+                     **{k: (round(v, 8) if k == "cost_usd" else int(v)) for k, v in sums.items()}})
+    return {"since": time.strftime("%Y-%m-%d", time.gmtime(since)), "rows": rows,
+            "total": {k: (round(v, 8) if k == "cost_usd" else int(v)) for k, v in total.items()}}
