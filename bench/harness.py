@@ -37,10 +37,11 @@ def _wait(url: str) -> None:
 
 @contextmanager
 def running(routing_yaml: Callable[[str], str], workers: int = 1,
-            env: dict[str, str] | None = None) -> Iterator[Running]:
+            env: dict[str, str] | Callable[[str], dict[str, str]] | None = None) -> Iterator[Running]:
     """Run ``llm-router emulate`` and ``llm-router serve`` on free ports; ``routing_yaml(emulator
-    base URL)`` gives the router's config; ``env`` is added to the router's environment (e.g.
-    ``REDIS_URL``; without it the router runs with no REDIS_URL). Logs go to a temporary directory."""
+    base URL)`` gives the router's config; ``env`` (or ``env(emulator base URL)``) is added to the
+    router's environment (e.g. ``REDIS_URL``; without it the router runs with no REDIS_URL). Logs go
+    to a temporary directory."""
     tmp = Path(tempfile.mkdtemp(prefix="llm-router-bench-"))
     eport, rport = free_port(), free_port()
     emu, url = f"http://127.0.0.1:{eport}", f"http://127.0.0.1:{rport}"
@@ -54,7 +55,7 @@ def running(routing_yaml: Callable[[str], str], workers: int = 1,
 
     procs = [start(["emulate", "--port", str(eport)], "emulator.log"),
              start(["serve", "--config", str(tmp / "routing.yaml"), "--port", str(rport),
-                    "--workers", str(workers)], "router.log", env)]
+                    "--workers", str(workers)], "router.log", env(emu) if callable(env) else env)]
     try:
         _wait(emu + "/health")
         _wait(url + "/healthz")

@@ -168,6 +168,7 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
         tel = telemetry or Telemetry()
         tel.store = st
         state["telemetry"] = tel
+        observer = None if os.environ.get("LLM_ROUTER_TELEMETRY") == "off" and telemetry is None else tel.record
 
         def build(cfg: RoutingConfig) -> Router:
             if clients is None:
@@ -175,7 +176,7 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
                 for name in cfg.providers:
                     if name not in pool:
                         pool[name] = owned[name] = httpx.AsyncClient(limits=limits, trust_env=False)
-            return Router(cfg, pool, store=st, observer=tel.record, log_content=cfg.log_content, **router_options)
+            return Router(cfg, pool, store=st, observer=observer, log_content=cfg.log_content, **router_options)
 
         live = LiveConfig(config.source, load or (lambda: config), build, build(config))
         state["live"] = live

@@ -66,25 +66,27 @@ async def observe(events: AsyncIterator[Event], rec: RequestRecord, outcome: Any
     text: list[str] | None = [] if prompt is not None else None
     try:
         async for ev in events:
-            if rec.ttft is None and isinstance(ev, TextDelta | ReasoningDelta | ToolCallStart):
-                rec.ttft = clock() - t0
-            match ev:
-                case TextDelta(text=t):
-                    chars += len(t)
-                    if text is not None:
-                        text.append(t)
-                case ReasoningDelta(text=t) | ToolCallDelta(arguments=t):
-                    chars += len(t)
-                case Usage():
-                    usage = ev
-                case Start(provider=p, model=m, cached=cached):
-                    rec.provider, rec.model = p, m
-                    if cached:
-                        rec.outcome, rec.cache = "cached", "hit"
-                case Fallback(from_=a, to=b, reason=why):
-                    rec.fallbacks.append((a, b, why))
-                case End(finish_reason=fr):
-                    rec.finish_reason = fr
+            kind = type(ev)  # type checks, not `match`: this runs for every event of every stream
+            if kind is TextDelta:
+                if rec.ttft is None:
+                    rec.ttft = clock() - t0
+                chars += len(ev.text)  # type: ignore[union-attr]
+                if text is not None:
+                    text.append(ev.text)  # type: ignore[union-attr]
+            elif kind is ReasoningDelta or kind is ToolCallDelta or kind is ToolCallStart:
+                if rec.ttft is None:
+                    rec.ttft = clock() - t0
+                chars += len(getattr(ev, "text", None) or getattr(ev, "arguments", ""))
+            elif kind is Usage:
+                usage = ev  # type: ignore[assignment]
+            elif kind is Start:
+                rec.provider, rec.model = ev.provider, ev.model  # type: ignore[union-attr]
+                if ev.cached:  # type: ignore[union-attr]
+                    rec.outcome, rec.cache = "cached", "hit"
+            elif kind is Fallback:
+                rec.fallbacks.append((ev.from_, ev.to, ev.reason))  # type: ignore[union-attr]
+            elif kind is End:
+                rec.finish_reason = ev.finish_reason  # type: ignore[union-attr]
             yield ev
     finally:
         rec.duration = clock() - t0

@@ -23,12 +23,13 @@ turns it into
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
 from collections.abc import Mapping
 from typing import Any
+
+import msgspec
 
 from router.record import RequestRecord
 from router.stores import Store, StoreError
@@ -39,6 +40,9 @@ log = logging.getLogger("llm_router.request")
 _LAT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TPS_BUCKETS = (1, 5, 10, 25, 50, 100, 200, 400, 800, 1600)
 _OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+
+
+_json_encoder = msgspec.json.Encoder(enc_hook=str)
 
 
 class JsonFormatter(logging.Formatter):
@@ -52,7 +56,7 @@ class JsonFormatter(logging.Formatter):
             out["msg"] = record.getMessage()
         if record.exc_info:
             out["exc"] = record.exc_info[0].__name__ if record.exc_info[0] else None
-        return json.dumps(out, separators=(",", ":"), default=str)
+        return _json_encoder.encode(out).decode()
 
 
 def _env_on(*names: str) -> bool:
@@ -106,6 +110,7 @@ class Telemetry:
 
     def __init__(self, tracer_provider: Any = None, store: Store | None = None) -> None:
         self.prom = _Prometheus()
+        self._cache: dict[tuple[str, ...], tuple[Any, ...]] = {}  # bounded: labels come from the config
         self.store = store
         self._tasks: set[asyncio.Task[Any]] = set()
         self.tracer = None
@@ -148,22 +153,35 @@ class Telemetry:
     def rate_limited(self, task: str, scope: str) -> None:
         self.prom.limited.labels(task, scope).inc()
 
+    def _children(self, labels: tuple[str, ...], outcome: str) -> tuple[Any, ...]:
+        """The labelled metric children of one (task, provider, model, variant, outcome), made once."""
+        key = (*labels, outcome)
+        got = self._cache.get(key)
+        if got is None:
+            p = self.prom
+            got = self._cache[key] = (
+                p.requests.labels(*labels, outcome), p.duration.labels(*labels, outcome), p.ttft.labels(*labels),
+                p.tps.labels(*labels), p.cost.labels(*labels),
+                tuple(p.tokens.labels(*labels, k) for k in ("input", "output", "reasoning", "cached")))
+        return got
+
     def record(self, rec: RequestRecord) -> None:
         """Metrics, spans, the log line and the ledger for one finished request."""
         p = self.prom
         labels = (rec.task, rec.provider or "none", rec.model or "none", rec.variant or "")
-        p.requests.labels(*labels, rec.outcome).inc()
-        p.duration.labels(*labels, rec.outcome).observe(rec.duration)
+        requests, duration, ttft, tps, cost, tokens = self._children(labels, rec.outcome)
+        requests.inc()
+        duration.observe(rec.duration)
         if rec.ttft is not None:
-            p.ttft.labels(*labels).observe(rec.ttft)
+            ttft.observe(rec.ttft)
             if rec.output_tokens and rec.duration > rec.ttft:
-                p.tps.labels(*labels).observe(rec.output_tokens / (rec.duration - rec.ttft))
-        for kind, n in (("input", rec.input_tokens), ("output", rec.output_tokens),
-                        ("reasoning", rec.reasoning_tokens), ("cached", rec.cached_tokens)):
+                tps.observe(rec.output_tokens / (rec.duration - rec.ttft))
+        for child, n in zip(tokens, (rec.input_tokens, rec.output_tokens, rec.reasoning_tokens, rec.cached_tokens),
+                            strict=True):
             if n:
-                p.tokens.labels(*labels, kind).inc(n)
+                child.inc(n)
         if rec.cost_usd:
-            p.cost.labels(*labels).inc(rec.cost_usd)
+            cost.inc(rec.cost_usd)
         for a, b, why in rec.fallbacks:
             p.fallbacks.labels(rec.task, a, b, why).inc()
             if why == "rate_limited":
@@ -183,7 +201,8 @@ class Telemetry:
             self._otel_metrics["cost"].add(rec.cost_usd, attrs)
         if self.tracer is not None:
             self._spans(rec, rec.trace or {})
-        log.info(self.log_fields(rec))
+        if log.isEnabledFor(logging.INFO):
+            log.info(self.log_fields(rec))
         if self.store is not None and rec.provider and rec.outcome != "cached":
             task = asyncio.ensure_future(self._ledger(rec))
             self._tasks.add(task)

@@ -3,7 +3,8 @@
 Routes: ``POST .../chat/completions`` (OpenAI flavour under ``/v1``, GLM flavour elsewhere, e.g.
 ``/api/paas/v4``), ``POST .../messages`` (Anthropic), ``GET /_emulator/stats``,
 ``GET /_emulator/last/{model}`` (the last request to a model; its credential only as a SHA-256),
-``POST /_emulator/reset``, ``GET /health``. A bare ASGI app (no framework) so the bytes on the
+``POST /_emulator/reset``, ``GET /health``, and an OTLP/HTTP sink (``POST /v1/traces``,
+``/v1/metrics``, ``/v1/logs``: 200, counted under ``_otlp``) for telemetry benchmarks. A bare ASGI app (no framework) so the bytes on the
 wire are exactly the ones ``router.emulator.wire`` builds, chunk by chunk.
 """
 
@@ -61,6 +62,11 @@ class Emulator:
             return await _send_json(send, 200, {"reset": True})
         if method == "GET" and path in ("/health", "/healthz"):
             return await _send_json(send, 200, {"status": "ok"})
+        if method == "POST" and path in ("/v1/traces", "/v1/metrics", "/v1/logs"):  # an OTLP/HTTP sink
+            size = len(await _read_body(receive))
+            self.stats["_otlp"]["requests"] += 1
+            self.stats["_otlp"]["completed"] += size > 0
+            return await _send(send, 200, [(b"content-type", b"application/x-protobuf")], b"")
         if method != "POST" or not path.endswith(("/chat/completions", "/messages")):
             return await _send_json(send, 404, {"error": {"message": f"no route {method} {path}"}})
         raw = await _read_body(receive)
