@@ -21,8 +21,8 @@ from typing import Annotated, Any
 import msgspec
 
 from router.config import Experiment, Task
-from router.errors import RequestError, RouterError
-from router.request import TaskRequest, msgspec_error_path
+from router.errors import RouterError
+from router.request import TaskRequest, decode_body
 from router.stores import Store, StoreError
 
 __all__ = ["BUCKETS_MS", "Feedback", "UnknownResponse", "UnknownTaskExperiment", "assign", "decode_feedback",
@@ -124,15 +124,12 @@ class UnknownTaskExperiment(RouterError):
         super().__init__(f"task {task!r} has no experiment or shadow; tasks that do: {', '.join(sorted(known)) or 'none'}")
 
 
+_feedback_decoder = msgspec.json.Decoder(Feedback)
+
+
 def decode_feedback(body: bytes) -> Feedback:
-    """Raises ``RequestError`` naming the field."""
-    try:
-        return msgspec.json.decode(body, type=Feedback)
-    except msgspec.ValidationError as e:
-        msg, path = msgspec_error_path(e)
-        raise RequestError(msg, path) from None
-    except msgspec.DecodeError as e:
-        raise RequestError(f"malformed JSON: {e}") from None
+    """Raises ``RequestError`` naming the field (or ``PayloadTooLarge`` over 64 KiB)."""
+    return decode_body(body, _feedback_decoder, 64 * 1024)  # type: ignore[no-any-return]
 
 
 async def experiment_report(store: Store, name: str, task: Task) -> dict[str, Any]:

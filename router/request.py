@@ -23,6 +23,7 @@ __all__ = [
     "Tool",
     "ToolCall",
     "ToolFunction",
+    "decode_body",
     "decode_task_request",
 ]
 
@@ -145,6 +146,20 @@ def msgspec_error_path(err: msgspec.DecodeError) -> tuple[str, str | None]:
     return msg, path
 
 
+def decode_body(body: bytes, decoder: msgspec.json.Decoder[Any], max_bytes: int) -> Any:
+    """Decode a JSON request body with ``decoder``. Raises ``PayloadTooLarge`` (over
+    ``max_bytes``) or ``RequestError`` (malformed JSON; wrong types, with ``path`` naming the field)."""
+    if len(body) > max_bytes:
+        raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {max_bytes}")
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as e:
+        msg, path = msgspec_error_path(e)
+        raise RequestError(msg, path) from None
+    except msgspec.DecodeError as e:
+        raise RequestError(f"malformed JSON: {e}") from None
+
+
 def decode_task_request(body: bytes, max_bytes: int) -> TaskRequest:
     """Decode and check a ``POST /v1/tasks`` body.
 
@@ -152,15 +167,7 @@ def decode_task_request(body: bytes, max_bytes: int) -> TaskRequest:
     field: malformed JSON, wrong types, unknown fields, empty ``messages``, a ``tool`` message
     whose ``tool_call_id`` matches no earlier assistant tool call, out-of-range numbers.
     """
-    if len(body) > max_bytes:
-        raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {max_bytes}")
-    try:
-        req = _decoder.decode(body)
-    except msgspec.ValidationError as e:
-        msg, path = msgspec_error_path(e)
-        raise RequestError(msg, path) from None
-    except msgspec.DecodeError as e:
-        raise RequestError(f"malformed JSON: {e}") from None
+    req: TaskRequest = decode_body(body, _decoder, max_bytes)
     check_request(req)
     return req
 

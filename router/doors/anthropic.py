@@ -20,10 +20,10 @@ from typing import Any
 
 import msgspec
 
-from router.errors import PayloadTooLarge, RequestError, RouterError
+from router.errors import RequestError, RouterError
 from router.events import (Answer, End, Error, Event, ReasoningDelta, Start, TextDelta, ToolCallDelta,
                            ToolCallEnd, ToolCallStart, Usage)
-from router.request import TaskRequest, msgspec_error_path
+from router.request import TaskRequest, decode_body
 
 from router.doors.base import canonical
 
@@ -144,15 +144,7 @@ class AnthropicDoor:
         self.max_body_bytes = max_body_bytes
 
     def decode(self, body: bytes, headers: Mapping[str, str]) -> tuple[TaskRequest, AnthropicOptions]:
-        if len(body) > self.max_body_bytes:
-            raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {self.max_body_bytes}")
-        try:
-            r = _decoder.decode(body)
-        except msgspec.ValidationError as e:
-            msg, path = msgspec_error_path(e)
-            raise RequestError(msg, path) from None
-        except msgspec.DecodeError as e:
-            raise RequestError(f"malformed JSON: {e}") from None
+        r = decode_body(body, _decoder, self.max_body_bytes)
         obj: dict[str, Any] = {"task": r.model, "messages": _messages(r), "max_tokens": r.max_tokens,
                                "stream": r.stream}
         if r.tools:

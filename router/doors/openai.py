@@ -18,10 +18,10 @@ from typing import Any
 
 import msgspec
 
-from router.errors import PayloadTooLarge, RequestError, RouterError
+from router.errors import RequestError, RouterError
 from router.events import (Answer, End, Error, Event, Fallback, ReasoningDelta, Start, TextDelta,
                            ToolCallDelta, ToolCallStart, Usage)
-from router.request import TaskRequest, msgspec_error_path
+from router.request import TaskRequest, decode_body
 
 from router.doors.base import canonical
 
@@ -161,15 +161,7 @@ class OpenAIDoor:
         self.max_body_bytes = max_body_bytes
 
     def decode(self, body: bytes, headers: Mapping[str, str]) -> tuple[TaskRequest, OpenAIOptions]:
-        if len(body) > self.max_body_bytes:
-            raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {self.max_body_bytes}")
-        try:
-            r = _decoder.decode(body)
-        except msgspec.ValidationError as e:
-            msg, path = msgspec_error_path(e)
-            raise RequestError(msg, path) from None
-        except msgspec.DecodeError as e:
-            raise RequestError(f"malformed JSON: {e}") from None
+        r = decode_body(body, _decoder, self.max_body_bytes)
         if r.n != 1:
             raise RequestError("only n=1 is supported", "n")
         obj: dict[str, Any] = {"task": r.model, "messages": [_message(m, i) for i, m in enumerate(r.messages)],

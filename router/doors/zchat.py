@@ -19,9 +19,9 @@ from typing import Any
 
 import msgspec
 
-from router.errors import PayloadTooLarge, RequestError, RouterError
+from router.errors import RequestError, RouterError
 from router.events import Answer, End, Error, Event, TextDelta
-from router.request import TaskRequest, msgspec_error_path
+from router.request import TaskRequest, decode_body
 
 from router.doors.base import canonical
 from router.doors.openai import completion_json
@@ -61,15 +61,7 @@ class ChatDoor:
         self.known = known
 
     def decode(self, body: bytes, headers: Mapping[str, str]) -> tuple[TaskRequest, ChatOptions]:
-        if len(body) > self.max_body_bytes:
-            raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {self.max_body_bytes}")
-        try:
-            r = _decoder.decode(body)
-        except msgspec.ValidationError as e:
-            msg, path = msgspec_error_path(e)
-            raise RequestError(msg, path) from None
-        except msgspec.DecodeError as e:
-            raise RequestError(f"malformed JSON: {e}") from None
+        r = decode_body(body, _decoder, self.max_body_bytes)
         messages = [{"role": m.role, "content": m.content} for m in r.messages if m.role and m.content]
         if not r.messages:
             raise RequestError("Messages array is required and cannot be empty", "messages")
