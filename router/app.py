@@ -40,6 +40,7 @@ from router.experiments import UnknownResponse, UnknownTaskExperiment, decode_fe
 from router.limits import caller_id
 from router.reload import LiveConfig
 from router.stores import Store, StoreError, store_from_env
+from router.upstream import ShardedClient
 from router.telemetry import Telemetry, usage_report
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
@@ -162,8 +163,8 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        owned: dict[str, httpx.AsyncClient] = {}
-        pool: dict[str, httpx.AsyncClient] = dict(clients or {})
+        owned: dict[str, Any] = {}
+        pool: dict[str, Any] = dict(clients or {})
         st = store or store_from_env()
         tel = telemetry or Telemetry()
         tel.store = st
@@ -172,10 +173,9 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
 
         def build(cfg: RoutingConfig) -> Router:
             if clients is None:
-                limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60)
                 for name in cfg.providers:
                     if name not in pool:
-                        pool[name] = owned[name] = httpx.AsyncClient(limits=limits, trust_env=False)
+                        pool[name] = owned[name] = ShardedClient(shards=int(os.environ.get("LLM_ROUTER_POOL_SHARDS", "8")))
             return Router(cfg, pool, store=st, observer=observer, log_content=cfg.log_content, **router_options)
 
         live = LiveConfig(config.source, load or (lambda: config), build, build(config))

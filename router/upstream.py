@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import httpx
 import msgspec
@@ -28,7 +29,35 @@ from router.errors import (UpstreamConnectError, UpstreamError, UpstreamStreamEr
                            UpstreamTimeout)
 from router.events import Event
 
-__all__ = ["Target", "call_target", "make_targets"]
+__all__ = ["ShardedClient", "Target", "call_target", "make_targets"]
+
+
+class ShardedClient:
+    """One provider's upstream client, spread over ``shards`` connection pools used round-robin.
+
+    httpcore's pool walks every connection it holds on each request (``has_expired`` polls each
+    idle socket), so one pool's cost per request grows with concurrency: at 64 concurrent requests
+    a profile showed about 60% of the router's CPU there. ``shards`` pools of a fraction of the
+    connections each keep that walk short. Same interface as ``httpx.AsyncClient`` for what the
+    router uses (``build_request``, ``send``, ``aclose``).
+    """
+
+    def __init__(self, shards: int = 8, max_connections: int = 1000, keepalive_expiry: float = 60) -> None:
+        per = max(1, max_connections // shards)
+        limits = httpx.Limits(max_connections=per, max_keepalive_connections=per, keepalive_expiry=keepalive_expiry)
+        self._clients = [httpx.AsyncClient(limits=limits, trust_env=False) for _ in range(shards)]
+        self._next = 0
+
+    def build_request(self, *args: Any, **kwargs: Any) -> httpx.Request:
+        return self._clients[0].build_request(*args, **kwargs)
+
+    async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        self._next = (self._next + 1) % len(self._clients)
+        return await self._clients[self._next].send(request, **kwargs)
+
+    async def aclose(self) -> None:
+        for c in self._clients:
+            await c.aclose()
 
 
 class Target(msgspec.Struct, kw_only=True):
