@@ -104,6 +104,14 @@ def parse_since(value: str | None) -> float:
         raise RequestError("since must be YYYY-MM-DD or epoch seconds", "since") from None
 
 
+def _upstream_client() -> ShardedClient:
+    """One provider's pooled upstream client: ``LLM_ROUTER_UPSTREAM`` picks the transport
+    (``aiohttp`` or ``httpcore``), ``LLM_ROUTER_POOL_SHARDS`` how many pools it spreads over."""
+    transport = os.environ.get("LLM_ROUTER_UPSTREAM", "aiohttp")
+    default_shards = "1" if transport == "aiohttp" else "8"
+    return ShardedClient(shards=int(os.environ.get("LLM_ROUTER_POOL_SHARDS", default_shards)), transport=transport)
+
+
 def _json(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response[bytes]:
     return Response(encode_json(obj), status_code=status, media_type=_JSON, headers=dict(headers or {}))
 
@@ -175,7 +183,7 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient
             if clients is None:
                 for name in cfg.providers:
                     if name not in pool:
-                        pool[name] = owned[name] = ShardedClient(shards=int(os.environ.get("LLM_ROUTER_POOL_SHARDS", "8")))
+                        pool[name] = owned[name] = _upstream_client()
             return Router(cfg, pool, store=st, observer=observer, log_content=cfg.log_content, **router_options)
 
         live = LiveConfig(config.source, load or (lambda: config), build, build(config))

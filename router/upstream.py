@@ -42,10 +42,17 @@ class ShardedClient:
     router uses (``build_request``, ``send``, ``aclose``).
     """
 
-    def __init__(self, shards: int = 8, max_connections: int = 1000, keepalive_expiry: float = 60) -> None:
+    def __init__(self, shards: int = 8, max_connections: int = 1000, keepalive_expiry: float = 60,
+                 transport: str = "httpcore") -> None:
         per = max(1, max_connections // shards)
         limits = httpx.Limits(max_connections=per, max_keepalive_connections=per, keepalive_expiry=keepalive_expiry)
-        self._clients = [httpx.AsyncClient(limits=limits, trust_env=False) for _ in range(shards)]
+        if transport == "aiohttp":  # httpx's API over aiohttp's connection pool and C HTTP parser
+            from httpx_aiohttp import AiohttpTransport
+
+            self._clients = [httpx.AsyncClient(transport=AiohttpTransport(limits=limits, trust_env=False),
+                                               trust_env=False) for _ in range(shards)]
+        else:
+            self._clients = [httpx.AsyncClient(limits=limits, trust_env=False) for _ in range(shards)]
         self._next = 0
 
     def build_request(self, *args: Any, **kwargs: Any) -> httpx.Request:
@@ -91,6 +98,27 @@ def make_targets(providers: Mapping[str, Provider]) -> dict[str, Target]:
     return out
 
 
+def _is_timeout(e: httpx.TransportError) -> bool:
+    """A real timeout? httpx-aiohttp reports a refused or dropped connection as ``ConnectTimeout``
+    (it maps aiohttp's ``ClientConnectionError`` there), so the original exception decides."""
+    cause = e.__cause__
+    if cause is None:
+        return isinstance(e, httpx.TimeoutException)
+    return isinstance(cause, TimeoutError) or "Timeout" in type(cause).__name__
+
+
+def _transport_error(e: httpx.TransportError, target: Target, got_bytes: bool) -> UpstreamError:
+    """The router error for a transport failure, before or after the first byte of the body."""
+    if _is_timeout(e):
+        return UpstreamTimeout(f"{target.name}: {type(e).__name__}", retryable=True,
+                               code="read_timeout" if got_bytes else "connect_timeout")
+    if got_bytes:
+        return UpstreamStreamError(f"{target.name}: the connection broke ({type(e).__name__})",
+                                   code="stream_truncated", retryable=True)
+    return UpstreamConnectError(f"{target.name}: could not get a response ({type(e).__name__})",
+                                code="connect_error", retryable=True)
+
+
 async def _raw_events(client: httpx.AsyncClient, target: Target, call: Call,
                       connect: float) -> AsyncIterator[Event]:
     wire = target.adapter.encode(call, target.base_url, target.api_key, target.headers)
@@ -100,13 +128,8 @@ async def _raw_events(client: httpx.AsyncClient, target: Target, call: Call,
     try:
         try:
             response = await client.send(request, stream=True)
-        except httpx.TimeoutException as e:
-            raise UpstreamTimeout(f"{target.name}: {type(e).__name__}", code="connect_timeout",
-                                  retryable=True) from None
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError,
-                httpx.WriteError) as e:
-            raise UpstreamConnectError(f"{target.name}: could not get a response ({type(e).__name__})",
-                                       code="connect_error", retryable=True) from None
+        except httpx.TransportError as e:
+            raise _transport_error(e, target, got_bytes=False) from None
         try:
             if response.status_code >= 400:
                 body = await response.aread()
@@ -130,10 +153,8 @@ async def _raw_events(client: httpx.AsyncClient, target: Target, call: Call,
                 yield ev
         finally:
             await response.aclose()
-    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
-        cls = UpstreamStreamError if got_bytes else UpstreamConnectError
-        raise cls(f"{target.name}: the connection broke ({type(e).__name__})",
-                  code="stream_truncated" if got_bytes else "connect_error", retryable=True) from None
+    except httpx.TransportError as e:
+        raise _transport_error(e, target, got_bytes) from None
     except UpstreamError as e:
         e.provider = target.provider
         raise
