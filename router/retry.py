@@ -47,6 +47,18 @@ async def first_event(open_: Callable[[], Awaitable[T]], policy: Retry, budget: 
     ``on_retry(error, wait_seconds)`` is called before each wait.
     """
     assert policy.attempts is not None and policy.max_wait is not None
+    try:  # the common case, a first try that works, never builds the retry machinery
+        return await open_(), 0
+    except UpstreamError as e:
+        if not _retryable(e) or policy.attempts <= 1:
+            raise
+        failed: list[UpstreamError] = [e]
+
+    async def replayed() -> T:  # tenacity's first attempt is the failure that already happened
+        if failed:
+            raise failed.pop()
+        return await open_()
+
     backoff = wait_exponential_jitter(multiplier=policy.initial_wait or 0, max=policy.max_wait,
                                       jitter=policy.initial_wait or 0)
     max_wait = policy.max_wait
@@ -74,7 +86,7 @@ async def first_event(open_: Callable[[], Awaitable[T]], policy: Retry, budget: 
     try:
         async for attempt in retrying:
             with attempt:
-                result = await open_()
+                result = await replayed()
     except UpstreamError as e:
         e.retries = retrying.statistics.get("attempt_number", 1) - 1
         raise
