@@ -32,10 +32,12 @@ def cpu_seconds(pids: list[int]) -> float:
     while todo:
         pid = todo.pop()
         try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
             for tid in os.listdir(f"/proc/{pid}/task"):
-                kids = open(f"/proc/{pid}/task/{tid}/children").read().split()
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    kids = f.read().split()
                 todo += [int(k) for k in kids]
         except (OSError, IndexError, ValueError):
             continue
@@ -108,7 +110,7 @@ async def _worker(host: str, port: int, request: bytes, stream: bool, start: flo
         conn.transport.write(request)
         try:
             status = await asyncio.wait_for(conn.done, 30)
-        except (ConnectionError, asyncio.TimeoutError):
+        except (ConnectionError, TimeoutError):
             res.errors += 1
             return
         t1 = perf()

@@ -207,7 +207,7 @@ class AnthropicDoor:
                     yield event("content_block_delta", {"index": index, "delta": {"type": "input_json_delta", "partial_json": a}})
                 case ToolCallEnd():
                     yield close()
-                case Start(id=rid, model=model):
+                case Start(id=rid):
                     yield event("message_start", {"message": {
                         "id": "msg_" + rid.removeprefix("req_"), "type": "message", "role": "assistant",
                         "model": opts.model, "content": [], "stop_reason": None, "stop_sequence": None,

@@ -16,7 +16,7 @@ from router.errors import RequestError, RouterError
 from router.events import Answer, Event
 from router.request import TaskRequest, check_request, msgspec_error_path
 
-__all__ = ["Door", "canonical", "decode_body", "error_headers"]
+__all__ = ["Door", "canonical", "error_headers"]
 
 
 class Door(Protocol):

@@ -203,7 +203,7 @@ class OpenAIDoor:
                                                  "function": {"name": name, "arguments": ""}}]})
                 case ToolCallDelta(index=i, arguments=a):
                     yield chunk({"tool_calls": [{"index": i, "function": {"arguments": a}}]})
-                case Start(cached=cached):
+                case Start():
                     yield chunk({"role": "assistant", "content": ""})
                 case Usage():
                     usage = ev

@@ -193,7 +193,7 @@ async def _wait(disconnected: asyncio.Event, ms: float) -> bool:
     try:
         await asyncio.wait_for(disconnected.wait(), ms / 1000)
         return True
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False
 
 
