@@ -1,8 +1,8 @@
 """The ``llm-router`` command: ``serve``, ``validate``, ``emulate``.
 
-``serve`` runs the app under uvicorn (httptools + uvloop when installed). With ``--workers N`` each
-worker builds its app from the environment (``ROUTER_CONFIG``, ``LLM_ROUTER_DEMO_UPSTREAM``)
-through ``asgi_app``. ``--demo`` starts the upstream emulator in this process and points every
+``serve`` runs the app under uvicorn (httptools + uvloop when installed). With ``--workers N`` it
+supervises N worker processes, each with its own ``SO_REUSEPORT`` socket, and each builds its app
+from the environment (``ROUTER_CONFIG``, ``LLM_ROUTER_DEMO_UPSTREAM``) through ``asgi_app``. ``--demo`` starts the upstream emulator in this process and points every
 provider of the config at it, with a placeholder key, so the service runs with no API keys.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from urllib.parse import urlsplit
 
@@ -111,8 +112,65 @@ def serve(config_path: str, host: str, port: int, workers: int, demo: bool) -> N
         os.environ[_DEMO_ENV] = url
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # /metrics sums the workers
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="llm-router-metrics-")
+    if workers > 1 and hasattr(socket, "SO_REUSEPORT"):
+        sys.exit(_supervise(host, port, workers))
     uvicorn.run("router.cli:asgi_app", factory=True, host=host, port=port, workers=workers,
                 log_config=LOG_CONFIG, access_log=False, timeout_graceful_shutdown=10)
+
+
+def _worker(host: str, port: int) -> None:
+    """One worker: its own SO_REUSEPORT socket, so the kernel spreads connections over the workers
+    (with one shared socket, keep-alive connections can all land on one worker: seen as one worker
+    at 100% CPU while the other idled, under the peer benchmark's load)."""
+    import uvicorn
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    config = uvicorn.Config("router.cli:asgi_app", factory=True, log_config=LOG_CONFIG, access_log=False,
+                            timeout_graceful_shutdown=10)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _supervise(host: str, port: int, workers: int) -> int:
+    """Run ``workers`` worker processes, restart one that dies, and forward SIGINT/SIGTERM (stop)
+    and SIGHUP (every worker reloads routing.yaml live) to all of them. Returns the exit status."""
+    import multiprocessing
+    import signal
+    import time
+
+    ctx = multiprocessing.get_context("spawn")
+    log = logging.getLogger("llm_router")
+    procs = [ctx.Process(target=_worker, args=(host, port), name=f"llm-router-worker-{i}") for i in range(workers)]
+    for p in procs:
+        p.start()
+    stopping = False
+
+    def forward(sig: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = stopping or sig != signal.SIGHUP
+        for p in procs:
+            if p.pid is not None and p.is_alive():
+                os.kill(p.pid, sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    log.info("serving on http://%s:%s with %d workers (SO_REUSEPORT)", host, port, workers)
+    while not stopping:
+        time.sleep(0.2)
+        for i, p in enumerate(procs):
+            if not p.is_alive() and not stopping:
+                log.error("worker %s exited with %s; starting a new one", p.name, p.exitcode)
+                procs[i] = ctx.Process(target=_worker, args=(host, port), name=p.name)
+                procs[i].start()
+    for p in procs:
+        p.join(15)
+        if p.is_alive():
+            p.kill()
+    return 0
 
 
 @main.command()

@@ -306,3 +306,38 @@ def test_compose_file(tmp_path: Path) -> None:
     assert services["otel-collector"]["profiles"] == ["otel"]
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "USER " in dockerfile and "HEALTHCHECK" in dockerfile and "slim" in dockerfile
+
+
+def test_sighup_to_the_parent_reloads_every_worker_and_dead_workers_return(tmp_path: Path, emulator: str) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "routing.yaml").write_text(base_yaml(emulator))
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "routing.yaml").symlink_to(real / "routing.yaml")  # only SIGHUP can make them see the edit
+    port = free_port()
+    proc = Proc(["serve", "--config", str(etc / "routing.yaml"), "--port", str(port), "--workers", "2"],
+                tmp_path / "w.log", {"ZAI_API_KEY": "zk"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        proc.wait_http(url + "/healthz")
+        seen: dict[int, str] = {}
+
+        def both(pred) -> bool:  # type: ignore[no-untyped-def]
+            for _ in range(16):
+                r = httpx.get(url + "/readyz").json()
+                seen[r["pid"]] = r["config"]["version"]
+            return len(seen) >= 2 and all(pred(v) for v in seen.values())
+
+        wait_for(lambda: both(lambda v: True), 10)
+        v1 = next(iter(seen.values()))
+        (real / "routing.yaml").write_text(base_yaml(emulator, "[claude/claude-a]"))
+        os.kill(proc.p.pid, signal.SIGHUP)
+        seen.clear()
+        wait_for(lambda: both(lambda v: v != v1), 4)
+        victim = next(iter(seen))
+        os.kill(victim, signal.SIGKILL)
+        seen.clear()
+        wait_for(lambda: both(lambda v: True) and victim not in seen and len(seen) == 2, 15)
+    finally:
+        proc.stop()
