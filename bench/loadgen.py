@@ -19,6 +19,7 @@ import httptools
 __all__ = ["Result", "cpu_seconds", "run_load"]
 
 _FIRST = re.compile(rb'"text\.delta"|"content":"[^"]|"text_delta"')
+_DONE = re.compile(rb'"type":"end"|\[DONE\]|message_stop')  # a stream counts only when its terminator came
 perf = time.perf_counter
 
 
@@ -72,8 +73,9 @@ class Result:
 class _Conn(asyncio.Protocol):
     def __init__(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
-        self.done: asyncio.Future[int] | None = None
+        self.done_future: asyncio.Future[int] | None = None
         self.t_first = 0.0
+        self.done = False
         self.tail = b""
         self.transport: asyncio.Transport | None = None
 
@@ -84,19 +86,20 @@ class _Conn(asyncio.Protocol):
         self.parser.feed_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.done is not None and not self.done.done():
-            self.done.set_exception(ConnectionError("closed"))
+        if self.done_future is not None and not self.done_future.done():
+            self.done_future.set_exception(ConnectionError("closed"))
 
     def on_body(self, body: bytes) -> None:
-        if not self.t_first:
-            buf = self.tail + body
-            if _FIRST.search(buf):
-                self.t_first = perf()
-            self.tail = buf[-32:]
+        buf = self.tail + body
+        if not self.t_first and _FIRST.search(buf):
+            self.t_first = perf()
+        if not self.done and _DONE.search(buf):
+            self.done = True
+        self.tail = buf[-32:]
 
     def on_message_complete(self) -> None:
-        if self.done is not None and not self.done.done():
-            self.done.set_result(self.parser.get_status_code())
+        if self.done_future is not None and not self.done_future.done():
+            self.done_future.set_result(self.parser.get_status_code())
 
 
 async def _worker(host: str, port: int, request: bytes, stream: bool, start: float, stop: float,
@@ -104,12 +107,12 @@ async def _worker(host: str, port: int, request: bytes, stream: bool, start: flo
     loop = asyncio.get_running_loop()
     _, conn = await loop.create_connection(_Conn, host, port)
     while True:
-        conn.done, conn.t_first, conn.tail = loop.create_future(), 0.0, b""
+        conn.done_future, conn.t_first, conn.tail, conn.done = loop.create_future(), 0.0, b"", False
         t0 = perf()
         assert conn.transport is not None
         conn.transport.write(request)
         try:
-            status = await asyncio.wait_for(conn.done, 30)
+            status = await asyncio.wait_for(conn.done_future, 60)
         except (ConnectionError, TimeoutError):
             res.errors += 1
             return
@@ -117,7 +120,7 @@ async def _worker(host: str, port: int, request: bytes, stream: bool, start: flo
         if t0 >= stop:
             break
         if t0 >= start:
-            if status != 200:
+            if status != 200 or (stream and not conn.done):
                 res.errors += 1
             else:
                 res.lat.append(t1 - t0)

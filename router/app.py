@@ -106,10 +106,14 @@ def parse_since(value: str | None) -> float:
 
 def _upstream_client() -> ShardedClient:
     """One provider's pooled upstream client: ``LLM_ROUTER_UPSTREAM`` picks the transport
-    (``aiohttp`` or ``httpcore``), ``LLM_ROUTER_POOL_SHARDS`` how many pools it spreads over."""
+    (``aiohttp`` or ``httpcore``), ``LLM_ROUTER_POOL_SHARDS`` how many pools it spreads over,
+    ``LLM_ROUTER_MAX_CONNECTIONS`` the most connections to one provider per worker (10,000: every
+    open stream holds one, and a request beyond the cap waits for a slot up to the connect
+    timeout)."""
     transport = os.environ.get("LLM_ROUTER_UPSTREAM", "aiohttp")
     default_shards = "1" if transport == "aiohttp" else "8"
-    return ShardedClient(shards=int(os.environ.get("LLM_ROUTER_POOL_SHARDS", default_shards)), transport=transport)
+    return ShardedClient(shards=int(os.environ.get("LLM_ROUTER_POOL_SHARDS", default_shards)), transport=transport,
+                         max_connections=int(os.environ.get("LLM_ROUTER_MAX_CONNECTIONS", "10000")))
 
 
 def _json(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response[bytes]:
