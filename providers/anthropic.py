@@ -277,6 +277,7 @@ class AnthropicAdapter:
                 if m.reasoning_signature:
                     blocks.append({"type": "thinking", "thinking": m.reasoning or "",
                                    "signature": m.reasoning_signature})
+                blocks += [{"type": "redacted_thinking", "data": d} for d in m.reasoning_redacted or ()]
                 if text:
                     blocks.append({"type": "text", "text": text})
                 for tc in m.tool_calls or ():

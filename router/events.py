@@ -201,6 +201,7 @@ class Answer(msgspec.Struct):
     text: str = ""
     reasoning: str = ""
     reasoning_signature: str | None = None
+    reasoning_redacted: list[str] = msgspec.field(default_factory=list)
     tool_calls: list[ToolCallOut] = msgspec.field(default_factory=list)
     finish_reason: str = "stop"
     usage: TokenUsage = msgspec.field(default_factory=TokenUsage)
@@ -223,10 +224,12 @@ def fold(events: Iterable[Event], answer: Answer | None = None) -> Answer:
         match ev:
             case TextDelta(text=t):
                 text.append(t)
-            case ReasoningDelta(text=t, signature=sig):
+            case ReasoningDelta(text=t, signature=sig, redacted=red):
                 reasoning.append(t)
                 if sig:
                     a.reasoning_signature = sig
+                if red is not None:
+                    a.reasoning_redacted.append(red)
             case ToolCallEnd(id=cid, name=name, arguments=args):
                 a.tool_calls.append(ToolCallOut(id=cid, function={"name": name, "arguments": args}))
             case Usage():

@@ -56,7 +56,8 @@ class Message(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 
     ``content``: a string or text parts (``None`` allowed on assistant messages with tool calls).
     ``reasoning`` / ``reasoning_signature``: an assistant's earlier reasoning and the provider's
-    signature for it (Anthropic thinking), sent back so multi-turn thinking conversations verify.
+    signature for it (Anthropic thinking), sent back so multi-turn thinking conversations verify;
+    ``reasoning_redacted``: Anthropic ``redacted_thinking`` blocks' opaque data, sent back unchanged.
     """
 
     role: Literal["system", "user", "assistant", "tool"]
@@ -66,6 +67,7 @@ class Message(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     tool_call_id: str | None = None
     reasoning: str | None = None
     reasoning_signature: str | None = None
+    reasoning_redacted: list[str] | None = None
 
     def text(self) -> str:
         """The content as one string (parts joined with no separator; ``None`` as ``""``)."""

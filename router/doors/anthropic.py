@@ -124,6 +124,8 @@ def _messages(r: _Request) -> list[dict[str, Any]]:
                     text.append(b.text or "")
                 elif b.type == "thinking":
                     msg["reasoning"], msg["reasoning_signature"] = b.thinking or "", b.signature
+                elif b.type == "redacted_thinking" and b.data:
+                    msg.setdefault("reasoning_redacted", []).append(b.data)
                 elif b.type == "tool_use":
                     calls.append({"id": b.id, "function": {"name": b.name, "arguments": json.dumps(b.input or {})}})
             msg["content"] = "".join(text) or None
@@ -229,6 +231,7 @@ class AnthropicDoor:
         content: list[dict[str, Any]] = []
         if answer.reasoning or answer.reasoning_signature:
             content.append({"type": "thinking", "thinking": answer.reasoning, "signature": answer.reasoning_signature or ""})
+        content += [{"type": "redacted_thinking", "data": d} for d in answer.reasoning_redacted]
         if answer.text:
             content.append({"type": "text", "text": answer.text})
         for t in answer.tool_calls:

@@ -54,6 +54,7 @@ class _Message(msgspec.Struct):
     tool_call_id: str | None = None
     reasoning_content: str | None = None
     reasoning_signature: str | None = None
+    reasoning_redacted: list[str] | None = None
 
 
 class _StreamOptions(msgspec.Struct):
@@ -117,6 +118,8 @@ def _message(m: _Message, i: int) -> dict[str, Any]:
         out["reasoning"] = m.reasoning_content
     if m.reasoning_signature is not None:
         out["reasoning_signature"] = m.reasoning_signature
+    if m.reasoning_redacted:
+        out["reasoning_redacted"] = m.reasoning_redacted
     return out
 
 
@@ -142,6 +145,8 @@ def completion_json(answer: Answer, model: str) -> dict[str, Any]:
         msg["reasoning_content"] = answer.reasoning
     if answer.reasoning_signature:
         msg["reasoning_signature"] = answer.reasoning_signature
+    if answer.reasoning_redacted:
+        msg["reasoning_redacted"] = answer.reasoning_redacted
     if answer.tool_calls:
         msg["tool_calls"] = [{"id": t.id, "type": "function", "function": t.function} for t in answer.tool_calls]
     return {"id": "chatcmpl-" + answer.id.removeprefix("req_"), "object": "chat.completion",
@@ -192,11 +197,13 @@ class OpenAIDoor:
             match ev:
                 case TextDelta(text=t):
                     yield chunk({"content": t})
-                case ReasoningDelta(text=t, signature=sig):
+                case ReasoningDelta(text=t, signature=sig, redacted=red):
                     d: dict[str, Any] = {"reasoning_content": t}
                     if sig:
                         d["reasoning_signature"] = sig
-                    if t or sig:
+                    if red is not None:
+                        d["reasoning_redacted"] = [red]
+                    if t or sig or red is not None:
                         yield chunk(d)
                 case ToolCallStart(index=i, id=tid, name=name):
                     yield chunk({"tool_calls": [{"index": i, "id": tid, "type": "function",

@@ -206,3 +206,18 @@ def test_cut_stream_raises_in_both_sdks(oai: openai.OpenAI, ant: anthropic.Anthr
     with pytest.raises(anthropic.APIStatusError):
         with ant.messages.stream(model=task, max_tokens=64, messages=[{"role": "user", "content": say(spec)}]) as s:
             s.get_final_message()
+
+
+def test_redacted_thinking_round_trip_through_the_anthropic_door(ant: anthropic.Anthropic, emulator: str) -> None:
+    replay = {"replay": "anthropic/redacted-thinking-text.sonnet-4-5.sse"}
+    first = [{"role": "user", "content": say(replay)}]
+    with ant.messages.stream(model="claude_task", max_tokens=1024, messages=first) as s:
+        turn = s.get_final_message()
+    redacted = [b for b in turn.content if b.type == "redacted_thinking"]
+    assert len(redacted) == 2 and all(len(b.data) > 100 for b in redacted)
+    second = first + [{"role": "assistant", "content": [b.model_dump() for b in turn.content]},
+                      {"role": "user", "content": "Go on."}]
+    with ant.messages.stream(model="claude_task", max_tokens=64, messages=second) as s:  # type: ignore[arg-type]
+        s.get_final_message()  # the first turn's directive still replays the recording
+    sent = last(emulator, "claude-sonnet-5-5")["messages"][1]["content"]
+    assert [b["data"] for b in sent if b["type"] == "redacted_thinking"] == [b.data for b in redacted]

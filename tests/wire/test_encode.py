@@ -86,3 +86,13 @@ def test_anthropic_adaptive_thinking_and_no_sampling() -> None:
     assert "temperature" not in fixed and "top_p" not in fixed
     _, oai = _encode("openai", temperature=0.3, sampling=False)
     assert "temperature" not in oai
+
+
+def test_anthropic_redacted_thinking_is_sent_back_unchanged() -> None:
+    history = [Message(role="user", content="q"),
+               Message(role="assistant", content="a", reasoning="r", reasoning_signature="sig",
+                       reasoning_redacted=["EmwKAhgBEgy3va3pzix/LafPsn4a", "Eo0BCkYIBxgC"]),
+               Message(role="user", content="and?")]
+    body = json.loads(adapter_for("anthropic").encode(Call(model="m", messages=history), "https://x", "k", {}).body)
+    assert [b["type"] for b in body["messages"][1]["content"]] == ["thinking", "redacted_thinking", "redacted_thinking", "text"]
+    assert body["messages"][1]["content"][1] == {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4a"}

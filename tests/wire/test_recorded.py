@@ -151,6 +151,7 @@ def test_recorded_thinking_signature_and_redacted_blocks_are_kept() -> None:
     redacted = decode_stream("anthropic", (WIRE / "anthropic/redacted-thinking-text.sonnet-4-5.sse").read_bytes())
     blocks = [e.redacted for e in redacted if isinstance(e, ReasoningDelta) and e.redacted]
     assert len(blocks) == 2 and all(len(b) > 100 for b in blocks)
+    assert fold(redacted).reasoning_redacted == blocks
     response = adapter_for("anthropic").decode_response(
         (WIRE / "anthropic/message-thinking-tool-use.sonnet-4.json").read_bytes())
     assert fold(response).reasoning_signature.startswith("Es8DCkYICxgCKkBROcM3239o")
