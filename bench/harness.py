@@ -15,7 +15,31 @@ import httpx
 
 from router.emulator import free_port
 
-__all__ = ["Running", "running"]
+__all__ = ["Running", "bench_config", "running", "twenty_words"]
+
+
+def bench_config(emu: str, timeouts: str = "") -> str:
+    """routing.yaml with one task, ``bench``, on one GLM-style target at the emulator ``emu``."""
+    return f"""
+version: 1
+providers:
+  emu:
+    protocol: openai
+    base_url: {emu}/api/paas/v4
+    api_key: bench
+    {"timeouts: " + timeouts if timeouts else ""}
+    models: {{glm-4.6: {{context_window: 200000, price: {{input: 0.6, output: 2.2}}}}}}
+tasks:
+  bench: {{chain: [emu/glm-4.6]}}
+"""
+
+
+def twenty_words(**behaviour: object) -> list[dict[str, str]]:
+    """One user message scripting the emulator to answer 20 words (20 stream chunks)."""
+    import json
+
+    spec = {"text": " ".join(f"w{i}" for i in range(20)), **behaviour}
+    return [{"role": "user", "content": "bench\nemulate: " + json.dumps({"*": spec})}]
 
 
 class Running:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import running  # noqa: E402
+from harness import bench_config, running, twenty_words  # noqa: E402
 from loadgen import run_load  # noqa: E402
 
 
@@ -35,18 +35,8 @@ def rss_mb(pid: int) -> float:
 
 
 def config(emu: str) -> str:
-    return f"""
-version: 1
-providers:
-  emu:
-    protocol: openai
-    base_url: {emu}/api/paas/v4
-    api_key: bench
-    timeouts: {{first_token: 60, idle: 60, total: 120}}
-    models: {{glm-4.6: {{context_window: 200000, price: {{input: 0.6, output: 2.2}}}}}}
-tasks:
-  bench: {{chain: [emu/glm-4.6]}}
-"""
+    """The bench task with timeouts long enough for 10-second streams."""
+    return bench_config(emu, "{first_token: 60, idle: 60, total: 120}")
 
 
 def main() -> None:
@@ -56,11 +46,9 @@ def main() -> None:
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
-    words = " ".join(f"w{i}" for i in range(20))
     with running(config) as run:
         baseline = rss_mb(run.router_pid)
-        slow = json.dumps({"task": "bench", "stream": True, "messages": [{"role": "user", "content":
-                           'm\nemulate: {"*": {"text": "%s", "chunk_delay_ms": 500}}' % words}]}).encode()
+        slow = json.dumps({"task": "bench", "stream": True, "messages": twenty_words(chunk_delay_ms=500)}).encode()
         peak = [0.0]
         stop = threading.Event()
 
@@ -79,8 +67,7 @@ def main() -> None:
                           "router_rss_mb_peak": round(peak[0], 1), "streams_completed": streams["requests"],
                           "errors": streams["errors"], "ttft_p50_ms": streams["ttft_p50_ms"]}))
 
-        quick = json.dumps({"task": "bench", "messages": [{"role": "user", "content":
-                            'm\nemulate: {"*": {"text": "%s"}}' % words}]}).encode()
+        quick = json.dumps({"task": "bench", "messages": twenty_words()}).encode()
         first = max(1000, a.requests // 10)
         r1 = run_load(run.router + "/v1/tasks", quick, stream=False, concurrency=32, warmup=0.5,
                       duration=first / 1500).summary()

@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import running  # noqa: E402
+from harness import bench_config, running, twenty_words  # noqa: E402
 from loadgen import run_load  # noqa: E402
 
-CHUNKS = 20
 
 
 def main() -> None:
@@ -34,23 +33,9 @@ def main() -> None:
                     help="load POST /v1/tasks, or the OpenAI door POST /v1/chat/completions (the peers' load)")
     a = ap.parse_args()
 
-    config = lambda emu: f"""
-version: 1
-providers:
-  emu:
-    protocol: openai
-    base_url: {emu}/api/paas/v4
-    api_key: bench
-    models:
-      glm-4.6: {{context_window: 200000, price: {{input: 0.6, output: 2.2}}}}
-tasks:
-  bench:
-    chain: [emu/glm-4.6]
-"""  # noqa: E731
-    with running(config, a.workers) as run:
+    with running(bench_config, a.workers) as run:
         emu = run.emulator
-        directive = 'emulate: {"*": {"text": "%s"}}' % " ".join(f"w{i}" for i in range(CHUNKS))
-        msgs = [{"role": "user", "content": "bench\n" + directive}]
+        msgs = twenty_words()
         rows = []
         for mode in a.modes.split(","):
             stream = mode == "stream"

@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import running  # noqa: E402
+from harness import running, twenty_words  # noqa: E402
 from loadgen import run_load  # noqa: E402
 
 from router.stores import LimitSpec  # noqa: E402
@@ -81,7 +81,7 @@ tasks:
   cached: {{chain: [free/m], cache: {{ttl: 3600}}}}
 """
 
-    msgs = [{"role": "user", "content": 'bench\nemulate: {"*": {"text": "%s"}}' % " ".join(f"w{i}" for i in range(20))}]
+    msgs = twenty_words()
     with running(config, env={"REDIS_URL": a.redis, "REDIS_PREFIX": prefix}) as run:
         url = run.router + "/v1/tasks"
         rows = {}

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import running  # noqa: E402
+from harness import bench_config, running, twenty_words  # noqa: E402
 from loadgen import run_load  # noqa: E402
 
 
@@ -26,20 +26,7 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=4.0)
     a = ap.parse_args()
 
-    def config(emu: str) -> str:
-        return f"""
-version: 1
-providers:
-  emu:
-    protocol: openai
-    base_url: {emu}/api/paas/v4
-    api_key: bench
-    models: {{glm-4.6: {{context_window: 200000, price: {{input: 0.6, output: 2.2}}}}}}
-tasks:
-  bench: {{chain: [emu/glm-4.6]}}
-"""
-
-    msgs = [{"role": "user", "content": 'bench\nemulate: {"*": {"text": "%s"}}' % " ".join(f"w{i}" for i in range(20))}]
+    msgs = twenty_words()
     modes = {
         "off": lambda emu: {"LLM_ROUTER_TELEMETRY": "off"},
         "metrics": lambda emu: {},
@@ -47,7 +34,7 @@ tasks:
     }
     rows: dict[tuple[str, str], dict] = {}  # type: ignore[type-arg]
     for name, env in modes.items():
-        with running(config, env=env) as run:
+        with running(bench_config, env=env) as run:
             for mode in ("nonstream", "stream"):
                 body = json.dumps({"task": "bench", "messages": msgs, "stream": mode == "stream"}).encode()
                 rows[(name, mode)] = run_load(run.router + "/v1/tasks", body, stream=mode == "stream", concurrency=1,
