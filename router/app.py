@@ -2,7 +2,7 @@
 ``/v1/messages``, ``/api/chat``), ``/v1/models``, health, readiness and routes.
 
 ``create_app(config, ...)`` builds the app; its resources are made in the lifespan unless given:
-one pooled ``httpx.AsyncClient`` per provider (keep-alive), the store (Redis for ``REDIS_URL``),
+one pooled ``UpstreamClient`` per provider (aiohttp, keep-alive), the store (Redis for ``REDIS_URL``),
 and, when ``load`` is given, the live config (watching routing.yaml, reloading on SIGHUP). Every
 request takes the router current when it starts and finishes on it. Errors answer in the door's
 own shape; nothing upstream, no stack trace and no secret is echoed.
@@ -22,7 +22,6 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import Any
 
-import httpx
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.response import Stream
@@ -40,7 +39,7 @@ from router.experiments import UnknownResponse, UnknownTaskExperiment, decode_fe
 from router.limits import caller_id
 from router.reload import LiveConfig
 from router.stores import Store, StoreError, store_from_env
-from router.upstream import ShardedClient
+from router.upstream import UpstreamClient
 from router.telemetry import Telemetry, usage_report
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app"]
@@ -104,16 +103,11 @@ def parse_since(value: str | None) -> float:
         raise RequestError("since must be YYYY-MM-DD or epoch seconds", "since") from None
 
 
-def _upstream_client() -> ShardedClient:
-    """One provider's pooled upstream client: ``LLM_ROUTER_UPSTREAM`` picks the transport
-    (``aiohttp`` or ``httpcore``), ``LLM_ROUTER_POOL_SHARDS`` how many pools it spreads over,
-    ``LLM_ROUTER_MAX_CONNECTIONS`` the most connections to one provider per worker (10,000: every
-    open stream holds one, and a request beyond the cap waits for a slot up to the connect
-    timeout)."""
-    transport = os.environ.get("LLM_ROUTER_UPSTREAM", "aiohttp")
-    default_shards = "1" if transport == "aiohttp" else "8"
-    return ShardedClient(shards=int(os.environ.get("LLM_ROUTER_POOL_SHARDS", default_shards)), transport=transport,
-                         max_connections=int(os.environ.get("LLM_ROUTER_MAX_CONNECTIONS", "10000")))
+def _upstream_client() -> UpstreamClient:
+    """One provider's pooled upstream client; ``LLM_ROUTER_MAX_CONNECTIONS`` is the most
+    connections to one provider per worker (10,000: every open stream holds one, and a request
+    beyond the cap waits for a slot up to the connect timeout)."""
+    return UpstreamClient(max_connections=int(os.environ.get("LLM_ROUTER_MAX_CONNECTIONS", "10000")))
 
 
 def _json(obj: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response[bytes]:
@@ -157,13 +151,13 @@ async def _routes_view(router: Router, live: LiveConfig) -> dict[str, Any]:
     }
 
 
-def create_app(config: RoutingConfig, *, clients: Mapping[str, httpx.AsyncClient] | None = None,
+def create_app(config: RoutingConfig, *, clients: Mapping[str, UpstreamClient] | None = None,
                store: Store | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                notes: list[str] | None = None, load: Callable[[], RoutingConfig] | None = None,
                telemetry: Telemetry | None = None, **router_options: Any) -> Litestar:
     """The router app for ``config``.
 
-    ``clients``: provider name -> ``httpx.AsyncClient`` (else one pooled client per provider, made
+    ``clients``: provider name -> ``UpstreamClient`` (else one pooled client per provider, made
     in the lifespan, also for providers a reload adds). ``store``: shared state (else from the
     environment). ``load``: re-reads the config (raises ``ConfigError``); given, the app watches
     ``config.source`` and reloads on change and on SIGHUP. ``max_body_bytes``: larger bodies get 413.

@@ -265,7 +265,9 @@ def compare(tasks_file: str, targets: str, concurrency: int, repeat: int, out_di
             if unknown:
                 raise click.ClickException(f"unknown targets: {', '.join(unknown)}")
             store = store_from_env()
-            clients = {p: httpx.AsyncClient(trust_env=False) for p in config.providers}
+            from router.upstream import UpstreamClient
+
+            clients = {p: UpstreamClient() for p in config.providers}
             try:
                 router = Router(config, clients, store=store)
                 await run_compare(jobs, names, call=router.call_one, concurrency=concurrency, repeat=repeat,

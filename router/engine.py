@@ -19,7 +19,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-import httpx
 import msgspec
 
 from providers import Call
@@ -37,7 +36,7 @@ from router.record import RequestRecord, observe
 from router.request import TaskRequest
 from router.retry import RetryBudget, first_event
 from router.stores import MemoryStore, Store, StoreError
-from router.upstream import Target, call_target, make_targets
+from router.upstream import Target, UpstreamClient, call_target, make_targets
 
 __all__ = ["Plan", "Policy", "RequestContext", "Router", "estimate_prompt_tokens", "new_request_id"]
 
@@ -153,13 +152,13 @@ class _Outcome:
 class Router:
     """Routes canonical requests over the chains of one ``RoutingConfig``.
 
-    ``clients``: provider name -> pooled ``httpx.AsyncClient`` (made by the app's lifespan).
+    ``clients``: provider name -> pooled ``UpstreamClient`` (made by the app's lifespan).
     ``store``: shared state (circuit breakers); in-memory by default. Injectable for tests:
     ``clock`` (monotonic seconds, for latencies), ``wall`` (epoch seconds, for cooldowns shared
     across replicas) and ``sleep`` (retry waits).
     """
 
-    def __init__(self, config: RoutingConfig, clients: Mapping[str, httpx.AsyncClient], *,
+    def __init__(self, config: RoutingConfig, clients: Mapping[str, UpstreamClient], *,
                  store: Store | None = None, clock: Callable[[], float] = time.perf_counter,
                  wall: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,

@@ -18,7 +18,7 @@ its error ``type`` (the JSON ``error.type``), and whether trying again could hel
     │   └── TargetUnusable           503 not callable at all (e.g. its API key is unset)
     └── AllTargetsFailed             502/503/504/429 by the nature of the failures
 
-Lower-level errors (httpx's) are converted to these in exactly one place:
+Lower-level errors (aiohttp's) are converted to these in exactly one place:
 ``router.upstream``. Provider adapters build ``UpstreamHTTPError``/``UpstreamStreamError``
 from the provider's own error bodies; they decide ``retryable`` from the provider's codes.
 """
