@@ -1,5 +1,6 @@
-"""The HTTP service (Litestar): the front doors (``/v1/tasks``, ``/v1/chat/completions``,
-``/v1/messages``, ``/api/chat``), ``/v1/models``, health, readiness and routes.
+"""The HTTP service: the front doors (``/v1/tasks``, ``/v1/chat/completions``, ``/v1/messages``,
+``/api/chat``) as plain ASGI (``router.asgi``: the hot path), and on Litestar ``/v1/models``,
+health, readiness, routes, metrics, usage, experiments and feedback.
 
 ``create_app(config, ...)`` builds the app; its resources are made in the lifespan unless given:
 one pooled ``UpstreamClient`` per provider (aiohttp, keep-alive), the store (Redis for ``REDIS_URL``),
@@ -17,15 +18,15 @@ import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import Any
 
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
-from litestar.response import Stream
 
+from router.asgi import CallerLeft, Receive, Scope, Send, read_body, respond, stream_sse
 from router.config import RoutingConfig
 from router.doors.anthropic import AnthropicDoor
 from router.doors.base import Door, error_headers
@@ -55,15 +56,9 @@ _HTTP_TYPES = {404: "not_found_error", 405: "method_not_allowed", 413: "request_
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
 
-def request_id(request: Request[Any, Any, Any]) -> str:
-    """The caller's ``X-Request-ID`` when it is 1-128 safe characters, else a new ``req_...`` id
-    (kept on the request so every response carries the same one)."""
-    rid = request.scope.get("state", {}).get("request_id")
-    if rid is None:
-        given = request.headers.get("x-request-id")
-        rid = given if given and _REQUEST_ID.fullmatch(given) else new_request_id()
-        request.scope.setdefault("state", {})["request_id"] = rid
-    return rid  # type: ignore[no-any-return]
+def request_id(given: str | None) -> str:
+    """The caller's ``X-Request-ID`` when it is 1-128 safe characters, else a new ``req_...`` id."""
+    return given if given and _REQUEST_ID.fullmatch(given) else new_request_id()
 
 
 def _request_id_middleware(app: Any) -> Any:
@@ -72,8 +67,7 @@ def _request_id_middleware(app: Any) -> Any:
     async def middleware(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await app(scope, receive, send)
-        given = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-request-id"), None)
-        rid = given if given and _REQUEST_ID.fullmatch(given) else new_request_id()
+        rid = request_id(next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"x-request-id"), None))
         scope.setdefault("state", {})["request_id"] = rid
 
         async def send_with_id(message: Any) -> None:
@@ -154,8 +148,8 @@ async def _routes_view(router: Router, live: LiveConfig) -> dict[str, Any]:
 def create_app(config: RoutingConfig, *, clients: Mapping[str, UpstreamClient] | None = None,
                store: Store | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                notes: list[str] | None = None, load: Callable[[], RoutingConfig] | None = None,
-               telemetry: Telemetry | None = None, **router_options: Any) -> Litestar:
-    """The router app for ``config``.
+               telemetry: Telemetry | None = None, **router_options: Any) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """The router's ASGI app for ``config``: the doors as plain ASGI, everything else Litestar.
 
     ``clients``: provider name -> ``UpstreamClient`` (else one pooled client per provider, made
     in the lifespan, also for providers a reload adds). ``store``: shared state (else from the
@@ -221,20 +215,22 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, UpstreamClient] |
     def current() -> Router:
         return state["live"].router  # type: ignore[no-any-return]
 
-    async def serve_door(door: Door, request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+    async def serve_door(door: Door, scope: Scope, receive: Receive, send: Send) -> None:
         """One request through ``door``: authenticate, decode, plan, admit, then stream or fold;
         every error before the stream begins is answered in the door's own shape."""
         router = current()  # this request keeps this router (and its config) to the end
-        rid = request_id(request)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        rid = request_id(headers.get("x-request-id"))
         plan = None
         try:
-            tenant = router.auth.identify(request.headers)
-            req, opts = door.decode(await request.body(), request.headers)
+            tenant = router.auth.identify(headers)
+            req, opts = door.decode(await read_body(receive, max_body_bytes), headers)
             plan = router.plan(req)
             router.auth.allow(tenant, plan.task)
-            cc = request.headers.get("cache-control", "").lower()
-            caller = tenant or caller_id(request.headers.get("x-caller"), request.client.host if request.client else None)
-            trace = {k: v for k in ("traceparent", "tracestate") if (v := request.headers.get(k))}
+            cc = headers.get("cache-control", "").lower()
+            client = scope.get("client")
+            caller = tenant or caller_id(headers.get("x-caller"), client[0] if client else None)
+            trace = {k: v for k in ("traceparent", "tracestate") if (v := headers.get(k))}
             ctx = RequestContext(caller=caller, no_cache="no-cache" in cc, no_store="no-store" in cc,
                                  limits=router.auth.limits(tenant) if tenant else None, trace=trace or None)
             ticket = await router.admit(plan, ctx)
@@ -242,52 +238,35 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, UpstreamClient] |
             if isinstance(e, RateLimited) and plan is not None:
                 state["telemetry"].rate_limited(plan.task, "caller")
             status, body = door.error(e)
-            return Response(body, status_code=status, media_type=door.media_type,
-                            headers={**error_headers(e), "x-request-id": rid})
-        headers = {**ticket.headers(), "x-request-id": rid}
+            return await respond(send, status, body, door.media_type, {**error_headers(e), "x-request-id": rid})
+        except CallerLeft:
+            return
+        out = {**ticket.headers(), "x-request-id": rid}
         if req.stream:
-            async def sse() -> AsyncIterator[bytes]:
-                try:
-                    async for chunk in door.stream(router.stream(req, plan, rid, ticket, ctx), req, opts):
-                        yield chunk
-                finally:  # the caller left before the stream began: refund its slot
-                    if not ticket.settled:
-                        await router.limiter.settle(ticket, None, served=False)
-            return Stream(sse(), media_type="text/event-stream", headers={**_SSE_HEADERS, **headers})
+            try:
+                await stream_sse(send, receive, door.stream(router.stream(req, plan, rid, ticket, ctx), req, opts),
+                                 {**_SSE_HEADERS, **out})
+            finally:  # the caller left before the stream began: refund its slot
+                if not ticket.settled:
+                    await router.limiter.settle(ticket, None, served=False)
+            return
         try:
             answer = await router.complete(req, plan, rid, ticket, ctx)
         except RouterError as e:
             status, body = door.error(e)
-            return Response(body, status_code=status, media_type=door.media_type,
-                            headers={**headers, **error_headers(e)})
-        return Response(door.answer(answer, req, opts), media_type=door.media_type, headers=headers)
+            return await respond(send, status, body, door.media_type, {**out, **error_headers(e)})
+        await respond(send, 200, door.answer(answer, req, opts), door.media_type, out)
 
     def known(name: str) -> bool:
         router = current()
         return name in router.config.tasks or ("/" in name and name in router.targets)
 
-    native, oai, claude = NativeDoor(max_body_bytes), OpenAIDoor(max_body_bytes), AnthropicDoor(max_body_bytes)
-    zchat = ChatDoor(max_body_bytes, known)
-
-    @post("/v1/tasks", status_code=200)
-    async def tasks(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
-        """The native door: the canonical request, the unified events."""
-        return await serve_door(native, request)
-
-    @post("/v1/chat/completions", status_code=200)
-    async def chat_completions(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
-        """OpenAI chat completions; ``model`` is a task or ``provider/model``."""
-        return await serve_door(oai, request)
-
-    @post("/v1/messages", status_code=200)
-    async def messages(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
-        """Anthropic Messages; ``model`` is a task or ``provider/model``."""
-        return await serve_door(claude, request)
-
-    @post("/api/chat", status_code=200)
-    async def api_chat(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
-        """The Z.AI FastAPI backend's contract, routed to the ``chat`` task by default."""
-        return await serve_door(zchat, request)
+    doors: dict[str, Door] = {
+        "/v1/tasks": NativeDoor(max_body_bytes),  # the native door: the canonical request, the unified events
+        "/v1/chat/completions": OpenAIDoor(max_body_bytes),  # model: a task or provider/model
+        "/v1/messages": AnthropicDoor(max_body_bytes),  # model: a task or provider/model
+        "/api/chat": ChatDoor(max_body_bytes, known),  # the Z.AI FastAPI backend's contract (task chat)
+    }
 
     @get("/v1/models")
     async def models(request: Request[Any, Any, Any]) -> Response[bytes]:
@@ -374,8 +353,8 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, UpstreamClient] |
         router.auth.admin(request.headers)
         return _json(await _routes_view(router, state["live"]))
 
-    return Litestar(
-        route_handlers=[tasks, chat_completions, messages, api_chat, models, health, healthz, readyz, routes,
+    rest = Litestar(
+        route_handlers=[models, health, healthz, readyz, routes,
                         experiment, feedback, metrics, usage],
         middleware=[_request_id_middleware],
         lifespan=[lifespan],
@@ -386,3 +365,21 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, UpstreamClient] |
         logging_config=None,
     )
 
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        """The doors are served here, as plain ASGI (they are the hot path: Litestar's routing,
+        middleware and response objects cost about a tenth of a request's CPU); every other route,
+        the lifespan and the error pages are Litestar's."""
+        door = doors.get(scope["path"]) if scope["type"] == "http" else None
+        if door is None:
+            return await rest(scope, receive, send)
+        if scope["method"] != "POST":
+            body = encode_json({"error": {"type": "method_not_allowed", "message": "use POST"}})
+            return await respond(send, 405, body, _JSON, {"allow": "POST"})
+        try:
+            await serve_door(door, scope, receive, send)
+        except Exception as exc:  # answered like Litestar's handler would, if the answer has not begun
+            log.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
+            body = encode_json({"error": {"type": "internal_error", "message": "internal error"}})
+            await respond(send, 500, body, _JSON, {})
+
+    return app

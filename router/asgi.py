@@ -1,0 +1,99 @@
+"""Plain ASGI for the front doors (the hot path): read a bounded body, answer, stream SSE.
+
+ASGI facts (https://asgi.readthedocs.io/en/latest/specs/www.html): header names arrive lowercased;
+``receive`` yields ``http.request`` messages until ``more_body`` is false, then blocks until
+``http.disconnect``; a response is ``http.response.start`` then ``http.response.body`` messages,
+the last with ``more_body`` false.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
+
+from router.errors import PayloadTooLarge
+
+__all__ = ["CallerLeft", "Receive", "Scope", "Send", "read_body", "respond", "stream_sse"]
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class CallerLeft(Exception):
+    """The caller disconnected before its request body was complete."""
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The request body; raises ``PayloadTooLarge`` as soon as it passes ``limit`` bytes (the
+    rest is never buffered) and ``CallerLeft`` if the caller disconnects first."""
+    msg = await receive()
+    if msg["type"] == "http.disconnect":
+        raise CallerLeft
+    body: bytes = msg.get("body", b"")
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body is over {limit} bytes, the limit")
+    if not msg.get("more_body", False):
+        return body
+    chunks, size = [body], len(body)
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise CallerLeft
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over {limit} bytes, the limit")
+        chunks.append(chunk)
+        if not msg.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _raw(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+async def respond(send: Send, status: int, body: bytes, media_type: str, headers: Mapping[str, str]) -> None:
+    """One whole response with ``content-type`` and ``content-length``."""
+    raw = _raw(headers)
+    raw.append((b"content-type", media_type.encode("latin-1")))
+    raw.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def stream_sse(send: Send, receive: Receive, chunks: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
+    """Send ``chunks`` as a ``text/event-stream`` response, each one as soon as it is made (one
+    ``http.response.body`` message per chunk: never batched). If the caller disconnects, the task
+    is cancelled inside ``chunks`` (whose generators then close the upstream call) and this returns
+    normally; ``chunks`` is always closed."""
+    task = asyncio.current_task()
+    assert task is not None
+    finished = left = False
+
+    async def watch() -> None:  # the request body is read, so receive() now waits for the disconnect
+        nonlocal left
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not finished:
+            left = True
+            task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    raw = _raw(headers)
+    raw.append((b"content-type", b"text/event-stream; charset=utf-8"))
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        async for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finished = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except asyncio.CancelledError:
+        if not left:
+            raise
+        task.uncancel()  # the caller went away: nothing is left to answer
+    finally:
+        finished = True
+        watcher.cancel()
+        await chunks.aclose()  # type: ignore[attr-defined]
