@@ -209,6 +209,7 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, UpstreamClient] |
                     await watcher
             for c in owned.values():
                 await c.aclose()
+            await tel.close()  # the ledger's pending sums, before the store closes
             if store is None:
                 await st.close()
 

@@ -17,12 +17,14 @@ turns it into
 * **one JSON log line** per request (``llm_router.request``), no prompt or output text unless the
   config's ``log_content`` is on, never a secret;
 * **the usage ledger**: tokens and cost per caller (tenant), task and model per UTC day, in the
-  store, for ``GET /v1/usage``.
+  store, for ``GET /v1/usage``; summed in memory and written every ``LEDGER_FLUSH_SECONDS``
+  (and at shutdown), so a request costs no store round trip for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -37,6 +39,7 @@ from router.stores import Store, StoreError
 __all__ = ["JsonFormatter", "Telemetry", "usage_report"]
 
 log = logging.getLogger("llm_router.request")
+LEDGER_FLUSH_SECONDS = 0.5  # the usage ledger's sums reach the store at most this late
 _LAT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TPS_BUCKETS = (1, 5, 10, 25, 50, 100, 200, 400, 800, 1600)
 _OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
@@ -106,13 +109,17 @@ class _Prometheus:
 class Telemetry:
     """One per process. ``tracer_provider``: spans go there (tests pass one with an in-memory
     exporter); ``None`` builds one from the ``OTEL_*`` variables, or disables tracing when they ask
-    for no exporter. ``store``: where the usage ledger goes (set by the app)."""
+    for no exporter. ``store``: where the usage ledger goes (set by the app);
+    ``ledger_flush_seconds``: how long the ledger's sums wait in memory before they are written."""
 
-    def __init__(self, tracer_provider: Any = None, store: Store | None = None) -> None:
+    def __init__(self, tracer_provider: Any = None, store: Store | None = None,
+                 ledger_flush_seconds: float = LEDGER_FLUSH_SECONDS) -> None:
         self.prom = _Prometheus()
         self._cache: dict[tuple[str, ...], tuple[Any, ...]] = {}  # bounded: labels come from the config
         self.store = store
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ledger_pending: dict[str, dict[str, float]] = {}  # store key -> counters not yet written
+        self._ledger_flusher: asyncio.Task[None] | None = None
+        self.ledger_flush_seconds = ledger_flush_seconds
         self.tracer = None
         if tracer_provider is None and _env_on("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") \
                 or os.environ.get("OTEL_TRACES_EXPORTER") == "otlp":
@@ -204,9 +211,7 @@ class Telemetry:
         if log.isEnabledFor(logging.INFO):
             log.info(self.log_fields(rec))
         if self.store is not None and rec.provider and rec.outcome != "cached":
-            task = asyncio.ensure_future(self._ledger(rec))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._ledger(rec)
 
     @staticmethod
     def log_fields(rec: RequestRecord) -> dict[str, Any]:
@@ -279,8 +284,10 @@ class Telemetry:
             out["gen_ai.response.finish_reasons"] = [rec.finish_reason]
         return out
 
-    async def _ledger(self, rec: RequestRecord) -> None:
-        assert self.store is not None
+    def _ledger(self, rec: RequestRecord) -> None:
+        """Add the request to the usage ledger: summed in memory, written to the store at most
+        ``ledger_flush_seconds`` later in one increment per (caller, task, model, UTC day) key,
+        instead of two store round trips per request."""
         day = time.strftime("%Y-%m-%d", time.gmtime(rec.start_ns / 1e9))
         combo = f"{rec.caller}\t{rec.task}\t{rec.provider}/{rec.model}"
         fields = {"requests": 1.0, "input_tokens": rec.input_tokens, "output_tokens": rec.output_tokens,
@@ -289,11 +296,48 @@ class Telemetry:
             fields["estimated_requests"] = 1.0
         if rec.outcome == "error":
             fields["errors"] = 1.0
+        self._ledger_merge(f"usage:{combo}:{day}", fields)
+        self._ledger_merge("usage:index", {combo: 1.0})
+        if self._ledger_flusher is None:
+            self._ledger_flusher = asyncio.ensure_future(self._ledger_later())
+
+    def _ledger_merge(self, key: str, fields: Mapping[str, float]) -> None:
+        acc = self._ledger_pending.setdefault(key, {})
+        for k, v in fields.items():
+            acc[k] = acc.get(k, 0.0) + v
+
+    async def _ledger_later(self) -> None:
         try:
-            await self.store.stats_add(f"usage:{combo}:{day}", fields)
-            await self.store.stats_add("usage:index", {combo: 1.0})
-        except StoreError:
-            pass
+            await asyncio.sleep(self.ledger_flush_seconds)
+        finally:
+            self._ledger_flusher = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write the ledger's pending sums to the store. What the store refuses (``StoreError``:
+        Redis down) stays pending, merged with later requests, and is tried again at the next flush,
+        so the ledger loses nothing while its process lives."""
+        if self.store is None or not self._ledger_pending:
+            return
+        pending, self._ledger_pending = self._ledger_pending, {}
+        for i, (key, fields) in enumerate(pending.items()):
+            try:
+                await self.store.stats_add(key, fields)
+            except StoreError:
+                for k, f in list(pending.items())[i:]:
+                    self._ledger_merge(k, f)
+                if self._ledger_flusher is None:
+                    self._ledger_flusher = asyncio.ensure_future(self._ledger_later())
+                return
+
+    async def close(self) -> None:
+        """Stop the timed flush and write what is pending (the app's shutdown)."""
+        if self._ledger_flusher is not None:
+            self._ledger_flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ledger_flusher
+            self._ledger_flusher = None
+        await self.flush()
 
 
 async def usage_report(store: Store, *, tenant: str | None, task: str | None, since: float) -> dict[str, Any]:

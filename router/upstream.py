@@ -27,6 +27,7 @@ import asyncio
 import codecs
 from collections.abc import AsyncIterator, Mapping
 from functools import lru_cache
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -174,6 +175,50 @@ async def _raw_events(session: aiohttp.ClientSession, target: Target, call: Call
         raise
 
 
+class _Watchdog:
+    """The deadline of one upstream call's current wait, on one lazily moved timer.
+
+    ``asyncio.timeout`` schedules and cancels a timer around every wait, which for a stream is
+    every event (about 4% of a stream's CPU in a profile). Here a wait only records its deadline;
+    the timer is set once and, when it fires early (a later wait moved the deadline on), sets
+    itself again for the current deadline. When it fires during a wait whose deadline has passed it
+    cancels the waiting task, as ``asyncio.timeout`` does; ``expired`` tells that cancellation
+    apart from any other. Never fires outside a wait, so never into the consumer.
+    """
+
+    __slots__ = ("deadline", "expired", "handle", "loop", "task", "waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.task: asyncio.Task[Any] | None = None
+        self.handle: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
+        self.waiting = self.expired = False
+
+    def arm(self, deadline: float) -> None:
+        """A wait begins, to end by ``deadline`` (loop time, seconds)."""
+        self.task, self.deadline, self.waiting = asyncio.current_task(), deadline, True
+        if self.handle is None or self.handle.when() > deadline:
+            if self.handle is not None:
+                self.handle.cancel()
+            self.handle = self.loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self.handle = None
+        if not self.waiting:
+            return  # between waits: the next wait sets the timer again
+        if self.loop.time() < self.deadline:
+            self.handle = self.loop.call_at(self.deadline, self._fire)
+        elif self.task is not None:
+            self.expired = True
+            self.task.cancel()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+
 async def call_target(client: UpstreamClient, target: Target, call: Call,
                       timeouts: Timeouts | None = None) -> AsyncIterator[Event]:
     """Yield the unified events of one upstream call (``call.stream`` picks the wire mode).
@@ -187,21 +232,27 @@ async def call_target(client: UpstreamClient, target: Target, call: Call,
     total_deadline = loop.time() + t.total
     gen = _raw_events(client.session, target, call, t.connect)
     limit, phase = (t.first_token, "first_token") if call.stream else (t.total, "total")
+    dog = _Watchdog(loop)
     try:
         while True:
             deadline = loop.time() + limit
             if deadline >= total_deadline:
                 deadline, phase = total_deadline, "total"
+            dog.arm(deadline)
             try:
-                async with asyncio.timeout_at(deadline):
-                    ev = await anext(gen)
+                ev = await anext(gen)
             except StopAsyncIteration:
                 return
-            except TimeoutError:
-                raise UpstreamTimeout(f"{target.name}: no event within the {phase} timeout",
-                                      code=f"{phase}_timeout", retryable=True,
-                                      provider=target.provider) from None
+            except asyncio.CancelledError:
+                if dog.expired and dog.task is not None and dog.task.uncancel() == 0:
+                    raise UpstreamTimeout(f"{target.name}: no event within the {phase} timeout",
+                                          code=f"{phase}_timeout", retryable=True,
+                                          provider=target.provider) from None
+                raise
+            finally:
+                dog.waiting = False
             yield ev
             limit, phase = t.idle, "idle"
     finally:
+        dog.close()
         await gen.aclose()

@@ -265,3 +265,34 @@ def test_non_streamed_answer_and_keep_alive_reuse() -> None:
     answers = asyncio.run(go())
     assert answers[0] == answers[1] == answers[2] == adapter_for("openai").decode_response(body)
     assert len(set(connections)) == 1  # one kept-alive connection served all three
+
+
+def test_idle_timeout_moves_with_each_event_and_fires_on_a_gap() -> None:
+    """Events 30 ms apart for 10 events never trip a 100 ms idle timeout (the deadline moves with
+    every event, over one lazily re-set timer); a 300 ms gap then does, with the events before it
+    delivered."""
+    chunk = b'data: {"id":"1","choices":[{"index":0,"delta":{"content":"w "}}]}\n\n'
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(_sse_head())
+        for _ in range(10):
+            await _chunked(writer, chunk, 4096, end=False)
+            await asyncio.sleep(0.03)
+        await _hang(reader)
+
+    async def go() -> tuple[list[Event], UpstreamTimeout]:
+        got: list[Event] = []
+        async with scripted(respond) as (port, _):
+            client = UpstreamClient()
+            try:
+                with pytest.raises(UpstreamTimeout) as info:
+                    async for ev in call_target(client, _target("openai", port), _call(),
+                                                Timeouts(first_token=1.0, idle=0.1, total=5.0)):
+                        got.append(ev)
+            finally:
+                await client.aclose()
+        return got, info.value
+
+    got, err = asyncio.run(go())
+    assert sum(isinstance(e, TextDelta) for e in got) == 10
+    assert err.code == "idle_timeout" and err.retryable
