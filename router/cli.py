@@ -25,7 +25,8 @@ LOG_CONFIG = {  # every line JSON (router.telemetry.JsonFormatter), uvicorn's ow
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "router.telemetry.JsonFormatter"}},
-    "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+    "handlers": {"default": {"class": "router.telemetry.BatchingStreamHandler", "formatter": "json",
+                             "stream": "ext://sys.stderr"}},
     "loggers": {
         "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
         "uvicorn.access": {"handlers": ["default"], "level": "WARNING", "propagate": False},

@@ -36,7 +36,7 @@ import msgspec
 from router.record import RequestRecord
 from router.stores import Store, StoreError
 
-__all__ = ["JsonFormatter", "Telemetry", "usage_report"]
+__all__ = ["BatchingStreamHandler", "JsonFormatter", "Telemetry", "usage_report"]
 
 log = logging.getLogger("llm_router.request")
 LEDGER_FLUSH_SECONDS = 0.5  # the usage ledger's sums reach the store at most this late
@@ -60,6 +60,48 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exc"] = record.exc_info[0].__name__ if record.exc_info[0] else None
         return _json_encoder.encode(out).decode()
+
+
+class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A ``StreamHandler`` that writes INFO lines (the per-request log) in batches: the lines of
+    up to ``delay`` seconds go out in one ``write`` from the event loop, instead of one write
+    system call per request (about 8% of a non-streamed request's CPU in a profile). WARNING and
+    above, lines logged off the event loop, and everything at ``flush``/``close`` (logging's
+    shutdown) are written at once."""
+
+    def __init__(self, stream: Any = None, delay: float = 0.05) -> None:
+        super().__init__(stream)
+        self.delay = delay
+        self._pending: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # noqa: BLE001  (logging's own contract: never raise from emit)
+            self.handleError(record)
+            return
+        if record.levelno < logging.WARNING:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                if not self._pending:
+                    loop.call_later(self.delay, self.flush)
+                self._pending.append(line)
+                return
+        self._pending.append(line)
+        self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self._pending:
+                lines, self._pending = self._pending, []
+                try:
+                    self.stream.write("\n".join(lines) + "\n")
+                except Exception:  # noqa: BLE001
+                    return
+            super().flush()
 
 
 def _env_on(*names: str) -> bool:
