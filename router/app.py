@@ -169,7 +169,7 @@ def create_app(config: RoutingConfig, *, clients: Mapping[str, UpstreamClient] |
         tel = telemetry or Telemetry()
         tel.store = st
         state["telemetry"] = tel
-        observer = None if os.environ.get("LLM_ROUTER_TELEMETRY") == "off" and telemetry is None else tel.record
+        observer = None if os.environ.get("LLM_ROUTER_TELEMETRY") == "off" and telemetry is None else tel.record_soon
 
         def build(cfg: RoutingConfig) -> Router:
             if clients is None:
