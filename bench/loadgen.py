@@ -9,8 +9,11 @@ the thing it measures.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -102,15 +105,16 @@ class _Conn(asyncio.Protocol):
             self.done_future.set_result(self.parser.get_status_code())
 
 
-async def _worker(host: str, port: int, request: bytes, stream: bool, start: float, stop: float,
+async def _worker(host: str, port: int, request: Callable[[], bytes], stream: bool, start: float, stop: float,
                   res: Result) -> None:
     loop = asyncio.get_running_loop()
     _, conn = await loop.create_connection(_Conn, host, port)
     while True:
         conn.done_future, conn.t_first, conn.tail, conn.done = loop.create_future(), 0.0, b"", False
+        data = request()
         t0 = perf()
         assert conn.transport is not None
-        conn.transport.write(request)
+        conn.transport.write(data)
         try:
             status = await asyncio.wait_for(conn.done_future, 60)
         except (ConnectionError, TimeoutError):
@@ -131,14 +135,24 @@ async def _worker(host: str, port: int, request: bytes, stream: bool, start: flo
 
 
 async def _run(url: str, body: bytes, stream: bool, concurrency: int, warmup: float, duration: float,
-               watch: list[int]) -> Result:
+               watch: list[int], unique: bool = False) -> Result:
     u = urlsplit(url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
     if not (host == "localhost" or host.startswith("127.")):
         raise SystemExit(f"refusing non-loopback target {host}")
-    request = (f"POST {u.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\nAuthorization: Bearer bench\r\nx-api-key: bench\r\n"
-               f"anthropic-version: 2023-06-01\r\n\r\n").encode() + body
+
+    def framed(b: bytes) -> bytes:
+        return (f"POST {u.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(b)}\r\nAuthorization: Bearer bench\r\nx-api-key: bench\r\n"
+                f"anthropic-version: 2023-06-01\r\n\r\n").encode() + b
+
+    fixed = framed(body)
+    counter = itertools.count()
+    run_id = uuid.uuid4().hex[:8].encode()
+
+    def request() -> bytes:  # unique: "@N@" in the body becomes a number never sent before (cache misses)
+        return framed(body.replace(b"@N@", b"%s-%d" % (run_id, next(counter)))) if unique else fixed
+
     res = Result()
     start = perf() + warmup
     stop = start + duration
@@ -159,12 +173,13 @@ async def _run(url: str, body: bytes, stream: bool, concurrency: int, warmup: fl
 
 
 def run_load(url: str, body: bytes, *, stream: bool, concurrency: int, warmup: float = 1.0,
-             duration: float = 5.0, watch: list[int] | None = None) -> Result:
+             duration: float = 5.0, watch: list[int] | None = None, unique: bool = False) -> Result:
     """Run one closed-loop load against ``url`` (POST ``body``) and return the latencies, and the
-    CPU per request of the ``watch`` processes (and their children) during the window."""
+    CPU per request of the ``watch`` processes (and their children) during the window.
+    ``unique``: every request's body has ``@N@`` replaced by a new number (so a cache always misses)."""
     try:
         import uvloop
 
-        return uvloop.run(_run(url, body, stream, concurrency, warmup, duration, watch or []))
+        return uvloop.run(_run(url, body, stream, concurrency, warmup, duration, watch or [], unique))
     except ImportError:  # pragma: no cover
-        return asyncio.run(_run(url, body, stream, concurrency, warmup, duration, watch or []))
+        return asyncio.run(_run(url, body, stream, concurrency, warmup, duration, watch or [], unique))

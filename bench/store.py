@@ -1,11 +1,15 @@
-"""What limits and the cache cost, with Redis on loopback.
+"""What limits, the cache and metrics cost, with Redis on loopback.
 
-    .venv/bin/python bench/store.py [--redis redis://127.0.0.1:6379/0] [--n 5000] [--duration 4]
+    .venv/bin/python bench/store.py [--redis redis://127.0.0.1:6379/0] [--n 5000] [--duration 4] [--rounds 3]
 
 1. The store calls one request makes, measured alone: the caller's limit check (RPM + TPM, one
    script) and the cache lookup (one GET), sequentially, p50/p99 over ``--n`` requests.
-2. End to end through a router on that Redis, concurrency 1, non-streaming: the same task without
-   limits or cache, with limits (caller RPM/TPM and a provider quota), and a cache hit.
+2. End to end, concurrency 1, non-streaming, two routers side by side on one emulator:
+   *off*: no Redis, telemetry off (``LLM_ROUTER_TELEMETRY=off``), a task without limits or cache;
+   *on*: Redis on loopback, metrics, request log and usage ledger on, a task with caller RPM/TPM
+   limits and a provider quota, and a cache that misses every time (each prompt is new), so the
+   lookup, the coalescing lock and the write all happen. Also a cache hit. ``--rounds`` alternates
+   the two and reports each round and the median of the added p50.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 import time
 import uuid
@@ -56,6 +61,7 @@ def main() -> None:
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--duration", type=float, default=4.0)
+    ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     prefix = "llmr-bench-" + uuid.uuid4().hex[:8]
     print("store calls of one request:", json.dumps(asyncio.run(micro(a.redis, a.n, prefix))))
@@ -77,26 +83,36 @@ providers:
     models: {{m: {{context_window: 200000}}}}
 tasks:
   plain: {{chain: [free/m]}}
-  limited: {{chain: [quota/m], limits: {{rpm: 1000000000, tpm: 1000000000000}}}}
-  cached: {{chain: [free/m], cache: {{ttl: 3600}}}}
+  full: {{chain: [quota/m], limits: {{rpm: 1000000000, tpm: 1000000000000}}, cache: {{ttl: 3600}}}}
 """
 
-    msgs = twenty_words()
-    with running(config, env={"REDIS_URL": a.redis, "REDIS_PREFIX": prefix}) as run:
-        url = run.router + "/v1/tasks"
-        rows = {}
-        for task in ("plain", "limited", "cached"):
-            body = json.dumps({"task": task, "messages": msgs}).encode()
-            rows[task] = run_load(url, body, stream=False, concurrency=1, warmup=1, duration=a.duration,
-                                  watch=[run.router_pid]).summary()
+    def body(task: str) -> bytes:
+        msgs = twenty_words()
+        msgs[0]["content"] = "@N@ " + msgs[0]["content"]
+        return json.dumps({"task": task, "messages": msgs}).encode()
+
+    env_on = {"REDIS_URL": a.redis, "REDIS_PREFIX": prefix}
+    with running(config, env={"LLM_ROUTER_TELEMETRY": "off"}) as off, running(config, env=env_on) as on:
+        rows = []
+        for _ in range(a.rounds):
+            r_off = run_load(off.router + "/v1/tasks", body("plain"), stream=False, concurrency=1, warmup=1,
+                             duration=a.duration, watch=[off.router_pid], unique=True).summary()
+            r_on = run_load(on.router + "/v1/tasks", body("full"), stream=False, concurrency=1, warmup=1,
+                            duration=a.duration, watch=[on.router_pid], unique=True).summary()
+            rows.append((r_off, r_on))
+        hit = run_load(on.router + "/v1/tasks", body("full").replace(b"@N@", b"same"), stream=False, concurrency=1,
+                       warmup=1, duration=a.duration, watch=[on.router_pid]).summary()
     print()
-    print("| c=1, non-stream | p50 ms | p99 ms | req/s | router CPU us/req | added p50 over plain ms |")
-    print("|---|---|---|---|---|---|")
-    for task, label in (("plain", "no limits, no cache"), ("limited", "caller + provider limits (Redis)"),
-                        ("cached", "cache hit (Redis)")):
-        r = rows[task]
-        print(f"| {label} | {r['p50_ms']} | {r['p99_ms']} | {r['rps']} | {r['cpu_us_per_request']} | "
-              f"{round(r['p50_ms'] - rows['plain']['p50_ms'], 3)} |")
+    print("| round | off: p50 / p99 ms | on (Redis limits + cache miss + metrics): p50 / p99 ms | added p50 ms "
+          "| CPU us/req off / on |")
+    print("|---|---|---|---|---|")
+    added = []
+    for i, (r_off, r_on) in enumerate(rows, 1):
+        added.append(r_on["p50_ms"] - r_off["p50_ms"])
+        print(f"| {i} | {r_off['p50_ms']} / {r_off['p99_ms']} | {r_on['p50_ms']} / {r_on['p99_ms']} "
+              f"| {round(added[-1], 3)} | {r_off['cpu_us_per_request']} / {r_on['cpu_us_per_request']} |")
+    print(f"\nmedian added p50: {round(statistics.median(added), 3)} ms; "
+          f"cache hit (Redis): p50 {hit['p50_ms']} ms, p99 {hit['p99_ms']} ms, CPU {hit['cpu_us_per_request']} us/req")
 
 
 if __name__ == "__main__":

@@ -63,21 +63,93 @@ class ResponseCache:
         self.clock = clock
         self._inflight: dict[str, asyncio.Future[CacheEntry | None]] = {}
 
-    async def get(self, key: str) -> CacheEntry | None:
-        """The entry for ``key``, or None (also when the store fails or the entry is corrupt)."""
-        try:
-            raw = await self.store.cache_get(key)
-        except StoreError:
-            return None
+    @staticmethod
+    def _decode(raw: bytes | None) -> CacheEntry | None:
         if raw is None:
             return None
         try:
             return _decoder.decode(raw)
-        except msgspec.DecodeError:
+        except msgspec.DecodeError:  # corrupt: treated as absent
             return None
 
+    async def get(self, key: str) -> CacheEntry | None:
+        """The entry for ``key``, or None (also when the store fails or the entry is corrupt)."""
+        try:
+            return self._decode(await self.store.cache_get(key))
+        except StoreError:
+            return None
+
+    async def lookup(self, key: str, wait: float) -> tuple[CacheEntry | None, bool]:
+        """The entry for ``key`` (``(entry, False)``), or, on a miss, whether this request leads:
+        ``(None, True)`` means call upstream and then ``finish``. A miss with an identical request
+        in flight (in this process or another replica) waits up to ``wait`` seconds for its answer.
+        One store round trip for a hit or a led miss (the lookup and the lock are one script)."""
+        try:
+            raw, locked = await self.store.cache_get_or_lock(key, wait)
+        except StoreError:
+            return None, await self._lead(key, wait, locked=True)  # no coordination without the store
+        entry = self._decode(raw)
+        if entry is not None:
+            return entry, False
+        if raw is not None:  # a corrupt entry: lead, and overwrite it
+            return None, await self._lead(key, wait)
+        if locked:
+            return None, await self._lead(key, wait, locked=True)
+        return await self._join(key, wait)
+
+    async def _join(self, key: str, wait: float) -> tuple[CacheEntry | None, bool]:
+        fut = self._inflight.get(key)
+        if fut is not None:  # same process: wait on the leader's future
+            try:
+                entry = await asyncio.wait_for(asyncio.shield(fut), wait)
+            except TimeoutError:
+                entry = None
+            return entry, entry is None and await self._lead(key, wait)
+        deadline = time.monotonic() + wait  # another replica leads: poll for its answer
+        while time.monotonic() < deadline:
+            await asyncio.sleep(_POLL)
+            entry = await self.get(key)
+            if entry is not None:
+                return entry, False
+        return None, True
+
+    async def _lead(self, key: str, wait: float, locked: bool = False) -> bool:
+        got = locked
+        if not got:
+            try:
+                got = await self.store.lock(key, wait)
+            except StoreError:
+                got = True  # no coordination without the store: go upstream
+        if got and key not in self._inflight:
+            self._inflight[key] = asyncio.get_running_loop().create_future()
+        return got
+
+    async def finish(self, key: str, entry: CacheEntry | None, ttl: float, max_bytes: int) -> bool:
+        """The leader's end: store ``entry`` if it is whole (ends with ``End``) and fits
+        ``max_bytes``, release the lock (one store round trip for both), and hand the entry to
+        requests of this process waiting on it. ``entry`` None: nothing to store. True if stored."""
+        raw = None
+        if entry is not None and entry.events and isinstance(entry.events[-1], End):
+            raw = _encoder.encode(entry)
+            if len(raw) > max_bytes:
+                raw = None
+        stored = False
+        try:
+            if raw is not None:
+                await self.store.cache_set_unlock(key, raw, ttl)
+                stored = True
+            else:
+                await self.store.unlock(key)
+        except StoreError:
+            pass
+        fut = self._inflight.pop(key, None)
+        if fut is not None and not fut.done():
+            fut.set_result(entry if stored else None)
+        return stored
+
     async def put(self, key: str, entry: CacheEntry, ttl: float, max_bytes: int) -> bool:
-        """Store ``entry`` whole if it ends with ``End`` and fits ``max_bytes``; True if stored."""
+        """Store ``entry`` whole if it ends with ``End`` and fits ``max_bytes``; True if stored
+        (for a writer that holds no lock)."""
         if not entry.events or not isinstance(entry.events[-1], End):
             return False
         raw = _encoder.encode(entry)
@@ -88,46 +160,6 @@ class ResponseCache:
         except StoreError:
             return False
         return True
-
-    async def wait_or_lead(self, key: str, wait: float) -> tuple[CacheEntry | None, bool]:
-        """Join an identical request in flight: (its entry, False) once it is stored; or
-        (None, True) when this request should call upstream itself (it then leads, and must call
-        ``done``). Waits at most ``wait`` seconds."""
-        fut = self._inflight.get(key)
-        if fut is not None:  # same process: wait on the leader's future
-            try:
-                entry = await asyncio.wait_for(asyncio.shield(fut), wait)
-            except TimeoutError:
-                entry = None
-            return entry, entry is None and await self._lead(key, wait)
-        if await self._lead(key, wait):
-            return None, True
-        deadline = time.monotonic() + wait  # another replica leads: poll for its answer
-        while time.monotonic() < deadline:
-            await asyncio.sleep(_POLL)
-            entry = await self.get(key)
-            if entry is not None:
-                return entry, False
-        return None, True
-
-    async def _lead(self, key: str, wait: float) -> bool:
-        try:
-            got = await self.store.lock(key, wait)
-        except StoreError:
-            got = True  # no coordination without the store: go upstream
-        if got and key not in self._inflight:
-            self._inflight[key] = asyncio.get_running_loop().create_future()
-        return got
-
-    async def done(self, key: str, entry: CacheEntry | None) -> None:
-        """The leader finished (``entry`` None when it produced no cacheable answer)."""
-        fut = self._inflight.pop(key, None)
-        if fut is not None and not fut.done():
-            fut.set_result(entry)
-        try:
-            await self.store.unlock(key)
-        except StoreError:
-            pass
 
 
 def replay(entry: CacheEntry, request_id: str, task: str, variant: str | None = None) -> list[Event]:

@@ -312,9 +312,7 @@ class Router:
             policy = plan.cache
             if policy is not None and not ctx.no_cache:
                 key = cache_key(plan.chain, req, plan.params)
-                entry = await self.cache.get(key)
-                if entry is None:
-                    entry, lead = await self.cache.wait_or_lead(key, policy.coalesce_wait)
+                entry, lead = await self.cache.lookup(key, policy.coalesce_wait)
                 if entry is not None:
                     served, used = True, 0
                     for ev in replay(entry, request_id, plan.task, plan.variant):
@@ -338,13 +336,14 @@ class Router:
                 yield ev
             if key is not None and policy is not None and collect is not None and served:
                 entry = CacheEntry(provider=provider, model=model, created_at=self.wall(), events=collect)
-                stored = await self.cache.put(key, entry, policy.ttl, policy.max_bytes)
                 if lead:
-                    await self.cache.done(key, entry if stored else None)
                     lead = False
+                    await self.cache.finish(key, entry, policy.ttl, policy.max_bytes)
+                else:
+                    await self.cache.put(key, entry, policy.ttl, policy.max_bytes)
         finally:
-            if lead and key is not None:
-                await self.cache.done(key, None)
+            if lead and key is not None and policy is not None:
+                await self.cache.finish(key, None, policy.ttl, policy.max_bytes)
             if ticket is not None:
                 await self.limiter.settle(ticket, used, served or outcome.committed)
 

@@ -97,6 +97,15 @@ class Store(Protocol):
         """Store an entry for ``ttl`` seconds (written whole, never partly)."""
         ...
 
+    async def cache_get_or_lock(self, key: str, ttl: float) -> tuple[bytes | None, bool]:
+        """One step: the entry if there is one (``(entry, False)``); else take the key's lock for
+        ``ttl`` seconds, ``(None, True)``, or ``(None, False)`` when someone else holds it."""
+        ...
+
+    async def cache_set_unlock(self, key: str, value: bytes, ttl: float) -> None:
+        """One step: ``cache_set`` and release the key's lock (a leader's answer)."""
+        ...
+
     async def lock(self, key: str, ttl: float) -> bool:
         """Take a lock that expires after ``ttl`` seconds; False if someone holds it."""
         ...

@@ -137,6 +137,16 @@ class MemoryStore:
         self._cache.pop(key, None)
         self._cache[key] = (now + ttl, value)
 
+    async def cache_get_or_lock(self, key: str, ttl: float) -> tuple[bytes | None, bool]:
+        hit = await self.cache_get(key)
+        if hit is not None:
+            return hit, False
+        return None, await self.lock(key, ttl)
+
+    async def cache_set_unlock(self, key: str, value: bytes, ttl: float) -> None:
+        await self.cache_set(key, value, ttl)
+        await self.unlock(key)
+
     async def lock(self, key: str, ttl: float) -> bool:
         now = self.clock()
         if self._locks.get(key, 0.0) > now:

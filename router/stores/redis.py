@@ -109,6 +109,15 @@ redis.call('EXPIRE', k, math.ceil(dur + 2 * maxd + window))
 return 1
 """
 
+# The cache entry, or else its lock: KEYS[1] the entry, KEYS[2] its lock (one hash slot);
+# ARGV[1] the lock's lifetime (ms). Returns the entry, 1 (locked for us) or 0 (someone holds it).
+_GET_OR_LOCK = """
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 1 end
+return 0
+"""
+
 
 def _split_cluster_flag(url: str) -> tuple[str, bool]:
     parts = urlsplit(url)
@@ -138,6 +147,7 @@ class RedisStore:
         self._adjust = self.client.register_script(_ADJUST)
         self._admit = self.client.register_script(_ADMIT)
         self._failure = self.client.register_script(_FAILURE)
+        self._get_or_lock = self.client.register_script(_GET_OR_LOCK)
 
     async def _call(self, coro: Any) -> Any:
         try:
@@ -193,6 +203,24 @@ class RedisStore:
 
     async def cache_set(self, key: str, value: bytes, ttl: float) -> None:
         await self._call(self.client.set(f"{self.prefix}:cache:{{{key}}}", value, px=max(1, int(ttl * 1000))))
+
+    async def cache_get_or_lock(self, key: str, ttl: float) -> tuple[bytes | None, bool]:
+        k = f"{self.prefix}:cache:{{{key}}}"  # the entry and its lock share one hash slot
+        got = await self._call(self._get_or_lock(keys=[k, k + ":lock"], args=[max(1, int(ttl * 1000))]))
+        if isinstance(got, bytes):
+            return got, False
+        return None, int(got) == 1
+
+    async def cache_set_unlock(self, key: str, value: bytes, ttl: float) -> None:
+        k = f"{self.prefix}:cache:{{{key}}}"
+
+        async def run() -> None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.set(k, value, px=max(1, int(ttl * 1000)))
+                pipe.delete(k + ":lock")
+                await pipe.execute()
+
+        await self._call(run())
 
     async def lock(self, key: str, ttl: float) -> bool:
         got = await self._call(self.client.set(f"{self.prefix}:cache:{{{key}}}:lock", b"1", nx=True,

@@ -95,6 +95,19 @@ def test_cache_and_locks(make_store) -> None:  # type: ignore[no-untyped-def]
     assert got == b"\x00\x01value" and expired is None and ping is True
 
 
+def test_cache_get_or_lock_and_set_unlock(make_store) -> None:  # type: ignore[no-untyped-def]
+    """The one-round-trip lookup: a miss takes the lock once; the leader's write releases it."""
+    async def body(s):  # type: ignore[no-untyped-def]
+        first = await s.cache_get_or_lock("k3", 5)  # miss, and this caller leads
+        second = await s.cache_get_or_lock("k3", 5)  # miss, someone else leads
+        await s.cache_set_unlock("k3", b"answer", 60)
+        third = await s.cache_get_or_lock("k3", 5)  # hit
+        relock = await s.lock("k3", 5)  # the write released the lock
+        return first, second, third, relock
+
+    assert run(make_store, body) == ((None, True), (None, False), (b"answer", False), True)
+
+
 def test_breaker(make_store) -> None:  # type: ignore[no-untyped-def]
     cfg = Cooldown(failures=2, window=30, duration=10, max_duration=25)
 
