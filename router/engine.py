@@ -41,6 +41,9 @@ from router.upstream import Target, UpstreamClient, call_target, make_targets
 __all__ = ["Plan", "Policy", "RequestContext", "Router", "estimate_prompt_tokens", "new_request_id"]
 
 
+BREAKER_CLOSED_CACHE = 0.25  # seconds a "closed" circuit verdict from the store is reused
+
+
 def new_request_id() -> str:
     """A response id: ``req_`` and 24 hex digits."""
     return "req_" + secrets.token_hex(12)
@@ -169,6 +172,7 @@ class Router:
         self.clients = clients
         self.store: Store = store or MemoryStore()
         self.clock, self.wall, self.sleep = clock, wall, sleep
+        self._closed_until: dict[str, float] = {}  # target -> clock() until which "closed" is trusted
         self.limiter = Limiter(config, self.store)
         self.auth = Authenticator(config)
         self.tracker = Tracker(self.store, self.call_one, clock)
@@ -451,12 +455,23 @@ class Router:
                     retryable=failed.status in (429, 503, 504), attempts=attempts)
 
     async def _breaker_admit(self, key: str, lease: float) -> str:
+        """The target's circuit: ``closed``, ``open`` or ``probe`` (this request holds the half-open
+        lease). A ``closed`` verdict from the store is trusted for ``BREAKER_CLOSED_CACHE`` seconds
+        (this process forgets it at once when the target fails here), which saves a store round
+        trip per request; a circuit tripped by another replica is seen at most that much later."""
+        now = self.clock()
+        if self._closed_until.get(key, 0.0) > now:
+            return "closed"
         try:
-            return await self.store.breaker_admit(key, self.wall(), lease)
+            verdict = await self.store.breaker_admit(key, self.wall(), lease)
         except StoreError:
             return "closed"  # no shared health without the store: try the target
+        if verdict == "closed":
+            self._closed_until[key] = now + BREAKER_CLOSED_CACHE
+        return verdict
 
     async def _breaker_failure(self, key: str, cfg: Cooldown) -> bool:
+        self._closed_until.pop(key, None)
         try:
             return await self.store.breaker_failure(key, self.wall(), cfg)
         except StoreError:

@@ -152,3 +152,42 @@ def test_breaker_window_expires_old_failures() -> None:
 def test_default_cooldown_is_complete() -> None:
     assert None not in (DEFAULT_COOLDOWN.failures, DEFAULT_COOLDOWN.window, DEFAULT_COOLDOWN.duration,
                         DEFAULT_COOLDOWN.max_duration)
+
+
+def test_a_closed_verdict_is_reused_briefly_and_forgotten_on_a_local_failure() -> None:
+    """The router trusts a store's "closed" for BREAKER_CLOSED_CACHE seconds of its clock (one
+    store round trip saved per request); a failure here forgets it at once."""
+    from router.config import parse_config
+    from router.engine import BREAKER_CLOSED_CACHE, Router
+
+    class Counting(MemoryStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.admits = 0
+
+        async def breaker_admit(self, key, now, probe_lease):  # type: ignore[no-untyped-def]
+            self.admits += 1
+            return await super().breaker_admit(key, now, probe_lease)
+
+    config = parse_config("""
+version: 1
+providers:
+  p: {protocol: openai, base_url: "http://127.0.0.1:1/v1", api_key: k, models: {m: {context_window: 1000}}}
+tasks:
+  t: {chain: [p/m]}
+""", {})
+    t = [100.0]
+    store = Counting()
+    router = Router(config, {}, store=store, clock=lambda: t[0], wall=lambda: 1_800_000_000.0)
+    cfg = Cooldown(failures=1, window=60, duration=30, max_duration=300)
+
+    async def go() -> list[object]:
+        out: list[object] = [await router._breaker_admit("p/m", 60), await router._breaker_admit("p/m", 60),
+                             store.admits]
+        t[0] += BREAKER_CLOSED_CACHE + 0.01
+        out += [await router._breaker_admit("p/m", 60), store.admits]
+        out.append(await router._breaker_failure("p/m", cfg))  # trips (failures: 1)
+        out += [await router._breaker_admit("p/m", 60), store.admits]
+        return out
+
+    assert run(go()) == ["closed", "closed", 1, "closed", 2, True, "open", 3]
