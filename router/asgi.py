@@ -28,16 +28,8 @@ class CallerLeft(Exception):
 async def read_body(receive: Receive, limit: int) -> bytes:
     """The request body; raises ``PayloadTooLarge`` as soon as it passes ``limit`` bytes (the
     rest is never buffered) and ``CallerLeft`` if the caller disconnects first."""
-    msg = await receive()
-    if msg["type"] == "http.disconnect":
-        raise CallerLeft
-    body: bytes = msg.get("body", b"")
-    if len(body) > limit:
-        raise PayloadTooLarge(f"request body is over {limit} bytes, the limit")
-    if not msg.get("more_body", False):
-        return body
-    chunks, size = [body], len(body)
-    while True:
+    chunks, size, more = [], 0, True
+    while more:
         msg = await receive()
         if msg["type"] == "http.disconnect":
             raise CallerLeft
@@ -46,8 +38,8 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         if size > limit:
             raise PayloadTooLarge(f"request body is over {limit} bytes, the limit")
         chunks.append(chunk)
-        if not msg.get("more_body", False):
-            return b"".join(chunks)
+        more = msg.get("more_body", False)
+    return b"".join(chunks)  # one chunk (the usual case) is returned as it is, not copied
 
 
 def _raw(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:

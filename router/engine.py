@@ -30,6 +30,7 @@ from router.errors import (AllTargetsFailed, TargetUnusable, UnknownTask, Upstre
                            UpstreamStreamError)
 from router.events import Answer, AttemptRecord, End, Error, Event, Fallback, Start, Usage, fold
 from router.experiments import assign
+from router.circuits import Circuits
 from router.limits import DEFAULT_MAX_TOKENS_ESTIMATE, Limiter, Ticket
 from router.outcomes import Tracker
 from router.record import RequestRecord, observe
@@ -39,9 +40,6 @@ from router.stores import MemoryStore, Store, StoreError
 from router.upstream import Target, UpstreamClient, call_target, make_targets
 
 __all__ = ["Plan", "Policy", "RequestContext", "Router", "estimate_prompt_tokens", "new_request_id"]
-
-
-BREAKER_CLOSED_CACHE = 0.25  # seconds a "closed" circuit verdict from the store is reused
 
 
 def new_request_id() -> str:
@@ -172,8 +170,8 @@ class Router:
         self.clients = clients
         self.store: Store = store or MemoryStore()
         self.clock, self.wall, self.sleep = clock, wall, sleep
-        self._closed_until: dict[str, float] = {}  # target -> clock() until which "closed" is trusted
         self.limiter = Limiter(config, self.store)
+        self.circuits = Circuits(self.store, clock, wall)
         self.auth = Authenticator(config)
         self.tracker = Tracker(self.store, self.call_one, clock)
         self.cache = ResponseCache(self.store, wall)
@@ -375,7 +373,7 @@ class Router:
             skip = self._skip_reason(target, need, min_window)
             admission = "closed"
             if skip is None:
-                admission = await self._breaker_admit(target.name, policy.timeouts.total or 600)
+                admission = await self.circuits.admit(target.name, policy.timeouts.total or 600)
                 if admission == "open":
                     skip = ("cooldown", f"{target.name}: cooling down after repeated failures", None)
             quota: Ticket | float | None = None
@@ -435,7 +433,7 @@ class Router:
                     ev = await anext(upstream, None)
                 return
             except UpstreamError as e:
-                if e.retryable and await self._breaker_failure(target.name, policy.cooldown):
+                if e.retryable and await self.circuits.failure(target.name, policy.cooldown):
                     outcome.trips.append(target.name)
                 attempts[-1].outcome, attempts[-1].code, attempts[-1].message = "error", e.code, e.message
                 if plan.midstream == "restart" and nxt:
@@ -454,29 +452,6 @@ class Router:
         yield Error(code="all_targets_failed", message=failed.message,
                     retryable=failed.status in (429, 503, 504), attempts=attempts)
 
-    async def _breaker_admit(self, key: str, lease: float) -> str:
-        """The target's circuit: ``closed``, ``open`` or ``probe`` (this request holds the half-open
-        lease). A ``closed`` verdict from the store is trusted for ``BREAKER_CLOSED_CACHE`` seconds
-        (this process forgets it at once when the target fails here), which saves a store round
-        trip per request; a circuit tripped by another replica is seen at most that much later."""
-        now = self.clock()
-        if self._closed_until.get(key, 0.0) > now:
-            return "closed"
-        try:
-            verdict = await self.store.breaker_admit(key, self.wall(), lease)
-        except StoreError:
-            return "closed"  # no shared health without the store: try the target
-        if verdict == "closed":
-            self._closed_until[key] = now + BREAKER_CLOSED_CACHE
-        return verdict
-
-    async def _breaker_failure(self, key: str, cfg: Cooldown) -> bool:
-        self._closed_until.pop(key, None)
-        try:
-            return await self.store.breaker_failure(key, self.wall(), cfg)
-        except StoreError:
-            return False
-
     async def _open(self, target: Target, call: Call, policy: Policy, health: list[bool],
                     outcome: _Outcome) -> tuple[Event, AsyncIterator[Event]]:
         """One try: send, and wait for the first event. Each retryable failure counts toward the
@@ -492,7 +467,7 @@ class Router:
             await upstream.aclose()
             if e.retryable:
                 health[0] = True
-                if await self._breaker_failure(target.name, policy.cooldown):
+                if await self.circuits.failure(target.name, policy.cooldown):
                     e.stop_retrying = True
                     outcome.trips.append(target.name)
             raise
@@ -500,9 +475,6 @@ class Router:
             await upstream.aclose()
             raise
         if health[0]:
-            try:
-                await self.store.breaker_success(target.name)
-            except StoreError:
-                pass
+            await self.circuits.success(target.name)
         return first, upstream
 

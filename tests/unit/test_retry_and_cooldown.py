@@ -155,10 +155,9 @@ def test_default_cooldown_is_complete() -> None:
 
 
 def test_a_closed_verdict_is_reused_briefly_and_forgotten_on_a_local_failure() -> None:
-    """The router trusts a store's "closed" for BREAKER_CLOSED_CACHE seconds of its clock (one
-    store round trip saved per request); a failure here forgets it at once."""
-    from router.config import parse_config
-    from router.engine import BREAKER_CLOSED_CACHE, Router
+    """The router trusts a store's "closed" for CLOSED_REUSE_SECONDS of its clock (one store round
+    trip saved per request); a failure here forgets it at once."""
+    from router.circuits import CLOSED_REUSE_SECONDS, Circuits
 
     class Counting(MemoryStore):
         def __init__(self) -> None:
@@ -169,25 +168,17 @@ def test_a_closed_verdict_is_reused_briefly_and_forgotten_on_a_local_failure() -
             self.admits += 1
             return await super().breaker_admit(key, now, probe_lease)
 
-    config = parse_config("""
-version: 1
-providers:
-  p: {protocol: openai, base_url: "http://127.0.0.1:1/v1", api_key: k, models: {m: {context_window: 1000}}}
-tasks:
-  t: {chain: [p/m]}
-""", {})
     t = [100.0]
     store = Counting()
-    router = Router(config, {}, store=store, clock=lambda: t[0], wall=lambda: 1_800_000_000.0)
+    circuits = Circuits(store, clock=lambda: t[0], wall=lambda: 1_800_000_000.0)
     cfg = Cooldown(failures=1, window=60, duration=30, max_duration=300)
 
     async def go() -> list[object]:
-        out: list[object] = [await router._breaker_admit("p/m", 60), await router._breaker_admit("p/m", 60),
-                             store.admits]
-        t[0] += BREAKER_CLOSED_CACHE + 0.01
-        out += [await router._breaker_admit("p/m", 60), store.admits]
-        out.append(await router._breaker_failure("p/m", cfg))  # trips (failures: 1)
-        out += [await router._breaker_admit("p/m", 60), store.admits]
+        out: list[object] = [await circuits.admit("p/m", 60), await circuits.admit("p/m", 60), store.admits]
+        t[0] += CLOSED_REUSE_SECONDS + 0.01
+        out += [await circuits.admit("p/m", 60), store.admits]
+        out.append(await circuits.failure("p/m", cfg))  # trips (failures: 1)
+        out += [await circuits.admit("p/m", 60), store.admits]
         return out
 
     assert run(go()) == ["closed", "closed", 1, "closed", 2, True, "open", 3]
