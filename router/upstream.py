@@ -3,9 +3,9 @@
 The upstream transport is aiohttp's client (its connection pool and C HTTP parser), used directly:
 an earlier version went through httpx's API over aiohttp, and that layer alone cost about 240 us of
 CPU per request (456 -> 212 us per proxied request at c=1 in a side-by-side micro-benchmark, see
-the README's performance section). SSE framing is parsed by httpx-sse's line and event decoders
-(the WHATWG event-stream rules: ``\\r\\n``, ``\\r`` or ``\\n`` line ends, ``data`` lines joined,
-comments skipped), fed with aiohttp's body chunks.
+the README's performance section). SSE framing is parsed (the WHATWG event-stream rules: ``\\r\\n``, ``\\r`` or ``\\n`` line ends, ``data`` lines joined,
+comments skipped) by the project's own incremental parser (``router.sse``), fed with aiohttp's body
+chunks.
 
 This is the one place where transport exceptions become router errors (``router.errors``):
 connect failures and resets before any byte of the answer -> ``UpstreamConnectError``; timeouts ->
@@ -24,20 +24,19 @@ each wait for the next event, never around a ``yield``, so they cannot fire into
 from __future__ import annotations
 
 import asyncio
-import codecs
 from collections.abc import AsyncIterator, Mapping
 from functools import lru_cache
 from typing import Any
 
 import aiohttp
 import msgspec
-from httpx_sse._decoders import SSEDecoder, SSELineDecoder  # the parser behind httpx-sse's EventSource
 
 from providers import Adapter, Call, adapter_for
 from router.config import DEFAULT_TIMEOUTS, ModelSpec, Provider, Timeouts, overlay
 from router.errors import (UpstreamConnectError, UpstreamError, UpstreamStreamError,
                            UpstreamTimeout)
 from router.events import Event
+from router.sse import SSEParser
 
 __all__ = ["Target", "UpstreamClient", "call_target", "make_targets"]
 
@@ -113,21 +112,14 @@ def _transport_error(e: BaseException, target: Target, got_bytes: bool) -> Upstr
                                 code="connect_error", retryable=True, provider=target.provider)
 
 
-_utf8 = codecs.getincrementaldecoder("utf-8")
-
-
 async def _sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, str]]:
     """``(event, data)`` of each server-sent event of the body, as it arrives (``event`` is ``""``
-    when the event has no ``event:`` field). Chunks are parsed as they come, never batched."""
-    text, lines, events = _utf8(errors="replace"), SSELineDecoder(), SSEDecoder()
+    when the event has no ``event:`` field). Chunks are parsed as they come, never batched; an
+    event cut off unterminated is dropped, as the standard says."""
+    parser = SSEParser()
     async for chunk in response.content.iter_any():
-        for line in lines.decode(text.decode(chunk)):
-            if (sse := events.decode(line)) is not None:
-                yield ("" if sse.event == "message" else sse.event), sse.data
-    rest = text.decode(b"", final=True)
-    for line in (*(lines.decode(rest) if rest else ()), *lines.flush()):  # an event cut off unterminated is dropped, as the spec says
-        if (sse := events.decode(line)) is not None:
-            yield ("" if sse.event == "message" else sse.event), sse.data
+        for item in parser.feed(chunk):
+            yield item
 
 
 async def _raw_events(session: aiohttp.ClientSession, target: Target, call: Call,

@@ -1,22 +1,22 @@
-"""Feed recorded bodies through the same SSE parser (httpx-sse) and adapters as production."""
+"""Feed recorded bodies through the same SSE parser (``router.sse``) and adapters as production.
+
+The recorded bodies live in the repository (``tests/fixtures/wire``, with SOURCES.md and QUIRKS.md),
+so a clone in any directory runs these tests."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
-from httpx_sse import EventSource
-
 from providers import adapter_for
 from router.events import Event
+from router.sse import SSEParser
 
-WIRE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "wire"
+WIRE = Path(__file__).resolve().parents[1] / "fixtures" / "wire"
 
 
 def sse_messages(body: bytes) -> list[tuple[str, str]]:
     """(event, data) of each SSE message in a recorded body."""
-    resp = httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
-    return [(m.event if m.event != "message" else "", m.data) for m in EventSource(resp).iter_sse()]
+    return SSEParser().feed(body)
 
 
 def decode_stream(protocol: str, body: bytes) -> list[Event]:
