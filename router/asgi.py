@@ -1,4 +1,5 @@
-"""Plain ASGI for the front doors (the hot path): read a bounded body, answer, stream SSE.
+"""Raw ASGI helpers for the front doors' Litestar ``@asgi`` handlers (the hot path): read a
+bounded body, answer, stream SSE.
 
 ASGI facts (https://asgi.readthedocs.io/en/latest/specs/www.html): header names arrive lowercased;
 ``receive`` yields ``http.request`` messages until ``more_body`` is false, then blocks until
@@ -9,10 +10,13 @@ the last with ``more_body`` false.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from router.errors import PayloadTooLarge
+from router.errors import PayloadTooLarge, RouterError
+
+log = logging.getLogger("llm_router")
 
 __all__ = ["CallerLeft", "Receive", "Scope", "Send", "read_body", "respond", "stream_sse"]
 
@@ -55,11 +59,14 @@ async def respond(send: Send, status: int, body: bytes, media_type: str, headers
     await send({"type": "http.response.body", "body": body})
 
 
-async def stream_sse(send: Send, receive: Receive, chunks: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
+async def stream_sse(send: Send, receive: Receive, chunks: AsyncIterator[bytes], headers: Mapping[str, str],
+                     on_error: Callable[[RouterError], bytes]) -> None:
     """Send ``chunks`` as a ``text/event-stream`` response, each one as soon as it is made (one
     ``http.response.body`` message per chunk: never batched). If the caller disconnects, the task
     is cancelled inside ``chunks`` (whose generators then close the upstream call) and this returns
-    normally; ``chunks`` is always closed."""
+    normally; ``chunks`` is always closed. If ``chunks`` raises after the response began, the
+    stream ends with ``on_error(error)`` (the door's terminal error event), never a second
+    response start: a stream is never left looking complete."""
     task = asyncio.current_task()
     assert task is not None
     finished = left = False
@@ -77,8 +84,15 @@ async def stream_sse(send: Send, receive: Receive, chunks: AsyncIterator[bytes],
     raw.append((b"content-type", b"text/event-stream; charset=utf-8"))
     try:
         await send({"type": "http.response.start", "status": 200, "headers": raw})
-        async for chunk in chunks:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        try:
+            async for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (asyncio.CancelledError, OSError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - after the start, an error can only end the stream
+            log.error("stream failed after it began: %s", type(exc).__name__, exc_info=exc)
+            err = exc if isinstance(exc, RouterError) else RouterError("internal error")
+            await send({"type": "http.response.body", "body": on_error(err), "more_body": True})
         finished = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError:

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import msgspec
 
-from router.config import Params
+from router.clock import Clock, LoopClock
+from router.config import CachePolicy, Params
 from router.events import End, Event, Start, Usage
 from router.request import TaskRequest
+from router.run import Run
 from router.stores import Store, StoreError
 from router.upstream import Target
 
@@ -56,11 +57,12 @@ def cache_key(chain: list[Target], req: TaskRequest, params: Params) -> str:
 
 
 class ResponseCache:
-    """Cache reads, writes and coalescing over a ``Store``. ``clock``: epoch seconds."""
+    """Cache reads, writes and coalescing over a ``Store``, on ``clock`` (entries are stamped
+    with its wall time; polling for another replica's answer waits on it)."""
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, clock: Clock | None = None) -> None:
         self.store = store
-        self.clock = clock
+        self.clock: Clock = clock or LoopClock()
         self._inflight: dict[str, asyncio.Future[CacheEntry | None]] = {}
 
     @staticmethod
@@ -105,9 +107,9 @@ class ResponseCache:
             except TimeoutError:
                 entry = None
             return entry, entry is None and await self._lead(key, wait)
-        deadline = time.monotonic() + wait  # another replica leads: poll for its answer
-        while time.monotonic() < deadline:
-            await asyncio.sleep(_POLL)
+        deadline = self.clock.now() + wait  # another replica leads: poll for its answer
+        while self.clock.now() < deadline:
+            await self.clock.sleep(_POLL)
             entry = await self.get(key)
             if entry is not None:
                 return entry, False
@@ -160,6 +162,32 @@ class ResponseCache:
         except StoreError:
             return False
         return True
+
+
+    async def serve(self, key: str, policy: CachePolicy, produce: Callable[[], AsyncIterator[Event]], run: Run,
+                    *, store: bool, start: Callable[[CacheEntry], list[Event]]) -> AsyncGenerator[Event, None]:
+        """Serve ``key``: a hit replays ``start(entry)``; a miss leads (``produce()`` is called,
+        and an answer that ended whole is written, from ``run.answer_events()``, unless ``store``
+        is false) or follows an identical request in flight and replays its answer. Never raises
+        ``StoreError``; a leader that fails or is cancelled releases its lock."""
+        entry, lead = await self.lookup(key, policy.coalesce_wait)
+        if entry is not None:
+            for ev in start(entry):
+                yield ev
+            return
+        try:
+            async for ev in produce():
+                yield ev
+            done = CacheEntry(provider=run.provider, model=run.model, created_at=self.clock.wall(),
+                              events=run.answer_events()) if store and run.ended else None
+            if lead:
+                lead = False
+                await self.finish(key, done, policy.ttl, policy.max_bytes)
+            elif done is not None:
+                await self.put(key, done, policy.ttl, policy.max_bytes)
+        finally:
+            if lead:
+                await self.finish(key, None, policy.ttl, policy.max_bytes)
 
 
 def replay(entry: CacheEntry, request_id: str, task: str, variant: str | None = None) -> list[Event]:

@@ -255,7 +255,8 @@ def compare(tasks_file: str, targets: str, concurrency: int, repeat: int, out_di
                 return
             from router.config import ConfigError, load_config
             from router.engine import Router
-            from router.stores import store_from_env
+            from router.settings import Settings
+            from router.stores import store_for
 
             try:
                 config = load_config(config_path)
@@ -265,10 +266,10 @@ def compare(tasks_file: str, targets: str, concurrency: int, repeat: int, out_di
                        or t.partition("/")[2] not in config.providers[t.partition("/")[0]].models]
             if unknown:
                 raise click.ClickException(f"unknown targets: {', '.join(unknown)}")
-            store = store_from_env()
-            from router.upstream import UpstreamClient
+            store = store_for(Settings.from_env())
+            from router.transport import AiohttpTransport
 
-            clients = {p: UpstreamClient() for p in config.providers}
+            clients = {p: AiohttpTransport() for p in config.providers}
             try:
                 router = Router(config, clients, store=store)
                 await run_compare(jobs, names, call=router.call_one, concurrency=concurrency, repeat=repeat,

@@ -27,8 +27,10 @@ from typing import Any
 import msgspec
 
 from router.errors import RouterError, UpstreamError
-from router.events import End, Error, Event, ReasoningDelta, TextDelta, ToolCallEnd, Usage
+from router.events import Error, Event, fold
 from router.request import TaskRequest, check_request, msgspec_error_path
+from router.run import Run
+from router.sse import SSEParser
 
 __all__ = ["Job", "load_tasks", "render_chart", "render_report", "run_compare"]
 
@@ -65,36 +67,34 @@ def load_tasks(path: Path) -> tuple[list[Job], list[str]]:
     return jobs, bad
 
 
-async def _collect(events: AsyncIterator[Event], t0: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"output": "", "reasoning": "", "tool_calls": [], "ttft_ms": None, "finish_reason": None,
-                           "input_tokens": None, "output_tokens": None, "cost_usd": None, "error": None}
-    text, reasoning = [], []
+async def _collect(events: AsyncIterator[Event], run: Run) -> dict[str, Any]:
+    """One target's answer, from its events seen once by ``run`` and folded like any answer."""
+    seen: list[Event] = []
+    error: str | None = None
     async for ev in events:
-        if out["ttft_ms"] is None and isinstance(ev, TextDelta | ReasoningDelta | ToolCallEnd):
-            out["ttft_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
-        match ev:
-            case TextDelta(text=t):
-                text.append(t)
-            case ReasoningDelta(text=t):
-                reasoning.append(t)
-            case ToolCallEnd(name=name, arguments=args):
-                out["tool_calls"].append({"name": name, "arguments": args})
-            case Usage():
-                out.update(input_tokens=ev.input_tokens, output_tokens=ev.output_tokens, cost_usd=ev.cost_usd)
-            case End(finish_reason=fr):
-                out["finish_reason"] = fr
-            case Error(code=code):
-                out["error"] = code
-    out["output"], out["reasoning"] = "".join(text), "".join(reasoning)
-    if out["finish_reason"] is None and out["error"] is None:
+        run.see(ev)
+        seen.append(ev)
+        if isinstance(ev, Error):
+            error = ev.code
+    run.stop()
+    u = run.usage
+    out: dict[str, Any] = {"output": "", "reasoning": "", "tool_calls": [],
+                           "ttft_ms": round(run.ttft * 1e3, 3) if run.ttft is not None else None,
+                           "finish_reason": run.finish_reason,
+                           "input_tokens": u.input_tokens if u else None, "output_tokens": u.output_tokens if u else None,
+                           "cost_usd": u.cost_usd if u else None, "error": error}
+    if run.ended and error is None:
+        answer = fold(seen)
+        out.update(output=answer.text, reasoning=answer.reasoning,
+                   tool_calls=[{"name": t.function["name"], "arguments": t.function["arguments"]}
+                               for t in answer.tool_calls])
+    elif error is None:
         out["error"] = "incomplete"
     return out
 
 
 def _sse_events(client: Any, url: str, target: str, req: TaskRequest) -> AsyncIterator[Event]:
     """The router's own SSE for one pinned request, as events (``--url`` mode)."""
-    from httpx_sse import EventSource
-
     body = msgspec.to_builtins(msgspec.structs.replace(req, task=target, stream=True))
     decoder = msgspec.json.Decoder(Event)
 
@@ -105,8 +105,10 @@ def _sse_events(client: Any, url: str, target: str, req: TaskRequest) -> AsyncIt
             if resp.status_code >= 400:
                 err = json.loads(await resp.aread()).get("error", {})
                 raise _Failed(err.get("type", str(resp.status_code)))
-            async for sse in EventSource(resp).aiter_sse():
-                yield decoder.decode(sse.data)
+            parser = SSEParser()
+            async for chunk in resp.aiter_bytes():
+                for _, data in parser.feed(chunk):
+                    yield decoder.decode(data)
 
     return gen()
 
@@ -135,7 +137,7 @@ async def run_compare(jobs: list[Job], targets: list[str], *, call: Callable[[st
             for _ in range(5):
                 t0 = time.perf_counter()
                 try:
-                    got = await _collect(call(target, job.request), t0)
+                    got = await _collect(call(target, job.request), Run(time.perf_counter, time.time_ns()))
                 except _Limited as e:
                     await asyncio.sleep(min(e.wait, 60))
                     continue

@@ -23,7 +23,7 @@ import yaml
 
 from router.request import msgspec_error_path
 
-__all__ = ["CachePolicy", "ConfigError", "Cooldown", "Experiment", "GlobalLimits", "Limits", "ModelSpec", "Shadow",
+__all__ = ["CachePolicy", "ConfigError", "Cooldown", "Cors", "Experiment", "GlobalLimits", "Limits", "ModelSpec", "Shadow",
            "Tenant", "Variant", "environment", "Params", "Price", "Provider", "Retry",
            "RoutingConfig", "Task", "Timeouts", "load_config", "overlay", "parse_config"]
 
@@ -236,12 +236,23 @@ class GlobalLimits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     per_caller: Limits | None = None
 
 
+class Cors(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Cross-origin access for browser front ends: ``allow_origins`` (``["*"]`` for any),
+    ``allow_headers`` the request headers a page may send, ``allow_credentials`` whether
+    cookies/auth may ride along, ``max_age`` seconds a browser may cache a preflight answer."""
+
+    allow_origins: list[str]
+    allow_headers: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    allow_credentials: bool = False
+    max_age: Annotated[int, msgspec.Meta(ge=0)] = 600
+
+
 class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True):
     """The whole file. ``version`` is 1. ``source`` / ``digest`` say where it came from.
     ``on_store_error``: when the store (Redis) fails, ``allow`` requests past the limits or
     ``deny`` them (429). ``tenants`` turn authentication on; ``admin_keys`` (SHA-256 hashes) open
     the admin endpoints then. ``log_content``: put prompts and outputs in the request log lines
-    (off by default)."""
+    (off by default). ``cors``: cross-origin access (off when absent)."""
 
     providers: dict[str, Provider]
     tasks: dict[str, Task]
@@ -251,6 +262,7 @@ class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True):
     tenants: dict[str, Tenant] = {}
     admin_keys: list[str] = []
     log_content: bool = False
+    cors: Cors | None = None
     source: str = msgspec.field(default="<memory>", name="_source")
     digest: str = msgspec.field(default="", name="_digest")
 
@@ -351,11 +363,13 @@ def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = 
         raise ConfigError(["(top level): expected a mapping with providers and tasks"])
     for key in raw:
         if key not in ("version", "providers", "tasks", "limits", "on_store_error", "tenants", "admin_keys",
-                       "log_content"):
+                       "log_content", "cors"):
             problems.append(f"{key}: unknown key")
     extras: dict[str, Any] = {}
     if "limits" in raw:
         extras["limits"] = _convert(raw["limits"], GlobalLimits, "limits", problems)
+    if "cors" in raw:
+        extras["cors"] = _convert(raw["cors"], Cors, "cors", problems)
     if "log_content" in raw:
         if not isinstance(raw["log_content"], bool):
             problems.append("log_content: expected true or false")

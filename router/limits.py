@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
@@ -38,12 +40,16 @@ def caller_id(header: str | None, client_host: str | None) -> str:
 
 class Ticket(msgspec.Struct):
     """What one admission charged, to settle later: ``specs`` (RPM cost 1, TPM cost the
-    estimate), the ``result`` for the rate-limit headers, and whether it is settled."""
+    estimate), the ``result`` for the rate-limit headers, and whether it is settled. Whoever
+    holds it (``Limiter.quota``/``Limiter.hold``) sets ``served`` (the request was answered, or
+    upstream did work) and ``used`` (tokens reported; None keeps the estimate) before it settles."""
 
     specs: list[LimitSpec]
     estimate: int
     result: LimitResult | None = None
     settled: bool = False
+    served: bool = False
+    used: int | None = None
 
     def headers(self) -> dict[str, str]:
         """``X-RateLimit-Limit/Remaining/Reset`` of the tightest RPM limiter, and the ``-Tokens``
@@ -132,6 +138,17 @@ class Limiter:
         """Charge a target's upstream quota; returns the ticket, or the seconds until it would fit."""
         got = await self._acquire(self.target_specs(provider, model, estimate), estimate)
         return got.retry_after if isinstance(got, LimitResult) else got
+
+    @asynccontextmanager
+    async def quota(self, ticket: Ticket) -> AsyncIterator[Ticket]:
+        """Hold ``ticket`` for the block; settled exactly once when it ends, however it ends,
+        from the ticket's ``used`` and ``served``."""
+        try:
+            yield ticket
+        finally:
+            await self.settle(ticket, ticket.used, ticket.served)
+
+    hold = quota  # the caller's ticket is held the same way
 
     async def settle(self, ticket: Ticket, used_tokens: int | None, served: bool) -> None:
         """Refund an unserved request whole; for a served one, charge or refund the difference

@@ -22,15 +22,17 @@ from typing import Any
 
 import msgspec
 
-from router.events import End, Event, Fallback, ReasoningDelta, Start, TextDelta, ToolCallStart, Usage
+from router.config import Shadow
+from router.events import Event, Usage
 from router.experiments import bucket_field
+from router.request import TaskRequest
+from router.run import Run
 from router.stores import Store, StoreError
 
 __all__ = ["RESPONSE_TTL", "SHADOW_LOG_KEEP", "Tracker"]
 
 RESPONSE_TTL = 7 * 86400  # seconds a response id stays attributable to its variant
 SHADOW_LOG_KEEP = 200
-_FIRST = (TextDelta, ReasoningDelta, ToolCallStart)
 
 
 def _fields(latency_ms: float, ttft_ms: float | None, usage: Usage | None, *, error: bool,
@@ -47,32 +49,6 @@ def _fields(latency_ms: float, ttft_ms: float | None, usage: Usage | None, *, er
     if usage is not None:
         f.update({"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens, "cost_usd": usage.cost_usd})
     return f
-
-
-class _Track:
-    """One request's outcome as its events pass."""
-
-    __slots__ = ("t0", "ttft", "usage", "fallbacks", "ended", "cached", "text")
-
-    def __init__(self, t0: float) -> None:
-        self.t0, self.ttft, self.usage = t0, None, None
-        self.fallbacks, self.ended, self.cached = 0, False, False
-        self.text: list[str] = []
-
-    def see(self, ev: Event, now: float) -> None:
-        if self.ttft is None and isinstance(ev, _FIRST):
-            self.ttft = (now - self.t0) * 1e3
-        match ev:
-            case TextDelta(text=t):
-                self.text.append(t)
-            case Usage():
-                self.usage = ev
-            case Fallback():
-                self.fallbacks += 1
-            case End():
-                self.ended = True
-            case Start(cached=cached):
-                self.cached = cached
 
 
 class Tracker:
@@ -100,28 +76,29 @@ class Tracker:
         except StoreError:
             pass  # outcomes are best effort; a failing store never fails a request
 
-    async def track(self, events: AsyncIterator[Event], *, task: str, variant: str, request_id: str,
-                    shadow: Any, req: Any) -> AsyncIterator[Event]:
-        """Pass ``events`` through, recording the outcome at the end, and start a shadow call
-        when the task has one and this request is sampled."""
-        t = _Track(self.clock())
-        primary: asyncio.Future[str] | None = None
-        if shadow is not None and self.rng.random() < shadow.sample:
-            primary = asyncio.get_running_loop().create_future()
-            self._start_shadow(task, shadow, req, request_id, primary)
-        try:
-            async for ev in events:
-                t.see(ev, self.clock())
-                yield ev
-        finally:
-            latency = (self.clock() - t.t0) * 1e3
-            if primary is not None and not primary.done():
-                primary.set_result("".join(t.text) if t.ended else "")
-            fields = _fields(latency, t.ttft, t.usage, error=not t.ended, fallbacks=t.fallbacks, cached=t.cached)
-            self._spawn(self._write(f"exp:{task}:{variant}", fields, lambda: self.store.kv_set(
-                f"resp:{request_id}", f"{task}\t{variant}".encode(), RESPONSE_TTL)))
+    def shadow(self, task: str, shadow: Shadow | None, req: TaskRequest,
+               request_id: str) -> asyncio.Future[str] | None:
+        """Start a shadow call of this request when the task has one and the request is
+        sampled; returns the future its comparison waits on for the primary's text."""
+        if shadow is None or self.rng.random() >= shadow.sample:
+            return None
+        primary: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._start_shadow(task, shadow, req, request_id, primary)
+        return primary
 
-    def _start_shadow(self, task: str, shadow: Any, req: Any, request_id: str, primary: asyncio.Future[str]) -> None:
+    def finish(self, run: Run, *, task: str, variant: str, request_id: str,
+               primary: asyncio.Future[str] | None) -> None:
+        """Record the outcome of a finished request (read from its ``run``), in the background."""
+        duration = run.stop()
+        if primary is not None and not primary.done():
+            primary.set_result(run.text() if run.ended else "")
+        fields = _fields(duration * 1e3, run.ttft * 1e3 if run.ttft is not None else None, run.usage,
+                         error=not run.ended, fallbacks=len(run.fallbacks), cached=run.cache == "hit")
+        self._spawn(self._write(f"exp:{task}:{variant}", fields, lambda: self.store.kv_set(
+            f"resp:{request_id}", f"{task}\t{variant}".encode(), RESPONSE_TTL)))
+
+    def _start_shadow(self, task: str, shadow: Shadow, req: TaskRequest, request_id: str,
+                      primary: asyncio.Future[str]) -> None:
         key = f"exp:{task}:shadow:{shadow.target}"
         if self._in_flight.get(key, 0) >= shadow.max_in_flight:
             self._spawn(self._write(key, {"dropped": 1}))
@@ -129,21 +106,19 @@ class Tracker:
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
         self._spawn(self._shadow(key, task, shadow.target, req, request_id, primary))
 
-    async def _shadow(self, key: str, task: str, target: str, req: Any, request_id: str,
+    async def _shadow(self, key: str, task: str, target: str, req: TaskRequest, request_id: str,
                       primary: asyncio.Future[str]) -> None:
-        t = _Track(self.clock())
+        run = Run(self.clock, 0, keep_text=True)
         error: str | None = None
-        finish: str | None = None
         try:
             async for ev in self.call_one(target, req):
-                t.see(ev, self.clock())
-                if isinstance(ev, End):
-                    finish = ev.finish_reason
+                run.see(ev)
         except Exception as e:  # noqa: BLE001 - a shadow's failure is data, never the caller's problem
             error = getattr(e, "code", type(e).__name__)
         finally:
             self._in_flight[key] -= 1
-        latency = (self.clock() - t.t0) * 1e3
+        latency = run.stop() * 1e3
+        finish = run.finish_reason
         if error == "rate_limited":
             await self._write(key, {"dropped": 1})
             return
@@ -151,10 +126,11 @@ class Tracker:
             primary_text = await asyncio.wait_for(asyncio.shield(primary), 120)
         except TimeoutError:
             primary_text = ""
+        ttft = run.ttft * 1e3 if run.ttft is not None else None
         entry = {"id": request_id, "target": target, "latency_ms": round(latency, 3),
-                 "ttft_ms": round(t.ttft, 3) if t.ttft is not None else None,
-                 "usage": msgspec.to_builtins(t.usage) if t.usage else None, "finish_reason": finish,
-                 "error": error, "output": "".join(t.text)[:4000], "primary_output": primary_text[:4000]}
-        fields = _fields(latency, t.ttft, t.usage, error=error is not None or finish is None, fallbacks=0, cached=False)
+                 "ttft_ms": round(ttft, 3) if ttft is not None else None,
+                 "usage": msgspec.to_builtins(run.usage) if run.usage else None, "finish_reason": finish,
+                 "error": error, "output": run.text()[:4000], "primary_output": primary_text[:4000]}
+        fields = _fields(latency, ttft, run.usage, error=error is not None or finish is None, fallbacks=0, cached=False)
         await self._write(key, fields, lambda: self.store.log_push(
             f"exp:{task}:shadow_log", msgspec.json.encode(entry), SHADOW_LOG_KEEP))

@@ -1,25 +1,28 @@
 """The retry policy: the one module that imports tenacity.
 
-``first_event(open_, policy, budget, sleep)`` retries "send and wait for the first event" of one
-target. Only ``UpstreamError``s with ``retryable`` set are retried (the adapters classify: connect
-errors, timeouts before the first event, 408/429/5xx/529, Z.ai 1302/1305 yes; 400/401/403/404/413,
-Z.ai 1113/1261 no). Waits are exponential with jitter, but never shorter than the Retry-After the
-upstream asked for (read afresh from each failed attempt). When the wait asked for exceeds
-``max_wait``, or would take the request past ``max_total_wait``, the target is given up at once so
-the caller can fall back instead of sleeping.
+``first_event(open_, policy, budget, sleep, on_failure)`` retries "send and wait for the first
+event" of one target and returns what happened as a ``Tried``: the result or the last error, and
+the retries made. Only ``UpstreamError``s with ``retryable`` set are retried (the adapters
+classify: connect errors, timeouts before the first event, 408/429/5xx/529, Z.ai 1302/1305 yes;
+400/401/403/404/413, Z.ai 1113/1261 no). ``on_failure(error)`` hears of every retryable failure
+(the circuit breaker counts it) and answers whether trying again is pointless (the circuit opened).
+Waits are exponential with jitter, but never shorter than the Retry-After the upstream asked for
+(read afresh from each failed attempt). When the wait asked for exceeds ``max_wait``, or would take
+the request past ``max_total_wait``, the target is given up at once so the caller can fall back
+instead of sleeping.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
-from router.config import Retry
 from router.errors import UpstreamError
+from router.policy import EffectiveRetry
 
-__all__ = ["RetryBudget", "first_event"]
+__all__ = ["RetryBudget", "Tried", "first_event"]
 
 T = TypeVar("T")
 
@@ -34,33 +37,57 @@ class RetryBudget:
         self.spent = 0.0
 
 
+class Tried(Generic[T]):
+    """The outcome of ``first_event``: ``value`` (on success) or ``error`` (the last failure),
+    and ``retries`` made (tries - 1)."""
+
+    __slots__ = ("error", "retries", "value")
+
+    def __init__(self, value: T | None, error: UpstreamError | None, retries: int) -> None:
+        self.value, self.error, self.retries = value, error, retries
+
+
+class _Final(Exception):
+    """Internal: a retryable failure after which the target's circuit opened (not retried)."""
+
+    def __init__(self, error: UpstreamError) -> None:
+        self.error = error
+
+
 def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, UpstreamError) and exc.retryable and not exc.stop_retrying
+    return isinstance(exc, UpstreamError) and exc.retryable
 
 
-async def first_event(open_: Callable[[], Awaitable[T]], policy: Retry, budget: RetryBudget,
+async def first_event(open_: Callable[[], Awaitable[T]], policy: EffectiveRetry, budget: RetryBudget,
                       sleep: Callable[[float], Awaitable[Any]],
-                      on_retry: Callable[[UpstreamError, float], None] | None = None) -> tuple[T, int]:
-    """Run ``open_`` until it succeeds or the policy gives up; returns (its result, retries made).
+                      on_failure: Callable[[UpstreamError], Awaitable[bool]] | None = None) -> Tried[T]:
+    """Run ``open_`` until it succeeds or the policy gives up. Raises only what is not an
+    ``UpstreamError`` (cancellation)."""
 
-    ``policy`` must be complete (merged over the defaults). Raises the last ``UpstreamError``.
-    ``on_retry(error, wait_seconds)`` is called before each wait.
-    """
-    assert policy.attempts is not None and policy.max_wait is not None
-    try:  # the common case, a first try that works, never builds the retry machinery
-        return await open_(), 0
-    except UpstreamError as e:
-        if not _retryable(e) or policy.attempts <= 1:
+    async def attempt() -> T:
+        try:
+            return await open_()
+        except UpstreamError as e:
+            if e.retryable and on_failure is not None and await on_failure(e):
+                raise _Final(e) from None
             raise
+
+    try:  # the common case, a first try that works, never builds the retry machinery
+        return Tried(await attempt(), None, 0)
+    except _Final as f:
+        return Tried(None, f.error, 0)
+    except UpstreamError as e:
+        if not e.retryable or policy.attempts <= 1:
+            return Tried(None, e, 0)
         failed: list[UpstreamError] = [e]
 
     async def replayed() -> T:  # tenacity's first attempt is the failure that already happened
         if failed:
             raise failed.pop()
-        return await open_()
+        return await attempt()
 
-    backoff = wait_exponential_jitter(multiplier=policy.initial_wait or 0, max=policy.max_wait,
-                                      jitter=policy.initial_wait or 0)
+    backoff = wait_exponential_jitter(multiplier=policy.initial_wait, max=policy.max_wait,
+                                      jitter=policy.initial_wait)
     max_wait = policy.max_wait
 
     def wait(state: RetryCallState) -> float:
@@ -70,24 +97,20 @@ async def first_event(open_: Callable[[], Awaitable[T]], policy: Retry, budget: 
 
     def stop(state: RetryCallState) -> bool:
         upcoming = state.upcoming_sleep
-        return (state.attempt_number >= (policy.attempts or 1) or upcoming > max_wait
-                or budget.spent + upcoming > (policy.max_total_wait or 0))
+        return (state.attempt_number >= policy.attempts or upcoming > max_wait
+                or budget.spent + upcoming > policy.max_total_wait)
 
     def before_sleep(state: RetryCallState) -> None:
         budget.spent += state.upcoming_sleep
-        if on_retry is not None and state.outcome is not None:
-            exc = state.outcome.exception()
-            if isinstance(exc, UpstreamError):
-                on_retry(exc, state.upcoming_sleep)
 
     retrying = AsyncRetrying(retry=retry_if_exception(_retryable), wait=wait, stop=stop,
                              before_sleep=before_sleep, sleep=sleep, reraise=True)
-    result: T
     try:
-        async for attempt in retrying:
-            with attempt:
+        async for try_ in retrying:
+            with try_:
                 result = await replayed()
+    except _Final as f:
+        return Tried(None, f.error, retrying.statistics.get("attempt_number", 1) - 1)
     except UpstreamError as e:
-        e.retries = retrying.statistics.get("attempt_number", 1) - 1
-        raise
-    return result, retrying.statistics.get("attempt_number", 1) - 1
+        return Tried(None, e, retrying.statistics.get("attempt_number", 1) - 1)
+    return Tried(result, None, retrying.statistics.get("attempt_number", 1) - 1)

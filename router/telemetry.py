@@ -33,7 +33,7 @@ from typing import Any
 
 import msgspec
 
-from router.record import RequestRecord
+from router.run import RequestRecord
 from router.stores import Store, StoreError
 
 __all__ = ["BatchingStreamHandler", "JsonFormatter", "Telemetry", "usage_report"]

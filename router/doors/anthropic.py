@@ -137,6 +137,13 @@ def _messages(r: _Request) -> list[dict[str, Any]]:
     return out
 
 
+def _error_event(code: str, message: str, retryable: bool) -> bytes:
+    """A stream's terminal ``event: error`` (overloaded_error when trying again may help)."""
+    kind = "overloaded_error" if retryable else "api_error"
+    return b"event: error\ndata: " + _enc.encode({"type": "error", "error": {"type": kind,
+                                                                           "message": f"{message} ({code})"}}) + b"\n\n"
+
+
 class AnthropicDoor:
     """``POST /v1/messages`` (see the module docstring)."""
 
@@ -224,8 +231,7 @@ class AnthropicDoor:
                                   "cache_read_input_tokens": u.cached_tokens, "cache_creation_input_tokens": 0}}) + \
                         event("message_stop", {})
                 case Error(code=code, message=message, retryable=retryable):
-                    kind = "overloaded_error" if retryable else "api_error"
-                    yield event("error", {"error": {"type": kind, "message": f"{message} ({code})"}})
+                    yield _error_event(code, message, retryable)
 
     def answer(self, answer: Answer, req: TaskRequest, opts: AnthropicOptions) -> bytes:
         content: list[dict[str, Any]] = []
@@ -247,4 +253,9 @@ class AnthropicDoor:
 
     def error(self, err: RouterError) -> tuple[int, bytes]:
         kind = ERROR_TYPES.get(err.status, "api_error")
-        return err.status, _enc.encode({"type": "error", "error": {"type": kind, "message": err.message}})
+        path = getattr(err, "path", None)
+        message = f"{path}: {err.message}" if path else err.message
+        return err.status, _enc.encode({"type": "error", "error": {"type": kind, "message": message}})
+
+    def error_event(self, err: RouterError, seq: int) -> bytes:
+        return _error_event(getattr(err, "code", None) or err.type, err.message, err.retryable)

@@ -1,14 +1,18 @@
 """The door interface, and what the doors share.
 
 A door is stateless: ``decode`` (body -> canonical request + the door's own options), ``stream``
-(unified events -> the door's stream bytes), ``answer`` (folded answer -> the door's JSON) and
-``error`` (a router error -> status, body, headers in the door's error shape).
+(unified events -> the door's stream bytes), ``answer`` (folded answer -> the door's JSON),
+``error`` (a router error -> status and body in the door's error shape, for every status) and
+``error_event`` (a router error -> the door's terminal stream event, for a failure after a stream
+began: the HTTP status is already sent, so the stream must say it failed).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
+
+import math
 
 import msgspec
 
@@ -40,11 +44,13 @@ class Door(Protocol):
         """Status and body of an error answered before any stream began."""
         ...
 
+    def error_event(self, err: RouterError, seq: int) -> bytes:
+        """The door's terminal error event for ``err`` (``seq``: the next event number)."""
+        ...
+
 
 def error_headers(err: RouterError) -> dict[str, str]:
     """Headers every door sends with an error: ``Retry-After`` on 429, the rate-limit headers."""
-    import math
-
     out: dict[str, str] = dict(getattr(err, "headers", {}) or {})
     if err.status == 429:
         out["retry-after"] = str(max(1, math.ceil(getattr(err, "retry_after", None) or 1)))

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from router.errors import RouterError
-from router.events import Answer, Event, encode_json, encode_sse
+from router.events import Answer, Error, Event, encode_json, encode_sse
 from router.request import TaskRequest, decode_task_request
 
 __all__ = ["NativeDoor"]
@@ -32,3 +32,7 @@ class NativeDoor:
 
     def error(self, err: RouterError) -> tuple[int, bytes]:
         return err.status, encode_json(err.to_body())
+
+    def error_event(self, err: RouterError, seq: int) -> bytes:
+        return encode_sse(Error(code=getattr(err, "code", None) or err.type, message=err.message,
+                                retryable=err.retryable, seq=seq))

@@ -157,6 +157,12 @@ def completion_json(answer: Answer, model: str) -> dict[str, Any]:
                        "attempts": msgspec.to_builtins(answer.attempts)}}
 
 
+def _error_chunk(message: str, code: str) -> bytes:
+    """A stream's terminal error: a ``data:`` line with the OpenAI error envelope, no [DONE]."""
+    return b"data: " + _enc.encode({"error": {"message": message, "type": "api_error", "param": None,
+                                              "code": code}}) + b"\n\n"
+
+
 class OpenAIDoor:
     """``POST /v1/chat/completions`` (see the module docstring)."""
 
@@ -222,8 +228,7 @@ class OpenAIDoor:
                         yield b"data: " + head + b"[],\"usage\":" + _enc.encode(_usage(usage)) + b"}\n\n"
                     yield b"data: [DONE]\n\n"
                 case Error(code=code, message=message):
-                    yield b"data: " + _enc.encode({"error": {"message": message, "type": "api_error",
-                                                             "param": None, "code": code}}) + b"\n\n"
+                    yield _error_chunk(message, code)
 
     def answer(self, answer: Answer, req: TaskRequest, opts: OpenAIOptions) -> bytes:
         return _enc.encode(completion_json(answer, opts.model))
@@ -234,3 +239,6 @@ class OpenAIDoor:
         if hasattr(err, "attempts"):
             body["attempts"] = msgspec.to_builtins(err.attempts)
         return err.status, _enc.encode({"error": body})
+
+    def error_event(self, err: RouterError, seq: int) -> bytes:
+        return _error_chunk(err.message, getattr(err, "code", None) or err.type)

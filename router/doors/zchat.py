@@ -51,6 +51,11 @@ class ChatOptions(msgspec.Struct):
     model: str
 
 
+def _error_line(message: str) -> bytes:
+    """The backend's mid-stream failure line."""
+    return f"data: {json.dumps({'error': {'message': message, 'type': 'streaming_error'}})}\n\n".encode()
+
+
 class ChatDoor:
     """``POST /api/chat`` (see the module docstring). ``known`` tells a task or target name."""
 
@@ -63,10 +68,10 @@ class ChatDoor:
     def decode(self, body: bytes, headers: Mapping[str, str]) -> tuple[TaskRequest, ChatOptions]:
         r = decode_body(body, _decoder, self.max_body_bytes)
         messages = [{"role": m.role, "content": m.content} for m in r.messages if m.role and m.content]
-        if not r.messages:
-            raise RequestError("Messages array is required and cannot be empty", "messages")
+        if not r.messages:  # the backend's own words (they name the field), kept exactly
+            raise RequestError("Messages array is required and cannot be empty")
         if not messages:
-            raise RequestError("No valid messages provided", "messages")
+            raise RequestError("No valid messages provided")
         task = r.model if r.model and self.known(r.model) else DEFAULT_TASK
         obj: dict[str, Any] = {"task": task, "messages": messages, "stream": r.stream}
         if r.temperature is not None:
@@ -83,10 +88,14 @@ class ChatDoor:
             elif isinstance(ev, End):
                 yield f"data: {json.dumps({'data': '[DONE]'})}\n\n".encode()
             elif isinstance(ev, Error):
-                yield f"data: {json.dumps({'error': {'message': ev.message, 'type': 'streaming_error'}})}\n\n".encode()
+                yield _error_line(ev.message)
 
     def answer(self, answer: Answer, req: TaskRequest, opts: ChatOptions) -> bytes:
         return msgspec.json.encode(completion_json(answer, opts.model))
 
     def error(self, err: RouterError) -> tuple[int, bytes]:
-        return err.status, msgspec.json.encode({"detail": err.message})
+        path = getattr(err, "path", None)
+        return err.status, msgspec.json.encode({"detail": f"{path}: {err.message}" if path else err.message})
+
+    def error_event(self, err: RouterError, seq: int) -> bytes:
+        return _error_line(err.message)

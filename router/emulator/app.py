@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from router.clock import Clock, LoopClock
 from router.emulator import wire
 from router.emulator.directive import Behaviour, DirectiveError, find_directive, select
 
@@ -34,8 +35,9 @@ class _Cut(Exception):
 class Emulator:
     """ASGI callable. ``fixtures``: the only directory ``replay`` may read from."""
 
-    def __init__(self, fixtures: str | Path | None = None) -> None:
+    def __init__(self, fixtures: str | Path | None = None, clock: Clock | None = None) -> None:
         self.fixtures = Path(fixtures).resolve() if fixtures else None
+        self.clock: Clock = clock or LoopClock()
         self.stats: dict[str, dict[str, int]] = defaultdict(
             lambda: {"requests": 0, "completed": 0, "aborted": 0, "cut": 0, "failed": 0})
         self._seen: dict[str, int] = defaultdict(int)
@@ -103,7 +105,7 @@ class Emulator:
         if b.hang:
             await disconnected.wait()
             return "aborted"
-        if b.delay_ms and await _wait(disconnected, b.delay_ms):
+        if b.delay_ms and await _wait(self.clock, disconnected, b.delay_ms):
             return "aborted"
         failing = b.status is not None and b.status >= 400
         if failing and b.times is not None:
@@ -153,7 +155,7 @@ class Emulator:
                 raise _Cut()
             if disconnected.is_set():
                 return "aborted"
-            if i and b.chunk_delay_ms and await _wait(disconnected, b.chunk_delay_ms):
+            if i and b.chunk_delay_ms and await _wait(self.clock, disconnected, b.chunk_delay_ms):
                 return "aborted"
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -177,7 +179,7 @@ class Emulator:
                 continue
             if b.cut_after is not None and i >= b.cut_after:
                 raise _Cut()
-            if (b.chunk_delay_ms and await _wait(disconnected, b.chunk_delay_ms)) or disconnected.is_set():
+            if (b.chunk_delay_ms and await _wait(self.clock, disconnected, b.chunk_delay_ms)) or disconnected.is_set():
                 return "aborted"
             await send({"type": "http.response.body", "body": part + b"\n\n", "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -188,13 +190,18 @@ def _num(x: float) -> bytes:
     return (str(int(x)) if float(x).is_integer() else str(x)).encode()
 
 
-async def _wait(disconnected: asyncio.Event, ms: float) -> bool:
-    """Sleep ``ms`` milliseconds; True if the client went away meanwhile."""
-    try:
-        await asyncio.wait_for(disconnected.wait(), ms / 1000)
+async def _wait(clock: Clock, disconnected: asyncio.Event, ms: float) -> bool:
+    """Sleep ``ms`` milliseconds on ``clock``; True if the client went away meanwhile."""
+    if disconnected.is_set():
         return True
-    except TimeoutError:
-        return False
+    left = asyncio.ensure_future(disconnected.wait())
+    slept = asyncio.ensure_future(clock.sleep(ms / 1000))
+    try:
+        await asyncio.wait((left, slept), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left.cancel()
+        slept.cancel()
+    return disconnected.is_set()
 
 
 async def _read_body(receive: Any) -> bytes:
@@ -222,6 +229,7 @@ async def _send_json(send: Any, status: int, obj: Any) -> None:
     await _send(send, status, [(b"content-type", b"application/json")], msgspec.json.encode(obj))
 
 
-def create_emulator(fixtures: str | Path | None = None) -> Emulator:
-    """A new emulator app with its own stats; ``fixtures`` bounds ``replay``."""
-    return Emulator(fixtures)
+def create_emulator(fixtures: str | Path | None = None, clock: Clock | None = None) -> Emulator:
+    """A new emulator app with its own stats; ``fixtures`` bounds ``replay``; ``clock`` times its
+    delays (real time unless a test injects a ``FakeClock``)."""
+    return Emulator(fixtures, clock)

@@ -15,7 +15,7 @@ from typing import Literal, NamedTuple, Protocol
 
 import msgspec
 
-from router.config import Cooldown
+from router.policy import EffectiveCooldown as Cooldown
 
 __all__ = ["PERIOD", "Admission", "BreakerState", "LimitResult", "LimitSpec", "Store", "StoreError"]
 

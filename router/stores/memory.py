@@ -7,7 +7,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from router.config import Cooldown
+from router.policy import EffectiveCooldown as Cooldown
 from router.stores.base import PERIOD, Admission, BreakerState, LimitResult, LimitSpec
 
 __all__ = ["MemoryStore"]
@@ -56,7 +56,6 @@ class MemoryStore:
         self._breakers.pop(key, None)
 
     async def breaker_failure(self, key: str, now: float, cfg: Cooldown) -> bool:
-        assert cfg.failures and cfg.window and cfg.duration and cfg.max_duration
         b = self._breakers.setdefault(key, _Breaker())
         if b.open_until:  # a failed probe (or a straggler while open): trip again, longer
             if now < b.open_until:

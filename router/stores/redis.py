@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from router.config import Cooldown
+from router.policy import EffectiveCooldown as Cooldown
 from router.stores.base import PERIOD, Admission, BreakerState, LimitResult, LimitSpec, StoreError
 
 __all__ = ["RedisStore"]

@@ -12,6 +12,7 @@ from typing import Any
 import uvicorn
 
 from router.app import create_app
+from router.clock import LoopClock
 from router.config import parse_config
 from router.emulator import free_port
 
@@ -30,10 +31,27 @@ class FakeTime:
         return self.now
 
 
+class _Clock(LoopClock):
+    """Real deadlines (these tests cross real sockets), injected waits and wall time."""
+
+    def __init__(self, sleep: Any, wall: Any) -> None:
+        self._sleep, self._wall = sleep, wall
+
+    async def sleep(self, seconds: float) -> None:
+        await (self._sleep or super().sleep)(seconds)
+
+    def wall(self) -> float:
+        return float(self._wall()) if self._wall else super().wall()
+
+
 @contextmanager
-def serve(yaml_text: str, env: dict[str, str] | None = None, **options: Any) -> Iterator[str]:
-    """Serve a router for ``yaml_text`` until the block ends; yields its base URL."""
+def serve(yaml_text: str, env: dict[str, str] | None = None, *, sleep: Any = None, wall: Any = None,
+          **options: Any) -> Iterator[str]:
+    """Serve a router for ``yaml_text`` until the block ends; yields its base URL. ``sleep`` and
+    ``wall`` replace the router clock's waits and wall time."""
     config = parse_config(yaml_text, env or {})
+    if sleep is not None or wall is not None:
+        options["clock"] = _Clock(sleep, wall)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(config, **options), host="127.0.0.1", port=port,
                                            log_level="warning", access_log=False))

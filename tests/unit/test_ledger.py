@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from router.record import RequestRecord
+from router.run import RequestRecord
 from router.stores.redis import RedisStore
 from router.telemetry import Telemetry, usage_report
 

@@ -8,7 +8,8 @@ import pytest
 
 from router.config import DEFAULT_COOLDOWN, Cooldown, Retry
 from router.errors import UpstreamError, UpstreamHTTPError
-from router.retry import RetryBudget, first_event
+from router.policy import EffectiveCooldown, EffectiveRetry
+from router.retry import RetryBudget, Tried, first_event
 from router.stores import MemoryStore
 
 
@@ -35,7 +36,16 @@ def err(status: int, retryable: bool = True, retry_after: float | None = None) -
                              retry_after=retry_after)
 
 
-POLICY = Retry(attempts=3, initial_wait=0.5, max_wait=10, max_total_wait=30)
+POLICY = EffectiveRetry(attempts=3, initial_wait=0.5, max_wait=10, max_total_wait=30)
+
+
+def result(tried: Tried[str]) -> tuple[str, int]:
+    """(value, retries) of a success; raises the error of a failure, with its retries."""
+    if tried.error is not None:
+        tried.error.retries = tried.retries
+        raise tried.error
+    assert tried.value is not None
+    return tried.value, tried.retries
 
 
 def test_success_after_retries_with_growing_waits() -> None:
@@ -45,7 +55,7 @@ def test_success_after_retries_with_growing_waits() -> None:
         sleeps.append(s)
 
     script = Script(err(503), err(503))
-    assert run(first_event(script, POLICY, RetryBudget(), sleep)) == ("ok", 2)
+    assert result(run(first_event(script, POLICY, RetryBudget(), sleep))) == ("ok", 2)
     assert script.calls == 3 and len(sleeps) == 2
     assert 0.5 <= sleeps[0] <= 1.0 and 1.0 <= sleeps[1] <= 1.5  # 0.5 * 2^n plus up to 0.5 jitter
 
@@ -56,7 +66,7 @@ def test_gives_up_after_attempts_and_reports_retries() -> None:
 
     script = Script(err(503), err(502), err(500))
     with pytest.raises(UpstreamHTTPError) as info:
-        run(first_event(script, POLICY, RetryBudget(), sleep))
+        result(run(first_event(script, POLICY, RetryBudget(), sleep)))
     assert info.value.code == "500" and info.value.retries == 2 and script.calls == 3
 
 
@@ -66,7 +76,7 @@ def test_non_retryable_is_raised_at_once() -> None:
 
     script = Script(err(400, retryable=False))
     with pytest.raises(UpstreamHTTPError):
-        run(first_event(script, POLICY, RetryBudget(), sleep))
+        result(run(first_event(script, POLICY, RetryBudget(), sleep)))
     assert script.calls == 1
 
 
@@ -76,11 +86,11 @@ def test_retry_after_is_a_floor_and_over_max_wait_gives_up() -> None:
     async def sleep(s: float) -> None:
         sleeps.append(s)
 
-    assert run(first_event(Script(err(429, retry_after=7)), POLICY, RetryBudget(), sleep))[0] == "ok"
+    assert result(run(first_event(Script(err(429, retry_after=7)), POLICY, RetryBudget(), sleep)))[0] == "ok"
     assert sleeps == [7]
     script = Script(err(429, retry_after=11))
     with pytest.raises(UpstreamHTTPError):
-        run(first_event(script, POLICY, RetryBudget(), sleep))
+        result(run(first_event(script, POLICY, RetryBudget(), sleep)))
     assert script.calls == 1 and sleeps == [7]
 
 
@@ -91,26 +101,46 @@ def test_budget_is_shared_across_calls() -> None:
         sleeps.append(s)
 
     budget = RetryBudget()
-    tight = Retry(attempts=5, initial_wait=0, max_wait=10, max_total_wait=10)
-    run(first_event(Script(err(429, retry_after=6)), tight, budget, sleep))
+    tight = EffectiveRetry(attempts=5, initial_wait=0, max_wait=10, max_total_wait=10)
+    result(run(first_event(Script(err(429, retry_after=6)), tight, budget, sleep)))
     with pytest.raises(UpstreamHTTPError):  # 6 spent; another 6 would pass 10
-        run(first_event(Script(err(429, retry_after=6)), tight, budget, sleep))
+        result(run(first_event(Script(err(429, retry_after=6)), tight, budget, sleep)))
     assert sleeps == [6] and budget.spent == 6
 
 
-def test_stop_retrying_flag_is_honoured() -> None:
+def test_a_tripped_circuit_stops_the_retries() -> None:
     async def sleep(s: float) -> None:  # pragma: no cover
         raise AssertionError("slept")
 
-    e = err(503)
-    e.stop_retrying = True
-    script = Script(e)
-    with pytest.raises(UpstreamHTTPError):
-        run(first_event(script, POLICY, RetryBudget(), sleep))
-    assert script.calls == 1
+    heard: list[str] = []
+
+    async def on_failure(e: UpstreamError) -> bool:
+        heard.append(e.code)
+        return True  # the circuit opened
+
+    script = Script(err(503))
+    tried = run(first_event(script, POLICY, RetryBudget(), sleep, on_failure))
+    assert tried.error is not None and tried.error.code == "503" and tried.retries == 0
+    assert script.calls == 1 and heard == ["503"]
 
 
-CFG = Cooldown(failures=3, window=30, duration=10, max_duration=25)
+def test_on_failure_hears_every_retryable_failure_only() -> None:
+    async def sleep(s: float) -> None:
+        pass
+
+    heard: list[str] = []
+
+    async def on_failure(e: UpstreamError) -> bool:
+        heard.append(e.code)
+        return False
+
+    assert result(run(first_event(Script(err(503), err(502)), POLICY, RetryBudget(), sleep, on_failure))) == ("ok", 2)
+    assert heard == ["503", "502"]
+    tried = run(first_event(Script(err(400, retryable=False)), POLICY, RetryBudget(), sleep, on_failure))
+    assert tried.error is not None and heard == ["503", "502"]
+
+
+CFG = EffectiveCooldown(failures=3, window=30, duration=10, max_duration=25)
 
 
 def test_breaker_trips_after_n_failures_within_the_window() -> None:
@@ -171,7 +201,7 @@ def test_a_closed_verdict_is_reused_briefly_and_forgotten_on_a_local_failure() -
     t = [100.0]
     store = Counting()
     circuits = Circuits(store, clock=lambda: t[0], wall=lambda: 1_800_000_000.0)
-    cfg = Cooldown(failures=1, window=60, duration=30, max_duration=300)
+    cfg = EffectiveCooldown(failures=1, window=60, duration=30, max_duration=300)
 
     async def go() -> list[object]:
         out: list[object] = [await circuits.admit("p/m", 60), await circuits.admit("p/m", 60), store.admits]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from router.config import Cooldown
+from router.policy import EffectiveCooldown as Cooldown
 from router.stores import LimitSpec, MemoryStore, StoreError
 from router.stores.redis import RedisStore
 

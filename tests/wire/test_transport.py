@@ -15,12 +15,22 @@ from contextlib import asynccontextmanager
 import pytest
 
 from providers import Call, adapter_for
-from router.config import Timeouts
+from router.clock import LoopClock
+from router.config import DEFAULT_TIMEOUTS, Timeouts, overlay
+from router.policy import EffectiveTimeouts
 from router.emulator import free_port
 from router.errors import UpstreamConnectError, UpstreamHTTPError, UpstreamStreamError, UpstreamTimeout
 from router.events import End, Event, TextDelta
 from router.request import Message
-from router.upstream import Target, UpstreamClient, call_target
+from router.transport import AiohttpTransport as UpstreamClient
+from router.upstream import Target
+from router.upstream import call_target as _call_target
+
+
+def call_target(client: UpstreamClient, target: Target, call: Call, timeouts: Timeouts | None = None) -> AsyncIterator[Event]:
+    """The real transport on the real clock, with ``timeouts`` over the defaults."""
+    t = overlay(DEFAULT_TIMEOUTS, timeouts)
+    return _call_target(client, target, call, EffectiveTimeouts(t.connect, t.first_token, t.idle, t.total), LoopClock())
 from router.config import ModelSpec
 from tests.wire._sse import WIRE, decode_stream
 

@@ -1,0 +1,215 @@
+"""The chain walk: try the plan's targets in order until one answers, and stream its events.
+
+Each target is skipped when it is unusable (no key), too small for the prompt
+(``context_window``), cooling down (its circuit is open) or over its upstream quota; otherwise it
+is tried, with retries (``router.retry``), until its first event arrives. The walk *commits* to
+the target that yields the first event; before that a failure moves on to the next target (a
+``Fallback`` event); after it, a failure ends the stream with ``Error``, never ``End`` (or, with
+the task's ``midstream: restart``, falls back and starts over on the next target with a new
+``Start``). When every target failed, one ``Error`` with code ``all_targets_failed`` ends it.
+
+The walk's facts go to the request's ``Run`` (attempts, trips, upstream time, the final error);
+each provider quota is held in ``Limiter.quota`` and settled exactly once when its call ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Mapping
+
+from providers import Call
+from router.circuits import Circuits
+from router.clock import Clock
+from router.errors import AllTargetsFailed, TargetUnusable, UpstreamError, UpstreamStreamError
+from router.events import AttemptRecord, Error, Event, Fallback, Start, Usage
+from router.limits import Limiter, Ticket
+from router.plan import Plan
+from router.policy import Policy
+from router.request import TaskRequest
+from router.retry import RetryBudget, first_event
+from router.run import Run
+from router.transport import Transport
+from router.upstream import Target, call_target
+
+__all__ = ["Chain", "all_failed", "make_call"]
+
+_CONTEXT = ("context_window", "context_overflow", "1261", "prompt_too_long")
+
+
+def all_failed(attempts: list[AttemptRecord], errors: list[UpstreamError]) -> AllTargetsFailed:
+    """The status by the nature of the failures: 400 when the prompt fits no target, 429 when every
+    target was rate-limited, upstream or by its quota here (``retry_after`` the shortest wait), 503
+    when no target could be called, 504 when every call timed out, else 502."""
+    limited = [e for e in errors if e.code == "rate_limited" or (e.upstream_status == 429 and e.retryable)]
+    called = [e for e in errors if not isinstance(e, TargetUnusable)]
+    status, retry_after = 502, None
+    if attempts and all(a.code in _CONTEXT for a in attempts):
+        status = 400
+    elif errors and len(limited) == len(errors):
+        status = 429
+        waits = [e.retry_after for e in limited if e.retry_after is not None]
+        retry_after = min(waits) if waits else None
+    elif not called:
+        status = 503
+    elif all(e.status == 504 for e in called):
+        status = 504
+    return AllTargetsFailed(f"every target of the chain failed ({len(attempts)} tried)", attempts,
+                            status=status, retry_after=retry_after)
+
+
+def make_call(target: Target, req: TaskRequest, plan: Plan, stream: bool) -> Call:
+    """The upstream call of ``req`` for ``target``, with the plan's merged params."""
+    p = plan.params
+    return Call(model=target.model, messages=req.messages, tools=req.tools, tool_choice=req.tool_choice,
+                max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, stop=p.stop,
+                thinking=p.thinking, stream=stream, thinking_style=target.spec.thinking,
+                sampling=target.spec.sampling)
+
+
+def price(ev: Usage, target: Target) -> Usage:
+    """``ev`` with ``cost_usd`` from the target's routing.yaml price (unpriced models cost 0)."""
+    p = target.spec.price
+    ev.cost_usd = p.cost(ev.input_tokens, ev.output_tokens, ev.cached_tokens) if p else 0.0
+    return ev
+
+
+class Chain:
+    """Walks chains over ``transports`` (provider name -> ``Transport``), with the shared
+    ``circuits`` and ``limiter``, on ``clock``."""
+
+    def __init__(self, transports: Mapping[str, Transport], circuits: Circuits, limiter: Limiter,
+                 clock: Clock) -> None:
+        self.transports, self.circuits, self.limiter, self.clock = transports, circuits, limiter, clock
+
+    def _skip(self, target: Target, need: int, min_window: int) -> tuple[str, str] | None:
+        if target.unusable_reason:
+            return "unusable", f"{target.name}: {target.unusable_reason}"
+        window = target.spec.context_window
+        if need > window or window <= min_window:
+            return ("context_window", f"{target.name}: the prompt (~{need} tokens with max_tokens) "
+                    f"exceeds its context window of {window}")
+        return None
+
+    async def walk(self, req: TaskRequest, plan: Plan, request_id: str, run: Run) -> AsyncGenerator[Event, None]:
+        """The events of the plan's chain (not yet numbered), ending with ``End`` or ``Error``."""
+        errors: list[UpstreamError] = []
+        budget = RetryBudget()
+        need = plan.prompt_tokens + (plan.params.max_tokens or 0)
+        min_window = 0  # after a prompt-too-long error: only larger windows are worth a try
+        called = 0
+        failed_here: set[str] = set()  # targets with a retryable failure in this request
+        chain = plan.chain
+        for i, target in enumerate(chain):
+            nxt = chain[i + 1].name if i + 1 < len(chain) else None
+            policy = plan.policies[target.name]
+            skip = self._skip(target, need, min_window)
+            admission = "closed"
+            if skip is None:
+                admission = await self.circuits.admit(target.name, policy.timeouts.total)
+                if admission == "open":
+                    skip = ("cooldown", f"{target.name}: cooling down after repeated failures")
+            retry_after: float | None = None
+            quota: Ticket | None = None
+            if skip is None:
+                got = await self.limiter.admit_target(target.provider, target.model, plan.estimate)
+                if isinstance(got, Ticket):
+                    quota = got
+                else:
+                    skip, retry_after = ("rate_limited", f"{target.name}: over its upstream rate limit"), got
+            if skip is not None or quota is None:
+                code, message = skip or ("rate_limited", "")
+                run.attempt(AttemptRecord(target.name, "skipped", code=code, message=message))
+                errors.append(TargetUnusable(message, code=code, retryable=code != "unusable",
+                                             provider=target.provider, retry_after=retry_after))
+                if nxt:
+                    yield Fallback(from_=target.name, to=nxt, reason=code)
+                continue
+            called += 1
+            async with self.limiter.quota(quota) as held:
+                t0 = self.clock.now()
+                try:
+                    tried = await first_event(
+                        lambda: self._open(target, req, plan, policy, admission != "closed" or target.name in failed_here),
+                        policy.retry, budget, self.clock.sleep,
+                        lambda e: self._failure(target, policy, run, failed_here))
+                except BaseException:
+                    run.upstream_time += self.clock.now() - t0
+                    raise
+                latency = round((self.clock.now() - t0) * 1e3, 3)
+                if tried.value is None:
+                    e = tried.error
+                    assert e is not None
+                    run.upstream_time += self.clock.now() - t0
+                    errors.append(e)
+                    if e.context_overflow:
+                        min_window = max(min_window, target.spec.context_window)
+                    run.attempt(AttemptRecord(target.name, "error", code=e.code, message=e.message,
+                                              status=e.upstream_status or None, latency_ms=latency,
+                                              retries=tried.retries))
+                    if nxt:
+                        yield Fallback(from_=target.name, to=nxt, reason=e.code)
+                    continue
+                held.served = run.committed = True  # upstream did the work: the charge stands
+                first, upstream = tried.value
+                yield Start(id=request_id, task=plan.task, provider=target.provider, model=target.model,
+                            attempt=called, variant=plan.variant)
+                failure: UpstreamError | None = None
+                try:
+                    ev: Event | None = first
+                    while ev is not None:
+                        if type(ev) is Usage:
+                            held.used = ev.input_tokens + ev.output_tokens  # type: ignore[union-attr]
+                            ev = price(ev, target)  # type: ignore[arg-type]
+                        yield ev
+                        ev = await anext(upstream, None)
+                except UpstreamError as e:
+                    failure = e
+                finally:
+                    run.upstream_time += self.clock.now() - t0
+                    await upstream.aclose()
+                    run.attempt(AttemptRecord(target.name, "ok" if failure is None else "error",
+                                              code=failure.code if failure else None,
+                                              message=failure.message if failure else None,
+                                              latency_ms=latency, retries=tried.retries))
+            if failure is None:
+                return
+            if failure.retryable and await self.circuits.failure(target.name, policy.cooldown):
+                run.trip(target.name)
+            if plan.midstream == "restart" and nxt:
+                yield Fallback(from_=target.name, to=nxt, reason=failure.code)
+                continue
+            run.fail(failure)
+            yield Error(code=failure.code, message=failure.message, retryable=failure.retryable,
+                        provider=target.provider, attempts=run.attempts)
+            return
+        failed = all_failed(run.attempts, errors)
+        run.fail(failed)
+        yield Error(code="all_targets_failed", message=failed.message,
+                    retryable=failed.status in (429, 503, 504), attempts=run.attempts)
+
+    async def _failure(self, target: Target, policy: Policy, run: Run, failed_here: set[str]) -> bool:
+        """A retryable failure before the first event counts toward the cooldown; True when it
+        opened the circuit (no more tries on this target)."""
+        failed_here.add(target.name)
+        tripped = await self.circuits.failure(target.name, policy.cooldown)
+        if tripped:
+            run.trip(target.name)
+        return tripped
+
+    async def _open(self, target: Target, req: TaskRequest, plan: Plan, policy: Policy,
+                    report: bool) -> tuple[Event, AsyncGenerator[Event, None]]:
+        """One try: send, and wait for the first event. A success closes the circuit only when
+        the target was probing or failed before in this request (``report``), so a healthy
+        target costs no store write."""
+        upstream = call_target(self.transports[target.provider], target, make_call(target, req, plan, req.stream),
+                               policy.timeouts, self.clock)
+        try:
+            first = await anext(upstream, None)
+            if first is None:
+                raise UpstreamStreamError(f"{target.name}: the answer was empty", code="empty_answer",
+                                          retryable=True, provider=target.provider)
+        except BaseException:
+            await upstream.aclose()
+            raise
+        if report:
+            await self.circuits.success(target.name)
+        return first, upstream

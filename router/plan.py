@@ -1,0 +1,115 @@
+"""Task -> plan: the chain of targets a request will walk, with their effective policies.
+
+``Planner(config, targets)`` is built once per config. ``plan(req)`` resolves the request's task
+(or a pinned ``provider/model``: a one-target chain with its provider's policy, no task params or
+cache), picks the experiment variant, merges the params (the request's own over the variant's over
+the task's) and estimates the tokens for limits and context-window skips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+from router.config import CachePolicy, Params, RoutingConfig, Shadow, overlay
+from router.errors import UnknownTask
+from router.experiments import assign
+from router.limits import DEFAULT_MAX_TOKENS_ESTIMATE
+from router.policy import Policy, resolve
+from router.request import TaskRequest
+from router.upstream import Target
+
+__all__ = ["DEFAULT_MAX_TOKENS_ESTIMATE", "Plan", "Planner", "estimate_prompt_tokens"]
+
+class Plan(msgspec.Struct, kw_only=True):
+    """What a request will do: its ``task``, the ordered ``chain`` with each target's ``policies``
+    (by target name), merged ``params``, the ``midstream`` failure mode, the ``cache`` policy, the
+    token estimates (``prompt_tokens``; ``estimate`` = prompt + ``max_tokens`` or 4096), the
+    experiment ``variant`` and ``shadow``, and whether A/B outcomes are recorded (``tracked``)."""
+
+    task: str
+    chain: list[Target]
+    policies: Mapping[str, Policy]
+    params: Params
+    midstream: str = "error"
+    cache: CachePolicy | None = None
+    prompt_tokens: int = 0
+    estimate: int = 0
+    variant: str | None = None
+    shadow: Shadow | None = None
+    tracked: bool = False
+
+
+def estimate_prompt_tokens(req: TaskRequest) -> int:
+    """A tokenizer-free estimate of the prompt: characters / 4, plus 4 per message. It errs low
+    for English prose and for code-heavy or CJK text, so a target it lets through may still answer
+    prompt-too-long; that error moves on to a target with a larger window."""
+    chars = 0
+    for m in req.messages:
+        chars += len(m.text()) + sum(len(tc.function.arguments) + len(tc.function.name)
+                                     for tc in m.tool_calls or ())
+    if req.tools:
+        chars += len(msgspec.json.encode(req.tools))
+    return chars // 4 + 4 * len(req.messages)
+
+
+def _merge(req: TaskRequest, params: Params) -> Params:
+    return Params(
+        max_tokens=req.max_tokens if req.max_tokens is not None else params.max_tokens,
+        temperature=req.temperature if req.temperature is not None else params.temperature,
+        top_p=req.top_p if req.top_p is not None else params.top_p,
+        stop=req.stop if req.stop is not None else params.stop,
+        thinking=req.thinking if req.thinking is not None else params.thinking,
+    )
+
+
+class _TaskPlan(msgspec.Struct, frozen=True):
+    chain: list[Target]
+    policies: dict[str, Policy]
+    params: Params
+    midstream: str
+    cache: CachePolicy | None
+
+
+class Planner:
+    """Plans for one config. ``targets``: every ``provider/model`` (``make_targets``)."""
+
+    def __init__(self, config: RoutingConfig, targets: Mapping[str, Target]) -> None:
+        self.config, self.targets = config, targets
+        self._plans: dict[str, _TaskPlan] = {}
+        for name, task in config.tasks.items():
+            variants = [t for v in (task.experiment.variants.values() if task.experiment else ()) for t in v.chain]
+            policies = {t: resolve(config.providers[targets[t].provider], task)
+                        for t in dict.fromkeys([*task.chain, *variants])}
+            self._plans[name] = _TaskPlan([targets[t] for t in task.chain], policies, task.params,
+                                          task.midstream, task.cache)
+        for name, target in targets.items():  # a pinned target is a one-target chain of its own
+            self._plans.setdefault(name, _TaskPlan([target], {name: resolve(config.providers[target.provider])},
+                                                   Params(), "error", None))
+
+    def policy(self, task: str, target: str) -> Policy:
+        """The effective policy of ``target`` within ``task`` (raises ``KeyError``)."""
+        return self._plans[task].policies[target]
+
+    def plan(self, req: TaskRequest) -> Plan:
+        """The plan of ``req``; raises ``UnknownTask`` (404) listing the known tasks."""
+        found = self._plans.get(req.task)
+        if found is None:
+            raise UnknownTask(req.task, list(self.config.tasks))
+        chain, params = found.chain, found.params
+        task = self.config.tasks.get(req.task)
+        variant = None
+        if task is not None and task.experiment is not None:
+            variant = assign(req.task, task.experiment, req)
+            v = task.experiment.variants[variant]
+            chain = [self.targets[t] for t in v.chain]
+            if v.params is not None:
+                params = overlay(params, v.params)
+        merged = _merge(req, params)
+        prompt = estimate_prompt_tokens(req)
+        shadow = task.shadow if task is not None else None
+        return Plan(task=req.task, chain=chain, policies=found.policies, params=merged, midstream=found.midstream,
+                    cache=found.cache, prompt_tokens=prompt,
+                    estimate=prompt + (merged.max_tokens or DEFAULT_MAX_TOKENS_ESTIMATE), variant=variant,
+                    shadow=shadow, tracked=task is not None and (task.experiment is not None or shadow is not None))

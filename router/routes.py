@@ -1,0 +1,164 @@
+"""The routes besides the doors: models, health, readiness, routing, metrics, usage, experiments
+and feedback. Each reads the live router from the app's state (``State.live``)."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.params import FromPath, FromQuery
+from litestar.datastructures import State
+from litestar.handlers import HTTPRouteHandler
+
+from router.engine import Router
+from router.errors import RequestError
+from router.events import encode_json
+from router.experiments import UnknownResponse, UnknownTaskExperiment, decode_feedback, experiment_report
+from router.reload import LiveConfig
+from router.telemetry import usage_report
+
+__all__ = ["ROUTES", "parse_since"]
+
+_JSON = "application/json"
+
+
+def _json(obj: Any, status: int = 200) -> Response[bytes]:
+    return Response(encode_json(obj), status_code=status, media_type=_JSON)
+
+
+def parse_since(value: str | None) -> float:
+    """``YYYY-MM-DD`` or epoch seconds; default 30 days ago. Raises ``RequestError``."""
+    if not value:
+        return time.time() - 30 * 86400
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        raise RequestError("since must be YYYY-MM-DD or epoch seconds", "since") from None
+
+
+def _router(state: State) -> Router:
+    live: LiveConfig = state.live
+    return live.router  # type: ignore[no-any-return]
+
+
+async def _routes_view(router: Router, live: LiveConfig) -> dict[str, Any]:
+    """Effective tasks, chains, policies, limits, circuits and providers, and the config version;
+    API keys are never shown, only whether set; tenants' key hashes are not shown either."""
+    config = router.config
+    return {
+        "config": live.status(),
+        "targets": await router.target_states(),
+        "limits": router.limiter.describe(),
+        "tasks": {name: {"chain": t.chain, "params": t.params, "midstream": t.midstream, "cache": t.cache,
+                         "policies": {tg: router.policy(name, tg) for tg in t.chain}}
+                  for name, t in config.tasks.items()},
+        "providers": {
+            name: {"protocol": p.protocol, "base_url": p.base_url, "api_key": "set" if p.api_key else "unset",
+                   "models": p.models, "usable": p.unusable_reason is None,
+                   **({"unusable_reason": p.unusable_reason} if p.unusable_reason else {})}
+            for name, p in config.providers.items()
+        },
+        "tenants": {name: {"keys": len(t.keys), "tasks": t.tasks, "limits": t.limits}
+                    for name, t in config.tenants.items()},
+    }
+
+
+@get("/v1/models", tags=["operators"])
+async def models(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    """Tasks and pinnable targets, as an OpenAI model list (any valid key when auth is on)."""
+    router = _router(state)
+    router.auth.identify(request.headers)
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "llm-router"} for name in router.config.tasks]
+    data += [{"id": name, "object": "model", "created": 0, "owned_by": t.provider} for name, t in router.targets.items()]
+    return _json({"object": "list", "data": data})
+
+
+@get("/health", tags=["health"])
+async def health(state: State) -> dict[str, Any]:
+    """The health answer of the Z.AI FastAPI backend that ``/api/chat`` replaces."""
+    return {"status": "healthy", "zai_client_initialized": "live" in state,
+            "timestamp": datetime.now().isoformat()}
+
+
+@get("/healthz", tags=["health"])
+async def healthz() -> dict[str, str]:
+    """Liveness: 200 while the process serves."""
+    return {"status": "ok"}
+
+
+@get("/readyz", tags=["health"])
+async def readyz(state: State) -> Response[bytes]:
+    """200 while the service can answer (a failing store only degrades it: cache bypassed,
+    limits per ``on_store_error``); 503 before the lifespan has run. Shows the active config
+    version and the last rejected edit."""
+    if "live" not in state:
+        return _json({"status": "starting"}, 503)
+    router = _router(state)
+    store_ok = await router.store.ping()
+    return _json({"status": "ready" if store_ok else "degraded", "pid": os.getpid(), "config": state.live.status(),
+                  "stores": {"kind": router.store.kind, "status": "ok" if store_ok else "unreachable"}})
+
+
+@get("/v1/experiments/{task:str}", tags=["operators"])
+async def experiment(request: Request[Any, Any, Any], state: State, task: FromPath[str]) -> Response[bytes]:
+    """Per variant (and shadow target): counts, errors, fallbacks, latency/TTFT, tokens, cost
+    and feedback, summed over every replica, with the sample sizes."""
+    router = _router(state)
+    router.auth.admin(request.headers)
+    t = router.config.tasks.get(task)
+    if t is None or (t.experiment is None and t.shadow is None):
+        with_ab = [n for n, x in router.config.tasks.items() if x.experiment or x.shadow]
+        raise UnknownTaskExperiment(task, with_ab)
+    return _json(await experiment_report(router.store, task, t))
+
+
+@post("/v1/feedback", status_code=200, tags=["operators"])
+async def feedback(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    """``{id, score, label?}``: a caller's judgement of an answer, attributed to its variant."""
+    router = _router(state)
+    router.auth.identify(request.headers)
+    fb = decode_feedback(await request.body())
+    task_variant = await router.store.kv_get(f"resp:{fb.id}")
+    if task_variant is None:
+        raise UnknownResponse(fb.id)
+    task, variant = task_variant.decode().split("\t", 1)
+    fields = {"feedback_count": 1.0, "feedback_sum": fb.score}
+    if fb.label:
+        fields[f"label:{fb.label}"] = 1.0
+    await router.store.stats_add(f"exp:{task}:{variant}", fields)
+    return _json({"id": fb.id, "task": task, "variant": variant, "recorded": True})
+
+
+@get("/metrics", media_type="text/plain; version=0.0.4", tags=["operators"])
+async def metrics(state: State) -> Response[bytes]:
+    """Prometheus text format, summed over every worker."""
+    return Response(state.telemetry.metrics_text(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@get("/v1/usage", tags=["operators"])
+async def usage(request: Request[Any, Any, Any], state: State, tenant: FromQuery[str | None] = None,
+                task: FromQuery[str | None] = None,
+                since: FromQuery[str | None] = None) -> Response[bytes]:
+    """Usage and cost totals: ``?tenant=&task=&since=`` (``since``: YYYY-MM-DD or epoch seconds;
+    default 30 days ago; UTC-day resolution). An admin key is needed when tenants exist."""
+    router = _router(state)
+    router.auth.admin(request.headers)
+    return _json(await usage_report(router.store, tenant=tenant, task=task, since=parse_since(since)))
+
+
+@get("/v1/routes", tags=["operators"])
+async def routes(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+    """The effective routing (an admin key is needed when tenants exist)."""
+    router = _router(state)
+    router.auth.admin(request.headers)
+    return _json(await _routes_view(router, state.live))
+
+
+ROUTES: list[HTTPRouteHandler] = [models, health, healthz, readyz, routes, experiment, feedback, metrics, usage]

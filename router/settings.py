@@ -1,0 +1,51 @@
+"""The process environment, read once: ``Settings.from_env()`` -> ``create_app(config, settings)``.
+
+Nothing else in the service reads ``os.environ`` for its own behaviour (routing.yaml's ``${VAR}``
+interpolation reads the variables the config names; OpenTelemetry's SDK reads its own ``OTEL_*``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "Settings"]
+
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """``redis_url`` (``REDIS_URL``; None: in-memory stores), ``redis_prefix`` (``REDIS_PREFIX``,
+    key prefix), ``redis_timeout`` (seconds per store call, ``REDIS_TIMEOUT_MS`` / 1000),
+    ``max_connections`` (per provider per worker, ``LLM_ROUTER_MAX_CONNECTIONS``: every open
+    stream holds one, and a request beyond the cap waits up to its connect timeout),
+    ``telemetry`` (``LLM_ROUTER_TELEMETRY=off`` turns the per-request record off), ``max_body_bytes``
+    (``LLM_ROUTER_MAX_BODY_BYTES``: larger request bodies get 413)."""
+
+    redis_url: str | None = None
+    redis_prefix: str = "llmr"
+    redis_timeout: float = 0.05
+    max_connections: int = 10_000
+    telemetry: bool = True
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the variables above from ``env`` (default ``os.environ``); raises ``ValueError``
+        naming a variable that is not a number."""
+        e = os.environ if env is None else env
+
+        def number(name: str, default: float) -> float:
+            raw = e.get(name)
+            try:
+                return float(raw) if raw else default
+            except ValueError:
+                raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+        return cls(redis_url=e.get("REDIS_URL") or None, redis_prefix=e.get("REDIS_PREFIX") or "llmr",
+                   redis_timeout=number("REDIS_TIMEOUT_MS", 50) / 1000,
+                   max_connections=int(number("LLM_ROUTER_MAX_CONNECTIONS", 10_000)),
+                   telemetry=e.get("LLM_ROUTER_TELEMETRY") != "off",
+                   max_body_bytes=int(number("LLM_ROUTER_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)))
