@@ -32,7 +32,7 @@ class Reply(msgspec.Struct, kw_only=True):
     the parts, wait forever (until the router's deadline cancels the call)."""
 
     status: int = 200
-    headers: dict[str, str] = {"content-type": "text/event-stream"}
+    headers: dict[str, str] = msgspec.field(default_factory=lambda: {"content-type": "text/event-stream"})
     body: list[Any] = []
     hang: bool = False
 

@@ -148,13 +148,53 @@ def msgspec_error_path(err: msgspec.DecodeError) -> tuple[str, str | None]:
     return msg, path
 
 
+NESTING_REPORTED = 64  # containers deep: where a too-deeply nested body's offending field is named
+
+
+def nested_path(body: bytes, depth: int = NESTING_REPORTED) -> str | None:
+    """The path (``tools[0].function.parameters.a[0]...``: its first six steps) at which
+    ``body``'s JSON first nests ``depth`` containers deep, or None. A byte scan for the error path only (never on the hot
+    path): it tracks strings, object keys and array indices, nothing else."""
+    stack: list[list[Any]] = []  # [kind, key or index]
+    i, n = 0, len(body)
+    last_string: str | None = None
+    while i < n:
+        c = body[i]
+        if c == 0x22:  # a string: skip it, remembering it as a possible key
+            j = i + 1
+            while j < n and body[j] != 0x22:
+                j += 2 if body[j] == 0x5C else 1
+            last_string = body[i + 1:j].decode("utf-8", "replace")
+            i = j + 1
+            continue
+        if c in (0x7B, 0x5B):  # { [
+            stack.append(["{" if c == 0x7B else "[", None if c == 0x7B else 0])
+            if len(stack) >= depth:
+                break
+        elif c in (0x7D, 0x5D) and stack:
+            stack.pop()
+        elif c == 0x3A and stack and stack[-1][0] == "{":  # the key just read
+            stack[-1][1] = last_string
+        elif c == 0x2C and stack and stack[-1][0] == "[":
+            stack[-1][1] += 1
+        i += 1
+    else:
+        return None
+    parts = [("." if n else "") + str(where) if kind == "{" else f"[{where}]"
+             for n, (kind, where) in enumerate(stack[:-1])]
+    return "".join(parts[:6]) + ("..." if len(parts) > 6 else "") or None
+
+
 def decode_body(body: bytes, decoder: msgspec.json.Decoder[Any], max_bytes: int) -> Any:
     """Decode a JSON request body with ``decoder``. Raises ``PayloadTooLarge`` (over
-    ``max_bytes``) or ``RequestError`` (malformed JSON; wrong types, with ``path`` naming the field)."""
+    ``max_bytes``) or ``RequestError`` (malformed JSON; JSON nested past the decoder's depth limit;
+    wrong types; each with ``path`` naming the field where it can)."""
     if len(body) > max_bytes:
         raise PayloadTooLarge(f"request body is {len(body)} bytes; the limit is {max_bytes}")
     try:
         return decoder.decode(body)
+    except RecursionError:
+        raise RequestError("JSON nested too deeply", nested_path(body)) from None
     except msgspec.ValidationError as e:
         msg, path = msgspec_error_path(e)
         raise RequestError(msg, path) from None

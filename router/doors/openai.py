@@ -180,8 +180,12 @@ class OpenAIDoor:
         for key in ("tools", "tool_choice", "temperature", "top_p", "metadata"):
             if getattr(r, key) is not None:
                 obj[key] = getattr(r, key)
+        for name in ("max_completion_tokens", "max_tokens"):
+            value = getattr(r, name)
+            if value is not None and value < 1:
+                raise RequestError(f"{name} must be at least 1", name)
         if r.max_completion_tokens is not None or r.max_tokens is not None:
-            obj["max_tokens"] = r.max_completion_tokens or r.max_tokens
+            obj["max_tokens"] = r.max_completion_tokens if r.max_completion_tokens is not None else r.max_tokens
         if r.stop is not None:
             obj["stop"] = [r.stop] if isinstance(r.stop, str) else r.stop
         if r.thinking is not None:
