@@ -54,7 +54,7 @@ ZAI_CODES: dict[str, tuple[str, bool, bool]] = {
 }
 
 _SAFE_CODE = re.compile(r"[^A-Za-z0-9_.:-]")
-_CONTEXT_WORDS = re.compile(r"context|too long|max(imum)? length|prompt is too long", re.I)
+_CONTEXT_WORDS = re.compile(r"context|too long|max(imum)? length|prompt is too long", re.IGNORECASE)
 
 
 def safe_code(code: object) -> str:

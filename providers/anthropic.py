@@ -33,10 +33,18 @@ import msgspec
 from providers._errors import ZAI_CODES, http_error, parse_retry_after, safe_code
 from providers.base import Call, WireRequest
 from router.errors import UpstreamError, UpstreamStreamError
-from router.events import (End, Event, ReasoningDelta, TextDelta, ToolCallDelta, ToolCallEnd,
-                           ToolCallStart, Usage)
+from router.events import (
+    End,
+    Event,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
 
-__all__ = ["AnthropicAdapter", "THINKING_MIN_BUDGET"]
+__all__ = ["THINKING_MIN_BUDGET", "AnthropicAdapter"]
 
 ANTHROPIC_VERSION = "2023-06-01"
 THINKING_MIN_BUDGET = 1024
@@ -366,7 +374,7 @@ def _ratelimit_reset(headers: Mapping[str, str], now: float) -> float | None:
                             headers.get(f"anthropic-ratelimit-{kind}-reset"))
         if reset and remaining == "0":
             try:
-                waits.append(max(0.0, datetime.fromisoformat(reset.replace("Z", "+00:00")).timestamp() - now))
+                waits.append(max(0.0, datetime.fromisoformat(reset).timestamp() - now))
             except ValueError:
                 continue
     return min(waits) if waits else None

@@ -26,8 +26,16 @@ import msgspec
 from providers._errors import http_error, parse_retry_after, safe_code
 from providers.base import Call, WireRequest
 from router.errors import UpstreamError, UpstreamStreamError
-from router.events import (End, Event, ReasoningDelta, TextDelta, ToolCallDelta, ToolCallEnd,
-                           ToolCallStart, Usage)
+from router.events import (
+    End,
+    Event,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
 
 __all__ = ["OpenAIAdapter"]
 

@@ -162,8 +162,9 @@ def create_app(config: RoutingConfig, settings: Settings | None = None, *,
         "/v1/tasks": NativeDoor(cfg.max_body_bytes),  # the canonical request, the unified events
         "/v1/chat/completions": OpenAIDoor(cfg.max_body_bytes),  # model: a task or provider/model
         "/v1/messages": AnthropicDoor(cfg.max_body_bytes),  # model: a task or provider/model
-        "/api/chat": ChatDoor(cfg.max_body_bytes, lambda name: _known(app, name)),  # the Z.AI FastAPI backend's contract
+        "/api/chat": ChatDoor(cfg.max_body_bytes, lambda name: _known(holder[0], name)),  # the Z.AI backend's contract
     }
+    holder: list[Litestar] = []
     cors = config.cors
     app = Litestar(
         route_handlers=[*(door_route(path, door, summary=type(door).__doc__ or path) for path, door in doors.items()),
@@ -178,6 +179,7 @@ def create_app(config: RoutingConfig, settings: Settings | None = None, *,
         openapi_config=openapi_config(),
         logging_config=None,
     )
+    holder.append(app)
     return app
 
 

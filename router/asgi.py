@@ -89,7 +89,7 @@ async def stream_sse(send: Send, receive: Receive, chunks: AsyncIterator[bytes],
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (asyncio.CancelledError, OSError):
             raise
-        except Exception as exc:  # noqa: BLE001 - after the start, an error can only end the stream
+        except Exception as exc:
             log.error("stream failed after it began: %s", type(exc).__name__, exc_info=exc)
             err = exc if isinstance(exc, RouterError) else RouterError("internal error")
             await send({"type": "http.response.body", "body": on_error(err), "more_body": True})

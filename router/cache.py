@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 import msgspec
 
@@ -164,7 +164,7 @@ class ResponseCache:
         return True
 
 
-    async def serve(self, key: str, policy: CachePolicy, produce: Callable[[], AsyncIterator[Event]], run: Run,
+    async def serve(self, key: str, policy: CachePolicy, produce: Callable[[], AsyncGenerator[Event, None]], run: Run,
                     *, store: bool, start: Callable[[CacheEntry], list[Event]]) -> AsyncGenerator[Event, None]:
         """Serve ``key``: a hit replays ``start(entry)``; a miss leads (``produce()`` is called,
         and an answer that ended whole is written, from ``run.answer_events()``, unless ``store``

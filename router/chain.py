@@ -14,12 +14,18 @@ each provider quota is held in ``Limiter.quota`` and settled exactly once when i
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
+from functools import partial
 
 from providers import Call
 from router.circuits import Circuits
 from router.clock import Clock
-from router.errors import AllTargetsFailed, TargetUnusable, UpstreamError, UpstreamStreamError
+from router.errors import (
+    AllTargetsFailed,
+    TargetUnusable,
+    UpstreamError,
+    UpstreamStreamError,
+)
 from router.events import AttemptRecord, Error, Event, Fallback, Start, Usage
 from router.limits import Limiter, Ticket
 from router.plan import Plan
@@ -72,6 +78,12 @@ def price(ev: Usage, target: Target) -> Usage:
     return ev
 
 
+def _reports(probing: bool, target: str, failed_here: set[str]) -> bool:
+    """Whether a success of ``target`` must reach the store: it was probing, or it failed before
+    in this request."""
+    return probing or target in failed_here
+
+
 class Chain:
     """Walks chains over ``transports`` (provider name -> ``Transport``), with the shared
     ``circuits`` and ``limiter``, on ``clock``."""
@@ -85,8 +97,8 @@ class Chain:
             return "unusable", f"{target.name}: {target.unusable_reason}"
         window = target.spec.context_window
         if need > window or window <= min_window:
-            return ("context_window", f"{target.name}: the prompt (~{need} tokens with max_tokens) "
-                    f"exceeds its context window of {window}")
+            return ("context_window", (f"{target.name}: the prompt (~{need} tokens with max_tokens) "
+                                       f"exceeds its context window of {window}"))
         return None
 
     async def walk(self, req: TaskRequest, plan: Plan, request_id: str, run: Run) -> AsyncGenerator[Event, None]:
@@ -127,10 +139,10 @@ class Chain:
             async with self.limiter.quota(quota) as held:
                 t0 = self.clock.now()
                 try:
+                    report = partial(_reports, admission != "closed", target.name, failed_here)
                     tried = await first_event(
-                        lambda: self._open(target, req, plan, policy, admission != "closed" or target.name in failed_here),
-                        policy.retry, budget, self.clock.sleep,
-                        lambda e: self._failure(target, policy, run, failed_here))
+                        partial(self._open, target, req, plan, policy, report),
+                        policy.retry, budget, self.clock.sleep, partial(self._failure, target, policy, run, failed_here))
                 except BaseException:
                     run.upstream_time += self.clock.now() - t0
                     raise
@@ -157,8 +169,8 @@ class Chain:
                     ev: Event | None = first
                     while ev is not None:
                         if type(ev) is Usage:
-                            held.used = ev.input_tokens + ev.output_tokens  # type: ignore[union-attr]
-                            ev = price(ev, target)  # type: ignore[arg-type]
+                            held.used = ev.input_tokens + ev.output_tokens
+                            ev = price(ev, target)
                         yield ev
                         ev = await anext(upstream, None)
                 except UpstreamError as e:
@@ -186,7 +198,8 @@ class Chain:
         yield Error(code="all_targets_failed", message=failed.message,
                     retryable=failed.status in (429, 503, 504), attempts=run.attempts)
 
-    async def _failure(self, target: Target, policy: Policy, run: Run, failed_here: set[str]) -> bool:
+    async def _failure(self, target: Target, policy: Policy, run: Run, failed_here: set[str],
+                       _error: UpstreamError) -> bool:
         """A retryable failure before the first event counts toward the cooldown; True when it
         opened the circuit (no more tries on this target)."""
         failed_here.add(target.name)
@@ -196,7 +209,7 @@ class Chain:
         return tripped
 
     async def _open(self, target: Target, req: TaskRequest, plan: Plan, policy: Policy,
-                    report: bool) -> tuple[Event, AsyncGenerator[Event, None]]:
+                    report: Callable[[], bool]) -> tuple[Event, AsyncGenerator[Event, None]]:
         """One try: send, and wait for the first event. A success closes the circuit only when
         the target was probing or failed before in this request (``report``), so a healthy
         target costs no store write."""
@@ -210,6 +223,6 @@ class Chain:
         except BaseException:
             await upstream.aclose()
             raise
-        if report:
+        if report():
             await self.circuits.success(target.name)
         return first, upstream

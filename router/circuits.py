@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from router.config import Cooldown
+from router.policy import EffectiveCooldown as Cooldown
 from router.stores import Store, StoreError
 
 __all__ = ["CLOSED_REUSE_SECONDS", "Circuits"]

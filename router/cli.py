@@ -53,14 +53,14 @@ def asgi_app():  # type: ignore[no-untyped-def]
     import logging.config
 
     from router.app import create_app
-    from router.config import ConfigError, load_config
+    from router.config import ConfigError, RoutingConfig, load_config
 
     if not logging.getLogger("llm_router").handlers:  # run directly (not by `serve`): configure it here
         logging.config.dictConfig(LOG_CONFIG)
     path = os.environ.get("ROUTER_CONFIG", DEFAULT_CONFIG)
     upstream = os.environ.get(_DEMO_ENV)
 
-    def load():  # type: ignore[no-untyped-def]
+    def load() -> RoutingConfig:
         config = load_config(path)
         return demo_config(config, upstream) if upstream else config
 

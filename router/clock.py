@@ -90,7 +90,11 @@ class FakeClock:
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        timer = self.call_at(self._now + max(0.0, seconds), lambda: fut.done() or fut.set_result(None))
+        def wake() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        timer = self.call_at(self._now + max(0.0, seconds), wake)
         try:
             await fut
         finally:

@@ -50,7 +50,7 @@ def load_tasks(path: Path) -> tuple[list[Job], list[str]]:
         try:
             obj = json.loads(raw)
             if not isinstance(obj, dict):
-                raise ValueError("a line must be a JSON object")
+                raise ValueError("a line must be a JSON object")  # noqa: TRY004 - reported per line, as every bad line is
             rid = str(obj.pop("id", f"line{n}"))
             obj.pop("task", None)
             obj.pop("stream", None)
@@ -169,7 +169,7 @@ def _pct(xs: list[float], p: float) -> float | None:
     if not xs:
         return None
     s = sorted(xs)
-    return round(s[min(len(s) - 1, int(round((len(s) - 1) * p / 100)))], 3)
+    return round(s[min(len(s) - 1, round((len(s) - 1) * p / 100))], 3)
 
 
 def _norm(text: str) -> str:

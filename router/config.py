@@ -23,9 +23,30 @@ import yaml
 
 from router.request import msgspec_error_path
 
-__all__ = ["CachePolicy", "ConfigError", "Cooldown", "Cors", "Experiment", "GlobalLimits", "Limits", "ModelSpec", "Shadow",
-           "Tenant", "Variant", "environment", "Params", "Price", "Provider", "Retry",
-           "RoutingConfig", "Task", "Timeouts", "load_config", "overlay", "parse_config"]
+__all__ = [
+    "CachePolicy",
+    "ConfigError",
+    "Cooldown",
+    "Cors",
+    "Experiment",
+    "GlobalLimits",
+    "Limits",
+    "ModelSpec",
+    "Params",
+    "Price",
+    "Provider",
+    "Retry",
+    "RoutingConfig",
+    "Shadow",
+    "Task",
+    "Tenant",
+    "Timeouts",
+    "Variant",
+    "environment",
+    "load_config",
+    "overlay",
+    "parse_config",
+]
 
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]

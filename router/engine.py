@@ -112,7 +112,7 @@ class Router:
         """The numbered events of one request, ending with one ``End`` or ``Error``; each is seen
         once by ``run``. ``ticket`` (the caller's, from ``admit``) learns what was served."""
         primary = self.tracker.shadow(plan.task, plan.shadow, req, request_id) if plan.tracked else None
-        events: AsyncIterator[Event]
+        events: AsyncGenerator[Event, None]
         if plan.cache is not None and not ctx.no_cache:
             def start(entry: CacheEntry) -> list[Event]:
                 return replay(entry, request_id, plan.task, plan.variant)
@@ -130,7 +130,7 @@ class Router:
                 run.see(ev)
                 yield ev
         finally:
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
             if ticket is not None:
                 ticket.served, ticket.used = run.served, run.used_tokens
             self.finish(run, req, plan, request_id, ctx, primary)
@@ -175,7 +175,7 @@ class Router:
                                         make_call(target, req, plan, stream=True),
                                         plan.policies[target_name].timeouts, self.clock):
                 if type(ev) is Usage:
-                    held.used = ev.input_tokens + ev.output_tokens  # type: ignore[union-attr]
-                    ev = price(ev, target)  # type: ignore[arg-type]
+                    held.used = ev.input_tokens + ev.output_tokens
+                    ev = price(ev, target)
                 held.served = True
                 yield ev

@@ -30,12 +30,12 @@ from typing import Any
 __all__ = [
     "AllTargetsFailed",
     "Forbidden",
-    "Unauthorized",
     "PayloadTooLarge",
     "RateLimited",
     "RequestError",
     "RouterError",
     "TargetUnusable",
+    "Unauthorized",
     "UnknownTask",
     "UpstreamConnectError",
     "UpstreamError",

@@ -10,8 +10,17 @@ from __future__ import annotations
 
 import msgspec
 
-from router.config import (DEFAULT_COOLDOWN, DEFAULT_RETRY, DEFAULT_TIMEOUTS, Cooldown, Provider, Retry,
-                           Task, Timeouts, overlay)
+from router.config import (
+    DEFAULT_COOLDOWN,
+    DEFAULT_RETRY,
+    DEFAULT_TIMEOUTS,
+    Cooldown,
+    Provider,
+    Retry,
+    Task,
+    Timeouts,
+    overlay,
+)
 
 __all__ = ["EffectiveCooldown", "EffectiveRetry", "EffectiveTimeouts", "Policy", "resolve"]
 

@@ -107,7 +107,7 @@ class LiveConfig:
             async for _ in awatch(here, stop_event=stop, debounce=self.debounce, step=50, recursive=False,
                                   watch_filter=lambda _change, path: os.path.basename(path) in names):
                 await self._apply_if_changed("file changed")
-        except Exception as e:  # no inotify here (limits, mounts): the poll alone keeps watching
+        except Exception as e:  # noqa: BLE001 - no inotify here (limits, mounts): the poll alone keeps watching
             log.warning("config watcher unavailable (%s: %s); polling %s every %s s", type(e).__name__, e,
                         self.path, poll)
             await poller

@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Request, Response, get, post
-from litestar.params import FromPath, FromQuery
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath, FromQuery
 
 from router.engine import Router
 from router.errors import RequestError
 from router.events import encode_json
-from router.experiments import UnknownResponse, UnknownTaskExperiment, decode_feedback, experiment_report
+from router.experiments import (
+    UnknownResponse,
+    UnknownTaskExperiment,
+    decode_feedback,
+    experiment_report,
+)
 from router.reload import LiveConfig
 from router.telemetry import usage_report
 
@@ -38,7 +43,7 @@ def parse_since(value: str | None) -> float:
     except ValueError:
         pass
     try:
-        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
+        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
     except ValueError:
         raise RequestError("since must be YYYY-MM-DD or epoch seconds", "since") from None
 

@@ -15,9 +15,19 @@ from collections.abc import Callable
 
 import msgspec
 
-from router.events import (AttemptRecord, End, Event, Fallback, ReasoningDelta, Start, TextDelta, ToolCallDelta,
-                           ToolCallStart, Usage)
 from router.config import Price
+from router.events import (
+    AttemptRecord,
+    End,
+    Event,
+    Fallback,
+    ReasoningDelta,
+    Start,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
 
 __all__ = ["RequestRecord", "Run"]
 
@@ -111,7 +121,8 @@ class Run:
         elif kind in _FIRST:
             if self.ttft is None:
                 self.ttft = self._clock() - self.start
-            self._chars += len(getattr(ev, "text", None) or getattr(ev, "arguments", ""))
+            piece = str(getattr(ev, "text", None) or getattr(ev, "arguments", ""))
+            self._chars += len(piece)
         elif kind is Usage:
             self.usage = ev  # type: ignore[assignment]
         elif kind is Start:

@@ -24,7 +24,12 @@ from typing import Protocol
 import aiohttp
 
 from providers import WireRequest
-from router.errors import UpstreamConnectError, UpstreamError, UpstreamStreamError, UpstreamTimeout
+from router.errors import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamStreamError,
+    UpstreamTimeout,
+)
 
 __all__ = ["AiohttpTransport", "Transport", "UpstreamResponse", "transport_error"]
 
@@ -84,7 +89,8 @@ class _AiohttpResponse:
 
     def __init__(self, r: aiohttp.ClientResponse, name: str, provider: str) -> None:
         self._r, self._name, self._provider, self._done = r, name, provider, False
-        self.status, self.headers, self.content_type = r.status, r.headers, r.content_type
+        self.status, self.content_type = r.status, r.content_type
+        self.headers: Mapping[str, str] = r.headers
 
     async def chunks(self) -> AsyncIterator[bytes]:
         got = False

@@ -67,20 +67,6 @@ def make_targets(providers: Mapping[str, Provider]) -> dict[str, Target]:
     return out
 
 
-def make_targets(providers: Mapping[str, Provider]) -> dict[str, Target]:
-    """Every ``provider/model`` of the config as a ``Target``."""
-    out: dict[str, Target] = {}
-    for pname, p in providers.items():
-        for mname, spec in p.models.items():
-            name = f"{pname}/{mname}"
-            out[name] = Target(
-                name=name, provider=pname, model=mname, spec=spec, adapter=adapter_for(p.protocol),
-                base_url=p.base_url, api_key=p.api_key, headers=p.headers,
-                unusable_reason=p.unusable_reason,
-            )
-    return out
-
-
 async def _raw_events(transport: Transport, target: Target, call: Call, connect: float) -> AsyncGenerator[Event, None]:
     wire = target.adapter.encode(call, target.base_url, target.api_key, target.headers)
     response = await transport.send(wire, connect=connect, name=target.name, provider=target.provider)

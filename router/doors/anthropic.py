@@ -20,12 +20,22 @@ from typing import Any
 
 import msgspec
 
-from router.errors import RequestError, RouterError
-from router.events import (Answer, End, Error, Event, ReasoningDelta, Start, TextDelta, ToolCallDelta,
-                           ToolCallEnd, ToolCallStart, Usage)
-from router.request import TaskRequest, decode_body
-
 from router.doors.base import canonical
+from router.errors import RequestError, RouterError
+from router.events import (
+    Answer,
+    End,
+    Error,
+    Event,
+    ReasoningDelta,
+    Start,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
+from router.request import TaskRequest, decode_body
 
 __all__ = ["AnthropicDoor", "AnthropicOptions"]
 

@@ -9,10 +9,9 @@ began: the HTTP status is already sent, so the stream must say it failed).
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
-
-import math
 
 import msgspec
 

@@ -18,12 +18,22 @@ from typing import Any
 
 import msgspec
 
-from router.errors import RequestError, RouterError
-from router.events import (Answer, End, Error, Event, Fallback, ReasoningDelta, Start, TextDelta,
-                           ToolCallDelta, ToolCallStart, Usage)
-from router.request import TaskRequest, decode_body
-
 from router.doors.base import canonical
+from router.errors import RequestError, RouterError
+from router.events import (
+    Answer,
+    End,
+    Error,
+    Event,
+    Fallback,
+    ReasoningDelta,
+    Start,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
+from router.request import TaskRequest, decode_body
 
 __all__ = ["OpenAIDoor", "OpenAIOptions", "completion_json", "openai_error_type"]
 

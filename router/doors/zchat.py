@@ -19,12 +19,11 @@ from typing import Any
 
 import msgspec
 
+from router.doors.base import canonical
+from router.doors.openai import completion_json
 from router.errors import RequestError, RouterError
 from router.events import Answer, End, Error, Event, TextDelta
 from router.request import TaskRequest, decode_body
-
-from router.doors.base import canonical
-from router.doors.openai import completion_json
 
 __all__ = ["ChatDoor", "ChatOptions"]
 

@@ -15,7 +15,7 @@ import msgspec
 
 __all__ = ["Behaviour", "DirectiveError", "ToolCallSpec", "find_directive", "select"]
 
-_LINE = re.compile(r"^\s*emulate:\s*(\{.*\})\s*$", re.M)
+_LINE = re.compile(r"^\s*emulate:\s*(\{.*\})\s*$", re.MULTILINE)
 
 
 class ToolCallSpec(msgspec.Struct, forbid_unknown_fields=True):

@@ -7,7 +7,6 @@ and the response cache. ``store_for(settings)`` picks Redis when ``settings.redi
 from __future__ import annotations
 
 from router.settings import Settings
-
 from router.stores.base import BreakerState, LimitResult, LimitSpec, Store, StoreError
 from router.stores.memory import MemoryStore
 

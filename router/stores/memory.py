@@ -14,7 +14,7 @@ __all__ = ["MemoryStore"]
 
 
 class _Breaker:
-    __slots__ = ("failures", "first_failure", "trips", "open_until", "probe_until")
+    __slots__ = ("failures", "first_failure", "open_until", "probe_until", "trips")
 
     def __init__(self) -> None:
         self.failures = 0

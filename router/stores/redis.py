@@ -19,7 +19,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from router.policy import EffectiveCooldown as Cooldown
-from router.stores.base import PERIOD, Admission, BreakerState, LimitResult, LimitSpec, StoreError
+from router.stores.base import (
+    PERIOD,
+    Admission,
+    BreakerState,
+    LimitResult,
+    LimitSpec,
+    StoreError,
+)
 
 __all__ = ["RedisStore"]
 
@@ -162,7 +169,8 @@ class RedisStore:
     # -- circuit breakers ------------------------------------------------------------------
     async def breaker_admit(self, key: str, now: float, probe_lease: float) -> Admission:
         got = await self._call(self._admit(keys=[self._cb(key)], args=[now, probe_lease]))
-        return got.decode() if isinstance(got, bytes) else got  # type: ignore[no-any-return]
+        verdict = got.decode() if isinstance(got, bytes) else str(got)
+        return verdict  # type: ignore[return-value]
 
     async def breaker_success(self, key: str) -> None:
         await self._call(self.client.delete(self._cb(key)))
