@@ -8,14 +8,16 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, FromQuery
 
+from router.doors.answers import NativeErrorBody
 from router.engine import Router
 from router.errors import RequestError
-from router.events import encode_json
 from router.experiments import (
     UnknownResponse,
     UnknownTaskExperiment,
@@ -27,11 +29,57 @@ from router.telemetry import usage_report
 
 __all__ = ["ROUTES", "parse_since"]
 
-_JSON = "application/json"
+_PROMETHEUS = "text/plain; version=0.0.4"  # Litestar adds "; charset=utf-8"
+_WHY = {400: "Bad input; `path` names the field", 401: "No API key, or an unknown one (auth is on)",
+        403: "An admin key is needed", 404: "Unknown task or response id", 500: "Internal error",
+        503: "The store (Redis) did not answer"}
 
 
-def _json(obj: Any, status: int = 200) -> Response[bytes]:
-    return Response(encode_json(obj), status_code=status, media_type=_JSON)
+def _errors(*statuses: int) -> dict[int, ResponseSpec]:
+    """The documented error answers of a route (the native error body)."""
+    return {s: ResponseSpec(data_container=NativeErrorBody, description=_WHY[s]) for s in (*statuses, 500)}
+
+
+class ModelCard(msgspec.Struct):
+    id: str
+    owned_by: str
+    object: str = "model"
+    created: int = 0
+
+
+class ModelList(msgspec.Struct):
+    """An OpenAI model list: every task, then every pinnable ``provider/model``."""
+
+    data: list[ModelCard]
+    object: str = "list"
+
+
+class Health(msgspec.Struct):
+    status: str
+    zai_client_initialized: bool
+    timestamp: str
+
+
+class Alive(msgspec.Struct):
+    status: str
+
+
+class Ready(msgspec.Struct, omit_defaults=True):
+    """``status``: ready, degraded (the store is unreachable) or starting."""
+
+    status: str
+    pid: int | None = None
+    config: dict[str, Any] | None = None
+    stores: dict[str, str] | None = None
+
+
+class FeedbackRecorded(msgspec.Struct):
+    id: str
+    task: str
+    variant: str
+    recorded: bool = True
+
+
 
 
 def parse_since(value: str | None) -> float:
@@ -75,44 +123,42 @@ async def _routes_view(router: Router, live: LiveConfig) -> dict[str, Any]:
     }
 
 
-@get("/v1/models", tags=["operators"])
-async def models(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+@get("/v1/models", tags=["operators"], responses=_errors(401))
+async def models(request: Request[Any, Any, Any], state: State) -> ModelList:
     """Tasks and pinnable targets, as an OpenAI model list (any valid key when auth is on)."""
     router = _router(state)
     router.auth.identify(request.headers)
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": "llm-router"} for name in router.config.tasks]
-    data += [{"id": name, "object": "model", "created": 0, "owned_by": t.provider} for name, t in router.targets.items()]
-    return _json({"object": "list", "data": data})
+    return ModelList(data=[ModelCard(id=name, owned_by="llm-router") for name in router.config.tasks]
+                     + [ModelCard(id=name, owned_by=t.provider) for name, t in router.targets.items()])
 
 
 @get("/health", tags=["health"])
-async def health(state: State) -> dict[str, Any]:
+async def health(state: State) -> Health:
     """The health answer of the Z.AI FastAPI backend that ``/api/chat`` replaces."""
-    return {"status": "healthy", "zai_client_initialized": "live" in state,
-            "timestamp": datetime.now().isoformat()}
+    return Health(status="healthy", zai_client_initialized="live" in state, timestamp=datetime.now().isoformat())
 
 
 @get("/healthz", tags=["health"])
-async def healthz() -> dict[str, str]:
+async def healthz() -> Alive:
     """Liveness: 200 while the process serves."""
-    return {"status": "ok"}
+    return Alive(status="ok")
 
 
-@get("/readyz", tags=["health"])
-async def readyz(state: State) -> Response[bytes]:
+@get("/readyz", tags=["health"], responses={503: ResponseSpec(data_container=Ready, description="Starting")})
+async def readyz(state: State) -> Response[Ready]:
     """200 while the service can answer (a failing store only degrades it: cache bypassed,
     limits per ``on_store_error``); 503 before the lifespan has run. Shows the active config
     version and the last rejected edit."""
     if "live" not in state:
-        return _json({"status": "starting"}, 503)
+        return Response(Ready(status="starting"), status_code=503)
     router = _router(state)
     store_ok = await router.store.ping()
-    return _json({"status": "ready" if store_ok else "degraded", "pid": os.getpid(), "config": state.live.status(),
-                  "stores": {"kind": router.store.kind, "status": "ok" if store_ok else "unreachable"}})
+    return Response(Ready(status="ready" if store_ok else "degraded", pid=os.getpid(), config=state.live.status(),
+                          stores={"kind": router.store.kind, "status": "ok" if store_ok else "unreachable"}))
 
 
-@get("/v1/experiments/{task:str}", tags=["operators"])
-async def experiment(request: Request[Any, Any, Any], state: State, task: FromPath[str]) -> Response[bytes]:
+@get("/v1/experiments/{task:str}", tags=["operators"], responses=_errors(400, 401, 403, 404, 503))
+async def experiment(request: Request[Any, Any, Any], state: State, task: FromPath[str]) -> dict[str, Any]:
     """Per variant (and shadow target): counts, errors, fallbacks, latency/TTFT, tokens, cost
     and feedback, summed over every replica, with the sample sizes."""
     router = _router(state)
@@ -121,11 +167,11 @@ async def experiment(request: Request[Any, Any, Any], state: State, task: FromPa
     if t is None or (t.experiment is None and t.shadow is None):
         with_ab = [n for n, x in router.config.tasks.items() if x.experiment or x.shadow]
         raise UnknownTaskExperiment(task, with_ab)
-    return _json(await experiment_report(router.store, task, t))
+    return await experiment_report(router.store, task, t)
 
 
-@post("/v1/feedback", status_code=200, tags=["operators"])
-async def feedback(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+@post("/v1/feedback", status_code=200, tags=["operators"], responses=_errors(400, 401, 404, 503))
+async def feedback(request: Request[Any, Any, Any], state: State) -> FeedbackRecorded:
     """``{id, score, label?}``: a caller's judgement of an answer, attributed to its variant."""
     router = _router(state)
     router.auth.identify(request.headers)
@@ -138,32 +184,32 @@ async def feedback(request: Request[Any, Any, Any], state: State) -> Response[by
     if fb.label:
         fields[f"label:{fb.label}"] = 1.0
     await router.store.stats_add(f"exp:{task}:{variant}", fields)
-    return _json({"id": fb.id, "task": task, "variant": variant, "recorded": True})
+    return FeedbackRecorded(id=fb.id, task=task, variant=variant)
 
 
-@get("/metrics", media_type="text/plain; version=0.0.4", tags=["operators"])
+@get("/metrics", media_type=_PROMETHEUS, tags=["operators"])
 async def metrics(state: State) -> Response[bytes]:
     """Prometheus text format, summed over every worker."""
-    return Response(state.telemetry.metrics_text(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(state.telemetry.metrics_text(), media_type=_PROMETHEUS)
 
 
-@get("/v1/usage", tags=["operators"])
+@get("/v1/usage", tags=["operators"], responses=_errors(400, 401, 403, 503))
 async def usage(request: Request[Any, Any, Any], state: State, tenant: FromQuery[str | None] = None,
                 task: FromQuery[str | None] = None,
-                since: FromQuery[str | None] = None) -> Response[bytes]:
+                since: FromQuery[str | None] = None) -> dict[str, Any]:
     """Usage and cost totals: ``?tenant=&task=&since=`` (``since``: YYYY-MM-DD or epoch seconds;
     default 30 days ago; UTC-day resolution). An admin key is needed when tenants exist."""
     router = _router(state)
     router.auth.admin(request.headers)
-    return _json(await usage_report(router.store, tenant=tenant, task=task, since=parse_since(since)))
+    return await usage_report(router.store, tenant=tenant, task=task, since=parse_since(since))
 
 
-@get("/v1/routes", tags=["operators"])
-async def routes(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+@get("/v1/routes", tags=["operators"], responses=_errors(401, 403))
+async def routes(request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
     """The effective routing (an admin key is needed when tenants exist)."""
     router = _router(state)
     router.auth.admin(request.headers)
-    return _json(await _routes_view(router, state.live))
+    return await _routes_view(router, state.live)
 
 
 ROUTES: list[HTTPRouteHandler] = [models, health, healthz, readyz, routes, experiment, feedback, metrics, usage]

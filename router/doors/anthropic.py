@@ -20,6 +20,16 @@ from typing import Any
 
 import msgspec
 
+from router.doors.answers import (
+    AnthropicError,
+    AnthropicErrorBody,
+    AnthropicUsage,
+    MessageResponse,
+    RedactedThinkingBlock,
+    TextBlock,
+    ThinkingBlock,
+    ToolUseBlock,
+)
 from router.doors.base import canonical
 from router.errors import RequestError, RouterError
 from router.events import (
@@ -46,7 +56,7 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
                503: "overloaded_error", 529: "overloaded_error"}
 
 
-class _Block(msgspec.Struct):
+class ContentBlockParam(msgspec.Struct):
     type: str
     text: str | None = None
     id: str | None = None
@@ -59,37 +69,37 @@ class _Block(msgspec.Struct):
     data: str | None = None
 
 
-class _Message(msgspec.Struct):
+class MessageParam(msgspec.Struct):
     role: str
-    content: str | list[_Block]
+    content: str | list[ContentBlockParam]
 
 
-class _Tool(msgspec.Struct):
+class ToolParam(msgspec.Struct):
     name: str
     description: str | None = None
     input_schema: dict[str, Any] = {}
 
 
-class _ToolChoice(msgspec.Struct):
+class ToolChoiceParam(msgspec.Struct):
     type: str
     name: str | None = None
 
 
-class _Thinking(msgspec.Struct):
+class ThinkingParam(msgspec.Struct):
     type: str
     budget_tokens: int | None = None
 
 
-class _Request(msgspec.Struct):
+class MessagesRequest(msgspec.Struct):
     """The request; unknown fields are ignored."""
 
     model: str
     max_tokens: int
-    messages: list[_Message]
-    system: str | list[_Block] | None = None
-    tools: list[_Tool] | None = None
-    tool_choice: _ToolChoice | None = None
-    thinking: _Thinking | None = None
+    messages: list[MessageParam]
+    system: str | list[ContentBlockParam] | None = None
+    tools: list[ToolParam] | None = None
+    tool_choice: ToolChoiceParam | None = None
+    thinking: ThinkingParam | None = None
     stop_sequences: list[str] | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -97,7 +107,7 @@ class _Request(msgspec.Struct):
     metadata: dict[str, Any] | None = None
 
 
-_decoder = msgspec.json.Decoder(_Request)
+_decoder = msgspec.json.Decoder(MessagesRequest)
 
 
 class AnthropicOptions(msgspec.Struct):
@@ -110,13 +120,13 @@ def _text(content: str | list[dict[str, Any]] | None) -> str:
     return "".join(b.get("text", "") for b in content if isinstance(b, dict))
 
 
-def _messages(r: _Request) -> list[dict[str, Any]]:
+def _messages(r: MessagesRequest) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     system = r.system if isinstance(r.system, str) else "".join(b.text or "" for b in r.system or ())
     if system:
         out.append({"role": "system", "content": system})
     for i, m in enumerate(r.messages):
-        blocks = [_Block(type="text", text=m.content)] if isinstance(m.content, str) else m.content
+        blocks = [ContentBlockParam(type="text", text=m.content)] if isinstance(m.content, str) else m.content
         if m.role == "user":
             texts = []
             for b in blocks:
@@ -244,28 +254,27 @@ class AnthropicDoor:
                     yield _error_event(code, message, retryable)
 
     def answer(self, answer: Answer, req: TaskRequest, opts: AnthropicOptions) -> bytes:
-        content: list[dict[str, Any]] = []
+        content: list[ThinkingBlock | RedactedThinkingBlock | TextBlock | ToolUseBlock] = []
         if answer.reasoning or answer.reasoning_signature:
-            content.append({"type": "thinking", "thinking": answer.reasoning, "signature": answer.reasoning_signature or ""})
-        content += [{"type": "redacted_thinking", "data": d} for d in answer.reasoning_redacted]
+            content.append(ThinkingBlock(thinking=answer.reasoning, signature=answer.reasoning_signature or ""))
+        content += [RedactedThinkingBlock(data=d) for d in answer.reasoning_redacted]
         if answer.text:
-            content.append({"type": "text", "text": answer.text})
+            content.append(TextBlock(text=answer.text))
         for t in answer.tool_calls:
-            content.append({"type": "tool_use", "id": t.id, "name": t.function["name"],
-                            "input": json.loads(t.function["arguments"] or "{}")})
+            content.append(ToolUseBlock(id=t.id, name=t.function["name"],
+                                        input=json.loads(t.function["arguments"] or "{}")))
         u = answer.usage
-        return _enc.encode({
-            "id": "msg_" + answer.id.removeprefix("req_"), "type": "message", "role": "assistant",
-            "model": opts.model, "content": content, "stop_reason": STOP_REASONS.get(answer.finish_reason, "end_turn"),
-            "stop_sequence": None,
-            "usage": {"input_tokens": u.input_tokens - u.cached_tokens, "output_tokens": u.output_tokens,
-                      "cache_read_input_tokens": u.cached_tokens, "cache_creation_input_tokens": 0}})
+        return _enc.encode(MessageResponse(
+            id="msg_" + answer.id.removeprefix("req_"), model=opts.model, content=content,
+            stop_reason=STOP_REASONS.get(answer.finish_reason, "end_turn"),
+            usage=AnthropicUsage(input_tokens=u.input_tokens - u.cached_tokens, output_tokens=u.output_tokens,
+                                 cache_read_input_tokens=u.cached_tokens)))
 
     def error(self, err: RouterError) -> tuple[int, bytes]:
         kind = ERROR_TYPES.get(err.status, "api_error")
         path = getattr(err, "path", None)
         message = f"{path}: {err.message}" if path else err.message
-        return err.status, _enc.encode({"type": "error", "error": {"type": kind, "message": message}})
+        return err.status, _enc.encode(AnthropicErrorBody(AnthropicError(type=kind, message=message)))
 
     def error_event(self, err: RouterError, seq: int) -> bytes:
         return _error_event(getattr(err, "code", None) or err.type, err.message, err.retryable)

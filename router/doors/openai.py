@@ -18,6 +18,17 @@ from typing import Any
 
 import msgspec
 
+from router.doors.answers import (
+    CachedTokens,
+    ChatCompletion,
+    CompletionChoice,
+    CompletionMessage,
+    CompletionUsage,
+    OpenAIError,
+    OpenAIErrorBody,
+    ReasoningTokens,
+    RouterInfo,
+)
 from router.doors.base import canonical
 from router.errors import RequestError, RouterError
 from router.events import (
@@ -29,6 +40,7 @@ from router.events import (
     ReasoningDelta,
     Start,
     TextDelta,
+    TokenUsage,
     ToolCallDelta,
     ToolCallStart,
     Usage,
@@ -40,46 +52,46 @@ __all__ = ["OpenAIDoor", "OpenAIOptions", "completion_json", "openai_error_type"
 _enc = msgspec.json.Encoder()
 
 
-class _Part(msgspec.Struct):
+class ChatContentPart(msgspec.Struct):
     type: str
     text: str | None = None
 
 
-class _Fn(msgspec.Struct):
+class ChatFunctionCall(msgspec.Struct):
     name: str
     arguments: str = "{}"
 
 
-class _ToolCall(msgspec.Struct):
+class ChatToolCall(msgspec.Struct):
     id: str
-    function: _Fn
+    function: ChatFunctionCall
     type: str = "function"
 
 
-class _Message(msgspec.Struct):
+class ChatMessage(msgspec.Struct):
     role: str
-    content: str | list[_Part] | None = None
+    content: str | list[ChatContentPart] | None = None
     name: str | None = None
-    tool_calls: list[_ToolCall] | None = None
+    tool_calls: list[ChatToolCall] | None = None
     tool_call_id: str | None = None
     reasoning_content: str | None = None
     reasoning_signature: str | None = None
     reasoning_redacted: list[str] | None = None
 
 
-class _StreamOptions(msgspec.Struct):
+class ChatStreamOptions(msgspec.Struct):
     include_usage: bool = False
 
 
-class _Thinking(msgspec.Struct):
+class ChatThinking(msgspec.Struct):
     type: str = "enabled"
 
 
-class _Request(msgspec.Struct):
+class ChatCompletionRequest(msgspec.Struct):
     """The request; unknown fields are ignored, as OpenAI-compatible servers do."""
 
     model: str
-    messages: list[_Message]
+    messages: list[ChatMessage]
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     max_tokens: int | None = None
@@ -88,14 +100,14 @@ class _Request(msgspec.Struct):
     top_p: float | None = None
     stop: str | list[str] | None = None
     stream: bool = False
-    stream_options: _StreamOptions | None = None
-    thinking: _Thinking | None = None
+    stream_options: ChatStreamOptions | None = None
+    thinking: ChatThinking | None = None
     n: int = 1
     user: str | None = None
     metadata: dict[str, str] | None = None
 
 
-_decoder = msgspec.json.Decoder(_Request)
+_decoder = msgspec.json.Decoder(ChatCompletionRequest)
 
 
 class OpenAIOptions(msgspec.Struct):
@@ -105,7 +117,7 @@ class OpenAIOptions(msgspec.Struct):
     include_usage: bool
 
 
-def _message(m: _Message, i: int) -> dict[str, Any]:
+def _message(m: ChatMessage, i: int) -> dict[str, Any]:
     role = "system" if m.role == "developer" else m.role
     out: dict[str, Any] = {"role": role}
     if isinstance(m.content, list):
@@ -140,31 +152,25 @@ def openai_error_type(status: int) -> str:
         status, "api_error")
 
 
-def _usage(u: Usage | Any) -> dict[str, Any]:
-    return {"prompt_tokens": u.input_tokens, "completion_tokens": u.output_tokens,
-            "total_tokens": u.input_tokens + u.output_tokens,
-            "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
-            "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
-            "cost_usd": u.cost_usd}
+def _usage(u: Usage | TokenUsage) -> CompletionUsage:
+    return CompletionUsage(prompt_tokens=u.input_tokens, completion_tokens=u.output_tokens,
+                           total_tokens=u.input_tokens + u.output_tokens,
+                           prompt_tokens_details=CachedTokens(u.cached_tokens),
+                           completion_tokens_details=ReasoningTokens(u.reasoning_tokens), cost_usd=u.cost_usd)
 
 
-def completion_json(answer: Answer, model: str) -> dict[str, Any]:
-    """A complete answer as an OpenAI ``chat.completion`` object."""
-    msg: dict[str, Any] = {"role": "assistant", "content": answer.text or (None if answer.tool_calls else "")}
-    if answer.reasoning:
-        msg["reasoning_content"] = answer.reasoning
-    if answer.reasoning_signature:
-        msg["reasoning_signature"] = answer.reasoning_signature
-    if answer.reasoning_redacted:
-        msg["reasoning_redacted"] = answer.reasoning_redacted
-    if answer.tool_calls:
-        msg["tool_calls"] = [{"id": t.id, "type": "function", "function": t.function} for t in answer.tool_calls]
-    return {"id": "chatcmpl-" + answer.id.removeprefix("req_"), "object": "chat.completion",
-            "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": msg, "finish_reason": answer.finish_reason, "logprobs": None}],
-            "usage": _usage(answer.usage), "system_fingerprint": None,
-            "router": {"provider": answer.provider, "model": answer.model, "cached": answer.cached,
-                       "attempts": msgspec.to_builtins(answer.attempts)}}
+def completion_json(answer: Answer, model: str) -> ChatCompletion:
+    """A complete answer as an OpenAI ``chat.completion`` object (``model``: the name asked for)."""
+    msg = CompletionMessage(content=answer.text or (None if answer.tool_calls else ""),
+                            reasoning_content=answer.reasoning or None,
+                            reasoning_signature=answer.reasoning_signature or None,
+                            reasoning_redacted=answer.reasoning_redacted or None,
+                            tool_calls=answer.tool_calls or None)
+    return ChatCompletion(id="chatcmpl-" + answer.id.removeprefix("req_"), created=int(time.time()), model=model,
+                          choices=[CompletionChoice(index=0, message=msg, finish_reason=answer.finish_reason)],
+                          usage=_usage(answer.usage),
+                          router=RouterInfo(provider=answer.provider, model=answer.model, cached=answer.cached,
+                                            attempts=answer.attempts))
 
 
 def _error_chunk(message: str, code: str) -> bytes:
@@ -248,11 +254,9 @@ class OpenAIDoor:
         return _enc.encode(completion_json(answer, opts.model))
 
     def error(self, err: RouterError) -> tuple[int, bytes]:
-        body: dict[str, Any] = {"message": err.message, "type": openai_error_type(err.status),
-                                "param": getattr(err, "path", None), "code": getattr(err, "code", None) or err.type}
-        if hasattr(err, "attempts"):
-            body["attempts"] = msgspec.to_builtins(err.attempts)
-        return err.status, _enc.encode({"error": body})
+        body = OpenAIError(message=err.message, type=openai_error_type(err.status), param=getattr(err, "path", None),
+                           code=getattr(err, "code", None) or err.type, attempts=getattr(err, "attempts", None))
+        return err.status, _enc.encode(OpenAIErrorBody(body))
 
     def error_event(self, err: RouterError, seq: int) -> bytes:
         return _error_chunk(err.message, getattr(err, "code", None) or err.type)

@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from router.doors.answers import ChatBackendError
 from router.doors.base import canonical
 from router.doors.openai import completion_json
 from router.errors import RequestError, RouterError
@@ -30,20 +31,20 @@ __all__ = ["ChatDoor", "ChatOptions"]
 DEFAULT_TASK = "chat"
 
 
-class _Message(msgspec.Struct):
+class ChatBackendMessage(msgspec.Struct):
     role: str
     content: str
 
 
-class _Request(msgspec.Struct):
-    messages: list[_Message]
+class ChatBackendRequest(msgspec.Struct):
+    messages: list[ChatBackendMessage]
     model: str | None = None
     stream: bool = True
     temperature: float | None = None
     max_tokens: int | None = None
 
 
-_decoder = msgspec.json.Decoder(_Request)
+_decoder = msgspec.json.Decoder(ChatBackendRequest)
 
 
 class ChatOptions(msgspec.Struct):
@@ -94,7 +95,7 @@ class ChatDoor:
 
     def error(self, err: RouterError) -> tuple[int, bytes]:
         path = getattr(err, "path", None)
-        return err.status, msgspec.json.encode({"detail": f"{path}: {err.message}" if path else err.message})
+        return err.status, msgspec.json.encode(ChatBackendError(f"{path}: {err.message}" if path else err.message))
 
     def error_event(self, err: RouterError, seq: int) -> bytes:
         return _error_line(err.message)

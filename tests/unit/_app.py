@@ -45,6 +45,8 @@ tasks:
     chain: [glm/glm-4.6, claude/claude-sonnet-5-5]
   chat:
     chain: [glm/glm-4.6]
+  quick_summary:
+    chain: [glm/glm-4.6, claude/claude-sonnet-5-5]
   cached:
     chain: [claude/claude-sonnet-5-5]
     cache: {ttl: 60}
