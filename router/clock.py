@@ -71,18 +71,21 @@ class FakeClock:
 
     def __init__(self, start: float = 1000.0, wall_start: float = 1_800_000_000.0) -> None:
         self._now = start
+        self._touched = 0  # calls of now/call_at/sleep: a sign that someone is still working
         self._wall0 = wall_start - start
         self._timers: list[tuple[float, int, _FakeTimer]] = []
         self._order = itertools.count()
         self.sleeps: list[float] = []
 
     def now(self) -> float:
+        self._touched += 1
         return self._now
 
     def wall(self) -> float:
         return self._wall0 + self._now
 
     def call_at(self, when: float, fn: Callable[[], None]) -> Timer:
+        self._touched += 1
         timer = _FakeTimer(when, fn)
         heapq.heappush(self._timers, (when, next(self._order), timer))
         return timer
@@ -117,12 +120,20 @@ class FakeClock:
             heapq.heappop(self._timers)
         return self._timers[0][0] if self._timers else None
 
-    async def autojump(self, idle_turns: int = 20) -> None:
+    async def autojump(self, idle_turns: int = 200) -> None:
         """Run forever (cancel the task to stop): after ``idle_turns`` loop turns in which nobody
-        else ran, jump to the next timer. Only for in-process tests with no real I/O pending."""
+        touched the clock, jump to the next timer. asyncio has no public "the loop is idle" signal,
+        so this is a heuristic: it suits in-process tests, where the router reads the clock at
+        every upstream event and no real I/O is pending; a stretch of more than ``idle_turns``
+        turns of work that never reads the clock could see time jump early."""
         while True:
-            for _ in range(idle_turns):
+            seen, quiet = self._touched, 0
+            while quiet < idle_turns:
                 await asyncio.sleep(0)
+                if self._touched != seen:
+                    seen, quiet = self._touched, 0
+                else:
+                    quiet += 1
             when = self.next_timer()
             if when is not None:
                 self.advance(max(0.0, when - self._now))

@@ -12,7 +12,6 @@ Both implement ``router.transport.Transport`` and record what was sent (``sent``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -139,14 +138,12 @@ class ASGITransport:
 
         task = asyncio.ensure_future(run())
 
-        def close() -> None:
+        def close() -> None:  # the app sees the caller leave (http.disconnect) and ends by itself
             gone.set()
-            if not task.done():
-                task.cancel()
 
         try:
             first = await messages.get()
-        except BaseException:
+        except BaseException:  # the router gave up waiting: the app sees the caller leave
             close()
             raise
         if isinstance(first, BaseException):
@@ -166,12 +163,7 @@ class ASGITransport:
                 if not msg.get("more_body", False):
                     return
 
-        def closing() -> None:
-            close()
-            with contextlib.suppress(Exception):
-                task.exception() if task.done() and not task.cancelled() else None
-
-        return _Response(int(first["status"]), headers, body(), closing)
+        return _Response(int(first["status"]), headers, body(), close)
 
     async def aclose(self) -> None:
         return None

@@ -21,6 +21,7 @@ from router.inproc import ASGITransport
 from router.settings import Settings
 from router.stores import MemoryStore, Store
 from router.telemetry import Telemetry
+from router.transport import Transport
 
 YAML = """
 version: 1
@@ -86,15 +87,17 @@ class InProcess:
 
 @asynccontextmanager
 async def app(yaml_text: str = YAML, *, store: Store | None = None, telemetry: Telemetry | None = None,
-              **config_env: str) -> AsyncIterator[InProcess]:
-    """The app for ``yaml_text`` served in process until the block ends."""
+              transports: dict[str, Transport] | None = None, **config_env: str) -> AsyncIterator[InProcess]:
+    """The app for ``yaml_text`` served in process until the block ends; every provider is the
+    in-process emulator unless ``transports`` names another transport for it."""
     clock = FakeClock()
     emulator = create_emulator(clock=clock)
     transport = ASGITransport(emulator)
     config = parse_config(yaml_text, config_env)
     st = store or MemoryStore()
     application = create_app(config, Settings(telemetry=telemetry is not None),
-                             transports={p: transport for p in config.providers}, store=st, clock=clock,
+                             transports={p: (transports or {}).get(p, transport) for p in config.providers},
+                             store=st, clock=clock,
                              telemetry=telemetry)
     jumper = asyncio.ensure_future(clock.autojump())
     try:
