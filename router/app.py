@@ -89,6 +89,87 @@ def _error_handler(doors: Mapping[str, Door]) -> Callable[[Request[Any, Any, Any
     return handle
 
 
+class _Resources:
+    """What ``create_app`` was given; the lifespan makes the rest and puts them on ``app.state``:
+    ``live`` (the live config and its router), ``telemetry`` and ``max_body_bytes``."""
+
+    def __init__(self, config: RoutingConfig, settings: Settings, transports: Mapping[str, Transport] | None,
+                 store: Store | None, telemetry: Telemetry | None, clock: Clock | None, notes: list[str],
+                 load: Callable[[], RoutingConfig] | None) -> None:
+        self.config, self.settings, self.transports, self.store = config, settings, transports, store
+        self.telemetry, self.clock, self.notes, self.load = telemetry, clock, notes, load
+
+    def _startup_log(self, st: Store, reachable: bool | None) -> None:
+        for line in self.notes:
+            log.warning("%s", line)
+        for name, p in self.config.providers.items():
+            if p.unusable_reason:
+                log.warning("provider %s is unusable: %s", name, p.unusable_reason)
+        if st.kind == "memory":
+            log.warning("stores: in-memory (no REDIS_URL): limits, cache and cooldowns are this process's own")
+        else:
+            log.warning("stores: %s (%s)", st.kind, "reachable" if reachable else
+                        "NOT reachable yet: degraded until it answers")
+        if not self.config.tenants:
+            log.warning("auth: off (no tenants in the config): every caller may use every task")
+
+    @asynccontextmanager
+    async def lifespan(self, app: Litestar) -> AsyncIterator[None]:
+        """Make the transports, store and telemetry not given; watch the config when ``load``
+        is given (and reload on SIGHUP); release what was made, in order, at shutdown."""
+        cfg = self.settings
+        owned: dict[str, Transport] = {}
+        pool: dict[str, Transport] = dict(self.transports or {})
+        st = self.store or store_for(cfg)
+        tel = self.telemetry or Telemetry()
+        tel.store = st
+        observer = tel.record_soon if cfg.telemetry or self.telemetry is not None else None
+
+        def build(c: RoutingConfig) -> Router:
+            if self.transports is None:
+                for name in c.providers:
+                    if name not in pool:
+                        pool[name] = owned[name] = AiohttpTransport(max_connections=cfg.max_connections)
+            return Router(c, pool, store=st, clock=self.clock, observer=observer)
+
+        config = self.config
+        live = LiveConfig(config.source, self.load or (lambda: config), build, build(config))
+        app.state.live, app.state.telemetry, app.state.max_body_bytes = live, tel, cfg.max_body_bytes
+        self._startup_log(st, None if st.kind == "memory" else await st.ping())
+        stop = asyncio.Event()
+        watcher = None
+        if self.load is not None:
+            watcher = asyncio.create_task(live.watch(stop))
+            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread
+                asyncio.get_running_loop().add_signal_handler(
+                    signal.SIGHUP, lambda: asyncio.ensure_future(live.reload("SIGHUP", force=True)))
+        try:
+            yield
+        finally:
+            stop.set()
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+            for t in owned.values():
+                await t.aclose()
+            await tel.close()  # the ledger's pending sums, before the store closes
+            if self.store is None:
+                await st.close()
+            del app.state.live
+
+
+def _cors(config: RoutingConfig) -> CORSConfig | None:
+    """Litestar's CORS from routing.yaml's ``cors`` (preflights answered by Litestar; every
+    answer, streams included, gets the headers; ours exposed to the page's script)."""
+    c = config.cors
+    if c is None:
+        return None
+    return CORSConfig(allow_origins=list(c.allow_origins), allow_headers=list(c.allow_headers),
+                      allow_credentials=c.allow_credentials, allow_methods=["GET", "POST", "OPTIONS"],
+                      expose_headers=EXPOSED, max_age=c.max_age)
+
+
 def create_app(config: RoutingConfig, settings: Settings | None = None, *,
                transports: Mapping[str, Transport] | None = None, store: Store | None = None,
                telemetry: Telemetry | None = None, clock: Clock | None = None, notes: list[str] | None = None,
@@ -105,76 +186,21 @@ def create_app(config: RoutingConfig, settings: Settings | None = None, *,
     startup. CORS comes from ``config.cors`` as the app is made (a reload does not change it).
     """
     cfg = settings or Settings.from_env()
-
-    @asynccontextmanager
-    async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        owned: dict[str, Transport] = {}
-        pool: dict[str, Transport] = dict(transports or {})
-        st = store or store_for(cfg)
-        tel = telemetry or Telemetry()
-        tel.store = st
-        observer = tel.record_soon if cfg.telemetry or telemetry is not None else None
-
-        def build(c: RoutingConfig) -> Router:
-            if transports is None:
-                for name in c.providers:
-                    if name not in pool:
-                        pool[name] = owned[name] = AiohttpTransport(max_connections=cfg.max_connections)
-            return Router(c, pool, store=st, clock=clock, observer=observer)
-
-        live = LiveConfig(config.source, load or (lambda: config), build, build(config))
-        app.state.live, app.state.telemetry, app.state.max_body_bytes = live, tel, cfg.max_body_bytes
-        for line in notes or ():
-            log.warning("%s", line)
-        for name, p in config.providers.items():
-            if p.unusable_reason:
-                log.warning("provider %s is unusable: %s", name, p.unusable_reason)
-        if st.kind == "memory":
-            log.warning("stores: in-memory (no REDIS_URL): limits, cache and cooldowns are this process's own")
-        else:
-            log.warning("stores: %s (%s)", st.kind, "reachable" if await st.ping() else
-                        "NOT reachable yet: degraded until it answers")
-        if not config.tenants:
-            log.warning("auth: off (no tenants in the config): every caller may use every task")
-        stop = asyncio.Event()
-        watcher = None
-        if load is not None:
-            watcher = asyncio.create_task(live.watch(stop))
-            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread
-                asyncio.get_running_loop().add_signal_handler(
-                    signal.SIGHUP, lambda: asyncio.ensure_future(live.reload("SIGHUP", force=True)))
-        try:
-            yield
-        finally:
-            stop.set()
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-            for t in owned.values():
-                await t.aclose()
-            await tel.close()  # the ledger's pending sums, before the store closes
-            if store is None:
-                await st.close()
-            del app.state.live
-
+    resources = _Resources(config, cfg, transports, store, telemetry, clock, notes or [], load)
+    holder: list[Litestar] = []
     doors: dict[str, Door] = {
         "/v1/tasks": NativeDoor(cfg.max_body_bytes),  # the canonical request, the unified events
         "/v1/chat/completions": OpenAIDoor(cfg.max_body_bytes),  # model: a task or provider/model
         "/v1/messages": AnthropicDoor(cfg.max_body_bytes),  # model: a task or provider/model
         "/api/chat": ChatDoor(cfg.max_body_bytes, lambda name: _known(holder[0], name)),  # the Z.AI backend's contract
     }
-    holder: list[Litestar] = []
-    cors = config.cors
     app = Litestar(
         route_handlers=[*(door_route(path, door, summary=type(door).__doc__ or path) for path, door in doors.items()),
                         *ROUTES],
-        lifespan=[lifespan],
+        lifespan=[resources.lifespan],
         before_send=[add_request_id],
         exception_handlers={Exception: _error_handler(doors)},
-        cors_config=CORSConfig(allow_origins=list(cors.allow_origins), allow_headers=list(cors.allow_headers),
-                               allow_credentials=cors.allow_credentials, allow_methods=["GET", "POST", "OPTIONS"],
-                               expose_headers=EXPOSED, max_age=cors.max_age) if cors else None,
+        cors_config=_cors(config),
         request_max_body_size=cfg.max_body_bytes,
         openapi_config=openapi_config(),
         logging_config=None,

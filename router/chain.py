@@ -31,7 +31,7 @@ from router.limits import Limiter, Ticket
 from router.plan import Plan
 from router.policy import Policy
 from router.request import TaskRequest
-from router.retry import RetryBudget, first_event
+from router.retry import RetryBudget, Tried, first_event
 from router.run import Run
 from router.transport import Transport
 from router.upstream import Target, call_target
@@ -84,6 +84,23 @@ def _reports(probing: bool, target: str, failed_here: set[str]) -> bool:
     return probing or target in failed_here
 
 
+class _Walk:
+    """What one walk of a chain knows so far (local to that walk): the failures, the retry
+    waits spent, the tokens needed and the smallest window still worth trying, the targets called
+    and those that failed retryably."""
+
+    __slots__ = ("budget", "called", "errors", "failed_here", "min_window", "need", "run")
+
+    def __init__(self, plan: Plan, run: Run) -> None:
+        self.run = run
+        self.errors: list[UpstreamError] = []
+        self.budget = RetryBudget()
+        self.need = plan.prompt_tokens + (plan.params.max_tokens or 0)
+        self.min_window = 0  # after a prompt-too-long error: only larger windows are worth a try
+        self.called = 0
+        self.failed_here: set[str] = set()
+
+
 class Chain:
     """Walks chains over ``transports`` (provider name -> ``Transport``), with the shared
     ``circuits`` and ``limiter``, on ``clock``."""
@@ -101,70 +118,55 @@ class Chain:
                                        f"exceeds its context window of {window}"))
         return None
 
+    async def _admit(self, target: Target, plan: Plan, policy: Policy, walk: _Walk) -> tuple[Ticket, bool] | None:
+        """The target's quota ticket and whether it is probing its circuit; None (and the skip
+        recorded) when it is skipped: unusable, too small, cooling down or over its quota."""
+        skip = self._skip(target, walk.need, walk.min_window)
+        retry_after: float | None = None
+        admission = "closed"
+        if skip is None:
+            admission = await self.circuits.admit(target.name, policy.timeouts.total)
+            if admission == "open":
+                skip = ("cooldown", f"{target.name}: cooling down after repeated failures")
+        if skip is None:
+            got = await self.limiter.admit_target(target.provider, target.model, plan.estimate)
+            if isinstance(got, Ticket):
+                return got, admission != "closed"
+            skip, retry_after = ("rate_limited", f"{target.name}: over its upstream rate limit"), got
+        code, message = skip
+        walk.run.attempt(AttemptRecord(target.name, "skipped", code=code, message=message))
+        walk.errors.append(TargetUnusable(message, code=code, retryable=code != "unusable",
+                                          provider=target.provider, retry_after=retry_after))
+        return None
+
     async def walk(self, req: TaskRequest, plan: Plan, request_id: str, run: Run) -> AsyncGenerator[Event, None]:
         """The events of the plan's chain (not yet numbered), ending with ``End`` or ``Error``."""
-        errors: list[UpstreamError] = []
-        budget = RetryBudget()
-        need = plan.prompt_tokens + (plan.params.max_tokens or 0)
-        min_window = 0  # after a prompt-too-long error: only larger windows are worth a try
-        called = 0
-        failed_here: set[str] = set()  # targets with a retryable failure in this request
+        walk = _Walk(plan, run)
         chain = plan.chain
         for i, target in enumerate(chain):
             nxt = chain[i + 1].name if i + 1 < len(chain) else None
             policy = plan.policies[target.name]
-            skip = self._skip(target, need, min_window)
-            admission = "closed"
-            if skip is None:
-                admission = await self.circuits.admit(target.name, policy.timeouts.total)
-                if admission == "open":
-                    skip = ("cooldown", f"{target.name}: cooling down after repeated failures")
-            retry_after: float | None = None
-            quota: Ticket | None = None
-            if skip is None:
-                got = await self.limiter.admit_target(target.provider, target.model, plan.estimate)
-                if isinstance(got, Ticket):
-                    quota = got
-                else:
-                    skip, retry_after = ("rate_limited", f"{target.name}: over its upstream rate limit"), got
-            if skip is not None or quota is None:
-                code, message = skip or ("rate_limited", "")
-                run.attempt(AttemptRecord(target.name, "skipped", code=code, message=message))
-                errors.append(TargetUnusable(message, code=code, retryable=code != "unusable",
-                                             provider=target.provider, retry_after=retry_after))
+            admitted = await self._admit(target, plan, policy, walk)
+            if admitted is None:
                 if nxt:
-                    yield Fallback(from_=target.name, to=nxt, reason=code)
+                    yield Fallback(from_=target.name, to=nxt, reason=walk.run.attempts[-1].code or "skipped")
                 continue
-            called += 1
+            quota, probing = admitted
+            walk.called += 1
+            failure: UpstreamError | None = None
             async with self.limiter.quota(quota) as held:
                 t0 = self.clock.now()
-                try:
-                    report = partial(_reports, admission != "closed", target.name, failed_here)
-                    tried = await first_event(
-                        partial(self._open, target, req, plan, policy, report),
-                        policy.retry, budget, self.clock.sleep, partial(self._failure, target, policy, run, failed_here))
-                except BaseException:
-                    run.upstream_time += self.clock.now() - t0
-                    raise
-                latency = round((self.clock.now() - t0) * 1e3, 3)
+                tried = await self._first(target, req, plan, policy, probing, walk, t0)
                 if tried.value is None:
-                    e = tried.error
-                    assert e is not None
-                    run.upstream_time += self.clock.now() - t0
-                    errors.append(e)
-                    if e.context_overflow:
-                        min_window = max(min_window, target.spec.context_window)
-                    run.attempt(AttemptRecord(target.name, "error", code=e.code, message=e.message,
-                                              status=e.upstream_status or None, latency_ms=latency,
-                                              retries=tried.retries))
+                    assert tried.error is not None
                     if nxt:
-                        yield Fallback(from_=target.name, to=nxt, reason=e.code)
+                        yield Fallback(from_=target.name, to=nxt, reason=tried.error.code)
                     continue
                 held.served = run.committed = True  # upstream did the work: the charge stands
                 first, upstream = tried.value
                 yield Start(id=request_id, task=plan.task, provider=target.provider, model=target.model,
-                            attempt=called, variant=plan.variant)
-                failure: UpstreamError | None = None
+                            attempt=walk.called, variant=plan.variant)
+                latency = round((self.clock.now() - t0) * 1e3, 3)
                 try:
                     ev: Event | None = first
                     while ev is not None:
@@ -193,10 +195,33 @@ class Chain:
             yield Error(code=failure.code, message=failure.message, retryable=failure.retryable,
                         provider=target.provider, attempts=run.attempts)
             return
-        failed = all_failed(run.attempts, errors)
+        failed = all_failed(run.attempts, walk.errors)
         run.fail(failed)
         yield Error(code="all_targets_failed", message=failed.message,
                     retryable=failed.status in (429, 503, 504), attempts=run.attempts)
+
+    async def _first(self, target: Target, req: TaskRequest, plan: Plan, policy: Policy, probing: bool,
+                     walk: _Walk, t0: float) -> Tried[tuple[Event, AsyncGenerator[Event, None]]]:
+        """Send, with retries, until the first event; a failure is recorded (attempt, upstream
+        time, a window floor after prompt-too-long) before it is returned."""
+        report = partial(_reports, probing, target.name, walk.failed_here)
+        try:
+            tried = await first_event(partial(self._open, target, req, plan, policy, report), policy.retry,
+                                      walk.budget, self.clock.sleep,
+                                      partial(self._failure, target, policy, walk.run, walk.failed_here))
+        except BaseException:
+            walk.run.upstream_time += self.clock.now() - t0
+            raise
+        e = tried.error
+        if e is not None:
+            walk.run.upstream_time += self.clock.now() - t0
+            walk.errors.append(e)
+            if e.context_overflow:
+                walk.min_window = max(walk.min_window, target.spec.context_window)
+            walk.run.attempt(AttemptRecord(target.name, "error", code=e.code, message=e.message,
+                                           status=e.upstream_status or None,
+                                           latency_ms=round((self.clock.now() - t0) * 1e3, 3), retries=tried.retries))
+        return tried
 
     async def _failure(self, target: Target, policy: Policy, run: Run, failed_here: set[str],
                        _error: UpstreamError) -> bool:

@@ -53,7 +53,8 @@ def asgi_app():  # type: ignore[no-untyped-def]
     import logging.config
 
     from router.app import create_app
-    from router.config import ConfigError, RoutingConfig, load_config
+    from router.config import RoutingConfig
+    from router.loading import ConfigError, load_config
 
     if not logging.getLogger("llm_router").handlers:  # run directly (not by `serve`): configure it here
         logging.config.dictConfig(LOG_CONFIG)
@@ -96,7 +97,7 @@ def serve(config_path: str, host: str, port: int, workers: int, demo: bool) -> N
 
     import uvicorn
 
-    from router.config import ConfigError, load_config
+    from router.loading import ConfigError, load_config
 
     logging.config.dictConfig(LOG_CONFIG)
     try:
@@ -182,7 +183,7 @@ def validate(path: str, show: bool) -> None:
     location."""
     import msgspec
 
-    from router.config import ConfigError, environment, load_config
+    from router.loading import ConfigError, environment, load_config
     from router.validate import redacted, warnings
 
     try:
@@ -253,8 +254,8 @@ def compare(tasks_file: str, targets: str, concurrency: int, repeat: int, out_di
                     await run_compare(jobs, names, call=lambda t, r: _sse_events(client, url, t, r), concurrency=concurrency,
                                       repeat=repeat, results_path=out / "results.jsonl", rows=rows, progress=bar.update)
                 return
-            from router.config import ConfigError, load_config
             from router.engine import Router
+            from router.loading import ConfigError, load_config
             from router.settings import Settings
             from router.stores import store_for
 

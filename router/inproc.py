@@ -104,6 +104,7 @@ class ASGITransport:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.sent: list[WireRequest] = []
+        self._running: set[asyncio.Task[None]] = set()
 
     async def send(self, request: WireRequest, *, connect: float, name: str, provider: str) -> UpstreamResponse:
         self.sent.append(request)
@@ -137,6 +138,8 @@ class ASGITransport:
                 await messages.put(ConnectionResetError("the app returned without finishing"))
 
         task = asyncio.ensure_future(run())
+        self._running.add(task)  # a reference until it ends (the loop keeps only weak ones)
+        task.add_done_callback(self._running.discard)
 
         def close() -> None:  # the app sees the caller leave (http.disconnect) and ends by itself
             gone.set()

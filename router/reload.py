@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from router.config import ConfigError, RoutingConfig
+from router.config import RoutingConfig
+from router.loading import ConfigError
 
 __all__ = ["LiveConfig"]
 

@@ -13,8 +13,8 @@ import uvicorn
 
 from router.app import create_app
 from router.clock import LoopClock
-from router.config import parse_config
 from router.emulator import free_port
+from router.loading import parse_config
 
 
 class FakeTime:

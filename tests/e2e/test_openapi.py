@@ -14,18 +14,23 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import schemathesis
-from schemathesis import GenerationMode
 import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openapi_spec_validator import validate
-from schemathesis.checks import (content_type_conformance, not_a_server_error, response_headers_conformance,
-                                 response_schema_conformance, status_code_conformance)
+from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from router.app import create_app
-from router.config import parse_config
 from router.emulator import create_emulator, free_port
 from router.inproc import ASGITransport
+from router.loading import parse_config
 from router.settings import Settings
 from router.stores import MemoryStore
 from tests.unit._app import YAML

@@ -15,9 +15,9 @@ import httpx
 
 from router.app import create_app
 from router.clock import FakeClock
-from router.config import parse_config
 from router.emulator import create_emulator
 from router.inproc import ASGITransport
+from router.loading import parse_config
 from router.settings import Settings
 from router.stores import MemoryStore, Store
 from router.telemetry import Telemetry

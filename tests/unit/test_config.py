@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from router.config import ConfigError, load_config, parse_config
+from router.loading import ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,6 +97,16 @@ def test_repo_routing_yaml_is_valid_and_realistic() -> None:
     assert cfg.tasks["quick_summary"].chain[0].startswith("glm/")
     assert cfg.tasks["deep_analysis"].chain[0].startswith("claude/")
     assert all(m.price for p in cfg.providers.values() for m in p.models.values())
+    assert cfg.cors is not None and cfg.cors.allow_origins == ["http://localhost:3000"]
+
+
+def test_cors_is_off_by_default_and_checked() -> None:
+    assert parse_config(GOOD, {}).cors is None
+    cfg = parse_config(GOOD + "cors: {allow_origins: ['*'], allow_credentials: true, max_age: 60}\n", {})
+    assert cfg.cors is not None and cfg.cors.allow_headers == ["*"] and cfg.cors.max_age == 60
+    with pytest.raises(ConfigError) as info:
+        parse_config(GOOD + "cors: {allow_origin: ['*']}\n", {})
+    assert any(p.startswith("cors") for p in info.value.problems)
 
 
 def _validate(path: Path) -> subprocess.CompletedProcess[str]:

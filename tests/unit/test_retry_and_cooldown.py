@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from router.config import DEFAULT_COOLDOWN, Cooldown, Retry
+from router.config import DEFAULT_COOLDOWN
 from router.errors import UpstreamError, UpstreamHTTPError
 from router.policy import EffectiveCooldown, EffectiveRetry
 from router.retry import RetryBudget, Tried, first_event

@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 
 from providers import Call, adapter_for
-from router.request import FunctionCall, Message, Tool, ToolCall, ToolChoiceFunction, ToolChoiceNamed, ToolFunction
+from router.request import (
+    FunctionCall,
+    Message,
+    Tool,
+    ToolCall,
+    ToolChoiceFunction,
+    ToolChoiceNamed,
+    ToolFunction,
+)
 
 HISTORY = [
     Message(role="system", content="Be brief."),

@@ -11,7 +11,15 @@ import pytest
 
 from providers import adapter_for
 from router.errors import UpstreamHTTPError, UpstreamStreamError
-from router.events import End, ReasoningDelta, TextDelta, ToolCallDelta, ToolCallEnd, ToolCallStart, fold
+from router.events import (
+    End,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    fold,
+)
 from tests.wire._sse import WIRE, decode_stream, sse_messages
 
 PROTOCOL = {"anthropic": "anthropic", "zai": "openai", "openai": "openai"}

@@ -9,7 +9,7 @@ adapter makes of the whole recorded body at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -17,10 +17,15 @@ import pytest
 from providers import Call, adapter_for
 from router.clock import LoopClock
 from router.config import DEFAULT_TIMEOUTS, Timeouts, overlay
-from router.policy import EffectiveTimeouts
 from router.emulator import free_port
-from router.errors import UpstreamConnectError, UpstreamHTTPError, UpstreamStreamError, UpstreamTimeout
+from router.errors import (
+    UpstreamConnectError,
+    UpstreamHTTPError,
+    UpstreamStreamError,
+    UpstreamTimeout,
+)
 from router.events import End, Event, TextDelta
+from router.policy import EffectiveTimeouts
 from router.request import Message
 from router.transport import AiohttpTransport as UpstreamClient
 from router.upstream import Target
