@@ -21,11 +21,11 @@ __all__ = ["asgi_app", "demo_config", "main"]
 DEFAULT_CONFIG = "routing.yaml"
 _DEMO_ENV = "LLM_ROUTER_DEMO_UPSTREAM"
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-LOG_CONFIG = {  # every line JSON (router.telemetry.JsonFormatter), uvicorn's own included
+LOG_CONFIG = {  # every line JSON (router.logs.JsonFormatter), uvicorn's own included
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "router.telemetry.JsonFormatter"}},
-    "handlers": {"default": {"class": "router.telemetry.BatchingStreamHandler", "formatter": "json",
+    "formatters": {"json": {"()": "router.logs.JsonFormatter"}},
+    "handlers": {"default": {"class": "router.logs.BatchingStreamHandler", "formatter": "json",
                              "stream": "ext://sys.stderr"}},
     "loggers": {
         "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},

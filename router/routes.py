@@ -24,8 +24,8 @@ from router.experiments import (
     decode_feedback,
     experiment_report,
 )
+from router.ledger import usage_report
 from router.reload import LiveConfig
-from router.telemetry import usage_report
 
 __all__ = ["ROUTES", "parse_since"]
 

@@ -16,7 +16,7 @@ turns it into
   otherwise; metrics go to OTLP too when ``OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT`` is set;
 * **one JSON log line** per request (``llm_router.request``), no prompt or output text unless the
   config's ``log_content`` is on, never a secret;
-* **the usage ledger**: tokens and cost per caller (tenant), task and model per UTC day, in the
+* **the usage ledger** (``router.ledger``): tokens and cost per caller (tenant), task and model per UTC day, in the
   store, for ``GET /v1/usage``; summed in memory and written every ``LEDGER_FLUSH_SECONDS``
   (and at shutdown), so a request costs no store round trip for it.
 """
@@ -24,84 +24,21 @@ turns it into
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import time
 from collections.abc import Mapping
 from typing import Any
 
-import msgspec
-
+from router.ledger import LEDGER_FLUSH_SECONDS, UsageLedger
 from router.run import RequestRecord
-from router.stores import Store, StoreError
+from router.stores import Store
 
-__all__ = ["BatchingStreamHandler", "JsonFormatter", "Telemetry", "usage_report"]
+__all__ = ["Telemetry"]
 
 log = logging.getLogger("llm_router.request")
-LEDGER_FLUSH_SECONDS = 0.5  # the usage ledger's sums reach the store at most this late
 _LAT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TPS_BUCKETS = (1, 5, 10, 25, 50, 100, 200, 400, 800, 1600)
 _OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
-
-
-_json_encoder = msgspec.json.Encoder(enc_hook=str)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log line: ts, level, logger, msg (or the request line's fields)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name}
-        if isinstance(record.msg, dict):
-            out.update(record.msg)
-        else:
-            out["msg"] = record.getMessage()
-        if record.exc_info:
-            out["exc"] = record.exc_info[0].__name__ if record.exc_info[0] else None
-        return _json_encoder.encode(out).decode()
-
-
-class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A ``StreamHandler`` that writes INFO lines (the per-request log) in batches: the lines of
-    up to ``delay`` seconds go out in one ``write`` from the event loop, instead of one write
-    system call per request (about 8% of a non-streamed request's CPU in a profile). WARNING and
-    above, lines logged off the event loop, and everything at ``flush``/``close`` (logging's
-    shutdown) are written at once."""
-
-    def __init__(self, stream: Any = None, delay: float = 0.05) -> None:
-        super().__init__(stream)
-        self.delay = delay
-        self._pending: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            line = self.format(record)
-        except Exception:  # noqa: BLE001  (logging's own contract: never raise from emit)
-            self.handleError(record)
-            return
-        if record.levelno < logging.WARNING:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-            if loop is not None:
-                if not self._pending:
-                    loop.call_later(self.delay, self.flush)
-                self._pending.append(line)
-                return
-        self._pending.append(line)
-        self.flush()
-
-    def flush(self) -> None:
-        with self.lock:  # type: ignore[union-attr]
-            if self._pending:
-                lines, self._pending = self._pending, []
-                try:
-                    self.stream.write("\n".join(lines) + "\n")
-                except Exception:  # noqa: BLE001
-                    return
-            super().flush()
 
 
 def _env_on(*names: str) -> bool:
@@ -158,10 +95,7 @@ class Telemetry:
                  ledger_flush_seconds: float = LEDGER_FLUSH_SECONDS) -> None:
         self.prom = _Prometheus()
         self._cache: dict[tuple[str, ...], tuple[Any, ...]] = {}  # bounded: labels come from the config
-        self.store = store
-        self._ledger_pending: dict[str, dict[str, float]] = {}  # store key -> counters not yet written
-        self._ledger_flusher: asyncio.Task[None] | None = None
-        self.ledger_flush_seconds = ledger_flush_seconds
+        self.ledger = UsageLedger(store, ledger_flush_seconds)
         self.tracer = None
         if tracer_provider is None and _env_on("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") \
                 or os.environ.get("OTEL_TRACES_EXPORTER") == "otlp":
@@ -197,6 +131,15 @@ class Telemetry:
                 "duration": meter.create_histogram("llm_router.request.duration", unit="s"),
                 "tokens": meter.create_counter("llm_router.tokens"),
                 "cost": meter.create_counter("llm_router.cost", unit="USD")}
+
+    @property
+    def store(self) -> Store | None:
+        """Where the usage ledger goes (the app sets it in its lifespan)."""
+        return self.ledger.store
+
+    @store.setter
+    def store(self, store: Store | None) -> None:
+        self.ledger.store = store
 
     # -- what the app calls ------------------------------------------------------------------
     def metrics_text(self) -> bytes:
@@ -264,8 +207,8 @@ class Telemetry:
             self._spans(rec, rec.trace or {})
         if log.isEnabledFor(logging.INFO):
             log.info(self.log_fields(rec))
-        if self.store is not None and rec.provider and rec.outcome != "cached":
-            self._ledger(rec)
+        if self.ledger.store is not None and rec.provider and rec.outcome != "cached":
+            self.ledger.add(rec)
 
     @staticmethod
     def log_fields(rec: RequestRecord) -> dict[str, Any]:
@@ -338,86 +281,10 @@ class Telemetry:
             out["gen_ai.response.finish_reasons"] = [rec.finish_reason]
         return out
 
-    def _ledger(self, rec: RequestRecord) -> None:
-        """Add the request to the usage ledger: summed in memory, written to the store at most
-        ``ledger_flush_seconds`` later in one increment per (caller, task, model, UTC day) key,
-        instead of two store round trips per request."""
-        day = time.strftime("%Y-%m-%d", time.gmtime(rec.start_ns / 1e9))
-        combo = f"{rec.caller}\t{rec.task}\t{rec.provider}/{rec.model}"
-        fields = {"requests": 1.0, "input_tokens": rec.input_tokens, "output_tokens": rec.output_tokens,
-                  "reasoning_tokens": rec.reasoning_tokens, "cached_tokens": rec.cached_tokens, "cost_usd": rec.cost_usd}
-        if rec.usage_estimated:
-            fields["estimated_requests"] = 1.0
-        if rec.outcome == "error":
-            fields["errors"] = 1.0
-        self._ledger_merge(f"usage:{combo}:{day}", fields)
-        self._ledger_merge("usage:index", {combo: 1.0})
-        if self._ledger_flusher is None:
-            self._ledger_flusher = asyncio.ensure_future(self._ledger_later())
-
-    def _ledger_merge(self, key: str, fields: Mapping[str, float]) -> None:
-        acc = self._ledger_pending.setdefault(key, {})
-        for k, v in fields.items():
-            acc[k] = acc.get(k, 0.0) + v
-
-    async def _ledger_later(self) -> None:
-        try:
-            await asyncio.sleep(self.ledger_flush_seconds)
-        finally:
-            self._ledger_flusher = None
-        await self.flush()
-
     async def flush(self) -> None:
-        """Write the ledger's pending sums to the store. What the store refuses (``StoreError``:
-        Redis down) stays pending, merged with later requests, and is tried again at the next flush,
-        so the ledger loses nothing while its process lives."""
-        if self.store is None or not self._ledger_pending:
-            return
-        pending, self._ledger_pending = self._ledger_pending, {}
-        for i, (key, fields) in enumerate(pending.items()):
-            try:
-                await self.store.stats_add(key, fields)
-            except StoreError:
-                for k, f in list(pending.items())[i:]:
-                    self._ledger_merge(k, f)
-                if self._ledger_flusher is None:
-                    self._ledger_flusher = asyncio.ensure_future(self._ledger_later())
-                return
+        """Write the usage ledger's pending sums (see ``UsageLedger.flush``)."""
+        await self.ledger.flush()
 
     async def close(self) -> None:
-        """Stop the timed flush and write what is pending (the app's shutdown)."""
-        if self._ledger_flusher is not None:
-            self._ledger_flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ledger_flusher
-            self._ledger_flusher = None
-        await self.flush()
-
-
-async def usage_report(store: Store, *, tenant: str | None, task: str | None, since: float) -> dict[str, Any]:
-    """Usage totals per (tenant, task, model) since ``since`` (epoch seconds; UTC-day resolution),
-    and overall. Raises ``StoreError``."""
-    index = await store.stats_get("usage:index")
-    days = []
-    t = since - since % 86400
-    while t <= time.time():
-        days.append(time.strftime("%Y-%m-%d", time.gmtime(t)))
-        t += 86400
-    rows, total = [], {"requests": 0.0, "input_tokens": 0.0, "output_tokens": 0.0, "reasoning_tokens": 0.0,
-                       "cached_tokens": 0.0, "cost_usd": 0.0, "estimated_requests": 0.0, "errors": 0.0}
-    for combo in sorted(index):
-        who, what, model = combo.split("\t")
-        if (tenant and who != tenant) or (task and what != task):
-            continue
-        sums: dict[str, float] = {}
-        for day in days:
-            for k, v in (await store.stats_get(f"usage:{combo}:{day}")).items():
-                sums[k] = sums.get(k, 0.0) + v
-        if not sums:
-            continue
-        for k in total:
-            total[k] += sums.get(k, 0.0)
-        rows.append({"tenant": who, "task": what, "model": model,
-                     **{k: (round(v, 8) if k == "cost_usd" else int(v)) for k, v in sums.items()}})
-    return {"since": time.strftime("%Y-%m-%d", time.gmtime(since)), "rows": rows,
-            "total": {k: (round(v, 8) if k == "cost_usd" else int(v)) for k, v in total.items()}}
+        """Stop the ledger's timed flush and write what is pending (the app's shutdown)."""
+        await self.ledger.close()

@@ -8,7 +8,8 @@ import time
 
 from router.run import RequestRecord
 from router.stores.redis import RedisStore
-from router.telemetry import Telemetry, usage_report
+from router.ledger import usage_report
+from router.telemetry import Telemetry
 
 
 def _rec(i: int, **kw: object) -> RequestRecord:
@@ -23,14 +24,14 @@ def test_ledger_sums_in_memory_and_survives_a_store_outage(redis_url: str, redis
         tel = Telemetry(store=down)
         try:
             for i in range(3):
-                tel._ledger(_rec(i))
+                tel.ledger.add(_rec(i))
             await tel.flush()  # refused: the sums stay pending
-            tel._ledger(_rec(3, usage_estimated=True, outcome="error"))
+            tel.ledger.add(_rec(3, usage_estimated=True, outcome="error"))
             before = await usage_report(good, tenant="acme", task=None, since=time.time() - 86400)
             tel.store = good
             await tel.flush()
             after = await usage_report(good, tenant="acme", task=None, since=time.time() - 86400)
-            tel._ledger(_rec(4))
+            tel.ledger.add(_rec(4))
             await tel.close()  # shutdown writes the rest
             final = await usage_report(good, tenant="acme", task=None, since=time.time() - 86400)
             return before, after, final
@@ -52,9 +53,9 @@ def test_ledger_flushes_by_itself(redis_url: str, redis_prefix: str) -> None:
         store = RedisStore(redis_url, prefix=redis_prefix, timeout=1.0)
         tel = Telemetry(store=store, ledger_flush_seconds=0)
         try:
-            tel._ledger(_rec(0))
-            assert tel._ledger_flusher is not None  # one timed flush is scheduled
-            await tel._ledger_flusher
+            tel.ledger.add(_rec(0))
+            assert tel.ledger._flusher is not None  # one timed flush is scheduled
+            await tel.ledger._flusher
             report = await usage_report(store, tenant="acme", task=None, since=time.time() - 86400)
             return int(report["total"]["requests"])
         finally:

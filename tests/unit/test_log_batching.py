@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from router.telemetry import BatchingStreamHandler, JsonFormatter
+from router.logs import BatchingStreamHandler, JsonFormatter
 
 
 class CountingStream:
