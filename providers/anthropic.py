@@ -251,6 +251,45 @@ class _Decoder:
         return []
 
 
+def _turns(call: Call) -> tuple[list[str], list[dict[str, Any]]]:
+    """The system texts and the alternating user/assistant turns of ``call``'s messages: tool
+    results become ``tool_result`` blocks of a user turn, an assistant's reasoning with its
+    signature a ``thinking`` block, its tool calls ``tool_use`` blocks; consecutive messages of
+    one role merge into one turn, as the Messages API requires."""
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+
+    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+        if not blocks:
+            return
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+
+    for m in call.messages:
+        text = m.text()
+        if m.role == "system":
+            if text:
+                system.append(text)
+        elif m.role == "user":
+            add("user", [{"type": "text", "text": text}] if text else [])
+        elif m.role == "tool":
+            add("user", [{"type": "tool_result", "tool_use_id": m.tool_call_id, "content": text}])
+        else:
+            blocks: list[dict[str, Any]] = []
+            if m.reasoning_signature:
+                blocks.append({"type": "thinking", "thinking": m.reasoning or "", "signature": m.reasoning_signature})
+            blocks += [{"type": "redacted_thinking", "data": d} for d in m.reasoning_redacted or ()]
+            if text:
+                blocks.append({"type": "text", "text": text})
+            for tc in m.tool_calls or ():
+                blocks.append({"type": "tool_use", "id": tc.id, "name": tc.function.name,
+                               "input": msgspec.json.decode(tc.function.arguments or "{}")})
+            add("assistant", blocks)
+    return system, turns
+
+
 class AnthropicAdapter:
     """The ``anthropic`` protocol (see the module docstring for the wire facts)."""
 
@@ -259,40 +298,7 @@ class AnthropicAdapter:
     def encode(self, call: Call, base_url: str, api_key: str | None,
                headers: Mapping[str, str]) -> WireRequest:
         """Encode ``call`` as a Messages request."""
-        system: list[str] = []
-        turns: list[dict[str, Any]] = []
-
-        def add(role: str, blocks: list[dict[str, Any]]) -> None:
-            if not blocks:
-                return
-            if turns and turns[-1]["role"] == role:
-                turns[-1]["content"].extend(blocks)
-            else:
-                turns.append({"role": role, "content": blocks})
-
-        for m in call.messages:
-            text = m.text()
-            if m.role == "system":
-                if text:
-                    system.append(text)
-            elif m.role == "user":
-                add("user", [{"type": "text", "text": text}] if text else [])
-            elif m.role == "tool":
-                add("user", [{"type": "tool_result", "tool_use_id": m.tool_call_id,
-                              "content": text}])
-            else:
-                blocks: list[dict[str, Any]] = []
-                if m.reasoning_signature:
-                    blocks.append({"type": "thinking", "thinking": m.reasoning or "",
-                                   "signature": m.reasoning_signature})
-                blocks += [{"type": "redacted_thinking", "data": d} for d in m.reasoning_redacted or ()]
-                if text:
-                    blocks.append({"type": "text", "text": text})
-                for tc in m.tool_calls or ():
-                    blocks.append({"type": "tool_use", "id": tc.id, "name": tc.function.name,
-                                   "input": msgspec.json.decode(tc.function.arguments or "{}")})
-                add("assistant", blocks)
-
+        system, turns = _turns(call)
         max_tokens = call.max_tokens or DEFAULT_MAX_TOKENS
         body: dict[str, Any] = {"model": call.model, "max_tokens": max_tokens, "messages": turns}
         if system:

@@ -12,6 +12,8 @@ import logging
 import os
 import socket
 import sys
+from functools import partial
+from typing import Any
 from urllib.parse import urlsplit
 
 import click
@@ -218,6 +220,42 @@ def hash_key_cmd(key: str | None) -> None:
     click.echo(hash_key(key))
 
 
+async def _compare_over_http(url: str, run: Any) -> None:
+    """``compare --url``: every call goes to a running router's ``/v1/tasks``."""
+    import httpx
+
+    from router.compare import sse_events
+
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10)) as client:
+        await run(call=lambda t, r: sse_events(client, url, t, r))
+
+
+async def _compare_in_process(config_path: str, names: list[str], run: Any) -> None:
+    """``compare`` without ``--url``: a router of this process calls each target once per line."""
+    from router.engine import Router
+    from router.loading import ConfigError, load_config
+    from router.settings import Settings
+    from router.stores import store_for
+    from router.transport import AiohttpTransport
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as e:
+        raise click.ClickException("; ".join(e.problems)) from None
+    unknown = [t for t in names if t.partition("/")[0] not in config.providers
+               or t.partition("/")[2] not in config.providers[t.partition("/")[0]].models]
+    if unknown:
+        raise click.ClickException(f"unknown targets: {', '.join(unknown)}")
+    store = store_for(Settings.from_env())
+    transports = {p: AiohttpTransport() for p in config.providers}
+    try:
+        await run(call=Router(config, transports, store=store).call_one)
+    finally:
+        for t in transports.values():
+            await t.aclose()
+        await store.close()
+
+
 @main.command()
 @click.option("--tasks", "tasks_file", required=True, type=click.Path(exists=True, dir_okay=False),
               help="JSON lines, each a request without task (messages, and optionally id, max_tokens, ...)")
@@ -244,41 +282,10 @@ def compare(tasks_file: str, targets: str, concurrency: int, repeat: int, out_di
     rows: list[dict] = []  # type: ignore[type-arg]
 
     async def main_async() -> None:
-        import httpx
-
         with click.progressbar(length=len(jobs) * len(names) * repeat, label="comparing", file=sys.stderr) as bar:
-            if url:
-                async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10)) as client:
-                    from router.compare import _sse_events
-
-                    await run_compare(jobs, names, call=lambda t, r: _sse_events(client, url, t, r), concurrency=concurrency,
-                                      repeat=repeat, results_path=out / "results.jsonl", rows=rows, progress=bar.update)
-                return
-            from router.engine import Router
-            from router.loading import ConfigError, load_config
-            from router.settings import Settings
-            from router.stores import store_for
-
-            try:
-                config = load_config(config_path)
-            except ConfigError as e:
-                raise click.ClickException("; ".join(e.problems)) from None
-            unknown = [t for t in names if t.partition("/")[0] not in config.providers
-                       or t.partition("/")[2] not in config.providers[t.partition("/")[0]].models]
-            if unknown:
-                raise click.ClickException(f"unknown targets: {', '.join(unknown)}")
-            store = store_for(Settings.from_env())
-            from router.transport import AiohttpTransport
-
-            clients = {p: AiohttpTransport() for p in config.providers}
-            try:
-                router = Router(config, clients, store=store)
-                await run_compare(jobs, names, call=router.call_one, concurrency=concurrency, repeat=repeat,
-                                  results_path=out / "results.jsonl", rows=rows, progress=bar.update)
-            finally:
-                for c in clients.values():
-                    await c.aclose()
-                await store.close()
+            run = partial(run_compare, jobs, names, concurrency=concurrency, repeat=repeat,
+                          results_path=out / "results.jsonl", rows=rows, progress=bar.update)
+            await (_compare_over_http(url, run) if url else _compare_in_process(config_path, names, run))
 
     interrupted = False
     try:

@@ -32,7 +32,7 @@ from router.request import TaskRequest, check_request, msgspec_error_path
 from router.run import Run
 from router.sse import SSEParser
 
-__all__ = ["Job", "load_tasks", "render_chart", "render_report", "run_compare"]
+__all__ = ["Job", "load_tasks", "render_chart", "render_report", "run_compare", "sse_events"]
 
 
 class Job(msgspec.Struct):
@@ -93,7 +93,7 @@ async def _collect(events: AsyncIterator[Event], run: Run) -> dict[str, Any]:
     return out
 
 
-def _sse_events(client: Any, url: str, target: str, req: TaskRequest) -> AsyncIterator[Event]:
+def sse_events(client: Any, url: str, target: str, req: TaskRequest) -> AsyncIterator[Event]:
     """The router's own SSE for one pinned request, as events (``--url`` mode)."""
     body = msgspec.to_builtins(msgspec.structs.replace(req, task=target, stream=True))
     decoder = msgspec.json.Decoder(Event)

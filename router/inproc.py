@@ -97,6 +97,16 @@ class ScriptedTransport:
         return None
 
 
+def _scope(request: WireRequest) -> dict[str, Any]:
+    """The ASGI HTTP scope of a POST of ``request``."""
+    scheme, _, rest = request.url.partition("://")
+    host, _, path = rest.partition("/")
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+            "scheme": scheme, "path": "/" + path, "raw_path": ("/" + path).encode(), "query_string": b"",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in request.headers.items()],
+            "server": (host, 80), "client": ("127.0.0.1", 1)}
+
+
 class ASGITransport:
     """Sends requests to ``app`` (an ASGI callable) in this process. The app's exceptions after
     the status line are a cut connection; before it, a failed connect."""
@@ -108,12 +118,7 @@ class ASGITransport:
 
     async def send(self, request: WireRequest, *, connect: float, name: str, provider: str) -> UpstreamResponse:
         self.sent.append(request)
-        scheme, _, rest = request.url.partition("://")
-        host, _, path = rest.partition("/")
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "scheme": scheme, "path": "/" + path, "raw_path": ("/" + path).encode(), "query_string": b"",
-                 "headers": [(k.lower().encode(), v.encode()) for k, v in request.headers.items()],
-                 "server": (host, 80), "client": ("127.0.0.1", 1)}
+        scope = _scope(request)
         messages: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
         gone = asyncio.Event()
         delivered = False

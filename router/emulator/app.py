@@ -113,18 +113,7 @@ class Emulator:
             self._seen[key] += 1
             failing = self._seen[key] <= b.times
         if failing:
-            assert b.status is not None
-            headers = [(b"content-type", b"application/json")]
-            if b.retry_after is not None:
-                headers.append((b"retry-after", _num(b.retry_after)))
-            if anthropic:
-                retry = b.status in (408, 409, 429, 500, 502, 503, 504, 529)
-                headers.append((b"x-should-retry", b"true" if retry else b"false"))
-                err = wire.anthropic_error(b.status, b.error_code)
-            else:
-                err = wire.openai_error(b.status, b.error_code, glm)
-            await _send(send, b.status, headers, err)
-            return "failed"
+            return await _fail(b, anthropic, glm, send)
         if b.replay:
             return await self._replay(b, send, disconnected)
         s = wire.script(b, body, model, "toolu_" if anthropic else "call_")
@@ -184,6 +173,23 @@ class Emulator:
             await send({"type": "http.response.body", "body": part + b"\n\n", "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return "completed"
+
+
+async def _fail(b: Behaviour, anthropic: bool, glm: bool, send: Any) -> str:
+    """The scripted error status, in the protocol's own error body (Anthropic also says
+    ``x-should-retry``), with ``retry-after`` when scripted."""
+    assert b.status is not None
+    headers = [(b"content-type", b"application/json")]
+    if b.retry_after is not None:
+        headers.append((b"retry-after", _num(b.retry_after)))
+    if anthropic:
+        retry = b.status in (408, 409, 429, 500, 502, 503, 504, 529)
+        headers.append((b"x-should-retry", b"true" if retry else b"false"))
+        err = wire.anthropic_error(b.status, b.error_code)
+    else:
+        err = wire.openai_error(b.status, b.error_code, glm)
+    await _send(send, b.status, headers, err)
+    return "failed"
 
 
 def _num(x: float) -> bytes:
