@@ -19,7 +19,8 @@ its error ``type`` (the JSON ``error.type``), and whether trying again could hel
     └── AllTargetsFailed             502/503/504/429 by the nature of the failures
 
 Lower-level errors (aiohttp's) are converted to these in exactly one place:
-``router.upstream``. Provider adapters build ``UpstreamHTTPError``/``UpstreamStreamError``
+``router.transport``. Errors are facts once raised: nothing adds to them on the way up (the retry
+policy returns its retries beside the error, in ``router.retry.Tried``). Provider adapters build ``UpstreamHTTPError``/``UpstreamStreamError``
 from the provider's own error bodies; they decide ``retryable`` from the provider's codes.
 """
 
@@ -166,8 +167,6 @@ class UpstreamError(RouterError):
         self.upstream_status = upstream_status
         self.retry_after = retry_after
         self.context_overflow = context_overflow
-        self.retries = 0  # retries made on the target before this error (set by the retry policy)
-        self.stop_retrying = False  # set when trying again is pointless (the target's circuit opened)
 
 
 class UpstreamHTTPError(UpstreamError):
