@@ -11,7 +11,10 @@ from typing import Any
 
 import pytest
 
+from router.doors.anthropic import AnthropicDoor
+from router.doors.native import NativeDoor
 from router.doors.openai import OpenAIDoor
+from router.doors.zchat import ChatDoor
 from tests.unit._app import YAML, InProcess, app, say, sse
 
 
@@ -114,8 +117,19 @@ def test_405_404_and_500_carry_the_request_id_in_the_door_shape(monkeypatch: pyt
     run(t)
 
 
-def test_an_encoder_failure_after_the_start_ends_with_the_doors_error_event(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = OpenAIDoor.stream
+@pytest.mark.parametrize(("door", "path", "body", "terminal"), [
+    (NativeDoor, "/v1/tasks", {"task": "t"},
+     lambda last: last.startswith("event: error\n") and json.loads(last.split("data: ", 1)[1])["code"] == "internal_error"),
+    (OpenAIDoor, "/v1/chat/completions", {"model": "t"},
+     lambda last: json.loads(last.removeprefix("data: "))["error"]["message"] == "internal error"),
+    (AnthropicDoor, "/v1/messages", {"model": "t", "max_tokens": 50},
+     lambda last: last.startswith("event: error\n") and json.loads(last.split("data: ", 1)[1])["type"] == "error"),
+    (ChatDoor, "/api/chat", {},
+     lambda last: json.loads(last.removeprefix("data: "))["error"]["type"] == "streaming_error"),
+])
+def test_an_encoder_failure_after_the_start_ends_with_the_doors_error_event(
+        monkeypatch: pytest.MonkeyPatch, door: Any, path: str, body: dict[str, Any], terminal: Any) -> None:
+    real = door.stream
 
     async def breaks(self: Any, events: Any, req: Any, opts: Any) -> Any:
         n = 0
@@ -126,13 +140,12 @@ def test_an_encoder_failure_after_the_start_ends_with_the_doors_error_event(monk
             yield chunk
 
     async def t(a: InProcess) -> None:
-        monkeypatch.setattr(OpenAIDoor, "stream", breaks)
-        r = await a.client.post("/v1/chat/completions", json={"model": "t", "stream": True,
-                                                             "messages": say({"*": {"text": "a b c d e f"}})})
-        assert r.status_code == 200
-        last = [b for b in r.text.split("\n\n") if b.strip()][-1]
-        assert json.loads(last.removeprefix("data: "))["error"]["message"] == "internal error"
-        assert "[DONE]" not in r.text
+        monkeypatch.setattr(door, "stream", breaks)
+        r = await a.client.post(path, json={**body, "stream": True, "messages": say({"*": {"text": "a b c d e f"}})})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        blocks = [b for b in r.text.split("\n\n") if b.strip()]
+        assert len(blocks) >= 3 and terminal(blocks[-1]), blocks  # two chunks, then the terminal error: one start
+        assert "[DONE]" not in r.text and "message_stop" not in r.text and "event: end" not in r.text
 
     run(t)
 
