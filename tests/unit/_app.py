@@ -79,10 +79,11 @@ def sse(body: str) -> list[dict[str, Any]]:
 
 
 class InProcess:
-    """A client of the app, its emulator's stats, its clock and its store."""
+    """A client of the app, its emulator's stats, its clock, its store and the app itself."""
 
-    def __init__(self, client: httpx.AsyncClient, emulator: Any, clock: FakeClock, store: Store) -> None:
-        self.client, self.emulator, self.clock, self.store = client, emulator, clock, store
+    def __init__(self, client: httpx.AsyncClient, emulator: Any, clock: FakeClock, store: Store,
+                 app: Any = None) -> None:
+        self.client, self.emulator, self.clock, self.store, self.app = client, emulator, clock, store, app
 
 
 @asynccontextmanager
@@ -103,6 +104,6 @@ async def app(yaml_text: str = YAML, *, store: Store | None = None, telemetry: T
     try:
         async with application.lifespan(), httpx.AsyncClient(
                 transport=httpx.ASGITransport(application), base_url="http://router.local") as client:
-            yield InProcess(client, emulator, clock, st)
+            yield InProcess(client, emulator, clock, st, application)
     finally:
         jumper.cancel()
