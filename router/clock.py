@@ -120,18 +120,19 @@ class FakeClock:
             heapq.heappop(self._timers)
         return self._timers[0][0] if self._timers else None
 
-    async def autojump(self, idle_turns: int = 200) -> None:
-        """Run forever (cancel the task to stop): after ``idle_turns`` loop turns in which nobody
-        touched the clock, jump to the next timer. asyncio has no public "the loop is idle" signal,
-        so this is a heuristic: it suits in-process tests, where the router reads the clock at
-        every upstream event and no real I/O is pending; a stretch of more than ``idle_turns``
-        turns of work that never reads the clock could see time jump early."""
+    async def autojump(self, idle_turns: int = 200, quiet_seconds: float = 0.005) -> None:
+        """Run forever (cancel the task to stop): once nobody has touched the clock for
+        ``idle_turns`` loop turns and ``quiet_seconds`` of real time, jump to the next timer.
+        asyncio has no public "the loop is idle" signal, so this is a heuristic: the router reads
+        the clock at every upstream event, and the real-time floor covers I/O in flight (a test's
+        real Redis answers in well under 5 ms); a stretch of work longer than that which never
+        reads the clock could see time jump early."""
         while True:
-            seen, quiet = self._touched, 0
-            while quiet < idle_turns:
+            seen, quiet, since = self._touched, 0, time.monotonic()
+            while quiet < idle_turns or time.monotonic() - since < quiet_seconds:
                 await asyncio.sleep(0)
                 if self._touched != seen:
-                    seen, quiet = self._touched, 0
+                    seen, quiet, since = self._touched, 0, time.monotonic()
                 else:
                     quiet += 1
             when = self.next_timer()
