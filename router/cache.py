@@ -101,11 +101,8 @@ class ResponseCache:
 
     async def _join(self, key: str, wait: float) -> tuple[CacheEntry | None, bool]:
         fut = self._inflight.get(key)
-        if fut is not None:  # same process: wait on the leader's future
-            try:
-                entry = await asyncio.wait_for(asyncio.shield(fut), wait)
-            except TimeoutError:
-                entry = None
+        if fut is not None:  # same process: wait on the leader's future, up to ``wait`` on the clock
+            entry = await self._wait_for(fut, wait)
             return entry, entry is None and await self._lead(key, wait)
         deadline = self.clock.now() + wait  # another replica leads: poll for its answer
         while self.clock.now() < deadline:
@@ -114,6 +111,15 @@ class ResponseCache:
             if entry is not None:
                 return entry, False
         return None, True
+
+    async def _wait_for(self, fut: asyncio.Future[CacheEntry | None], wait: float) -> CacheEntry | None:
+        """The leader's entry, or None when ``wait`` seconds pass first (the leader goes on)."""
+        timer = asyncio.ensure_future(self.clock.sleep(wait))
+        try:
+            await asyncio.wait((fut, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+        return fut.result() if fut.done() and not fut.cancelled() else None
 
     async def _lead(self, key: str, wait: float, locked: bool = False) -> bool:
         got = locked

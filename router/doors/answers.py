@@ -29,8 +29,8 @@ __all__ = [
 class CompletionMessage(msgspec.Struct, omit_defaults=True):
     """The assistant message: ``content`` is null when only tool calls came."""
 
+    role: Literal["assistant"]
     content: str | None
-    role: Literal["assistant"] = "assistant"
     reasoning_content: str | None = None
     reasoning_signature: str | None = None
     reasoning_redacted: list[str] | None = None

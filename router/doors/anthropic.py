@@ -30,7 +30,7 @@ from router.doors.answers import (
     ThinkingBlock,
     ToolUseBlock,
 )
-from router.doors.base import canonical
+from router.doors.base import PathMap, canonical
 from router.errors import RequestError, RouterError
 from router.events import (
     Answer,
@@ -110,6 +110,11 @@ class MessagesRequest(msgspec.Struct):
 _decoder = msgspec.json.Decoder(MessagesRequest)
 
 
+_RENAMES = ((r"^tools\[(\d+)\]\.function\.parameters", r"tools[\1].input_schema"),
+            (r"^tools\[(\d+)\]\.function\.", r"tools[\1]."), (r"^tool_choice\.function\.", "tool_choice."),
+            (r"^stop\b", "stop_sequences"), (r"^metadata\.user\b", "metadata.user_id"))
+
+
 class AnthropicOptions(msgspec.Struct):
     model: str
 
@@ -120,22 +125,27 @@ def _text(content: str | list[dict[str, Any]] | None) -> str:
     return "".join(b.get("text", "") for b in content if isinstance(b, dict))
 
 
-def _messages(r: MessagesRequest) -> list[dict[str, Any]]:
+def _messages(r: MessagesRequest) -> tuple[list[dict[str, Any]], list[str]]:
+    """The canonical messages, and where each came from in the request (for error paths)."""
     out: list[dict[str, Any]] = []
+    origins: list[str] = []
     system = r.system if isinstance(r.system, str) else "".join(b.text or "" for b in r.system or ())
     if system:
         out.append({"role": "system", "content": system})
+        origins.append("system")
     for i, m in enumerate(r.messages):
         blocks = [ContentBlockParam(type="text", text=m.content)] if isinstance(m.content, str) else m.content
         if m.role == "user":
             texts = []
-            for b in blocks:
+            for j, b in enumerate(blocks):
                 if b.type == "tool_result":
                     out.append({"role": "tool", "tool_call_id": b.tool_use_id, "content": _text(b.content)})
+                    origins.append(f"messages[{i}].content[{j}]")
                 elif b.type == "text":
                     texts.append(b.text or "")
             if texts:
                 out.append({"role": "user", "content": "".join(texts)})
+                origins.append(f"messages[{i}]")
         elif m.role == "assistant":
             msg: dict[str, Any] = {"role": "assistant"}
             text, calls = [], []
@@ -152,9 +162,10 @@ def _messages(r: MessagesRequest) -> list[dict[str, Any]]:
             if calls:
                 msg["tool_calls"] = calls
             out.append(msg)
+            origins.append(f"messages[{i}]")
         else:
             raise RequestError(f"role must be user or assistant, got {m.role!r}", f"messages[{i}].role")
-    return out
+    return out, origins
 
 
 def _error_event(code: str, message: str, retryable: bool) -> bytes:
@@ -174,7 +185,8 @@ class AnthropicDoor:
 
     def decode(self, body: bytes, headers: Mapping[str, str]) -> tuple[TaskRequest, AnthropicOptions]:
         r = decode_body(body, _decoder, self.max_body_bytes)
-        obj: dict[str, Any] = {"task": r.model, "messages": _messages(r), "max_tokens": r.max_tokens,
+        messages, origins = _messages(r)
+        obj: dict[str, Any] = {"task": r.model, "messages": messages, "max_tokens": r.max_tokens,
                                "stream": r.stream}
         if r.tools:
             obj["tools"] = [{"type": "function", "function": {"name": t.name, "description": t.description,
@@ -190,7 +202,7 @@ class AnthropicDoor:
                 obj[key] = value
         if r.metadata and isinstance(r.metadata.get("user_id"), str):
             obj["metadata"] = {"user": r.metadata["user_id"]}
-        return canonical(obj), AnthropicOptions(model=r.model)
+        return canonical(obj, PathMap(origins, {"tool_call_id": "tool_use_id"}, _RENAMES)), AnthropicOptions(model=r.model)
 
     async def stream(self, events: AsyncIterator[Event], req: TaskRequest, opts: AnthropicOptions) -> AsyncIterator[bytes]:
         index = -1

@@ -10,7 +10,8 @@ began: the HTTP status is already sent, so the stream must say it failed).
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Mapping
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -19,7 +20,7 @@ from router.errors import RequestError, RouterError
 from router.events import Answer, Event
 from router.request import TaskRequest, check_request, msgspec_error_path
 
-__all__ = ["Door", "canonical", "error_headers"]
+__all__ = ["Door", "PathMap", "canonical", "error_headers"]
 
 
 class Door(Protocol):
@@ -56,13 +57,45 @@ def error_headers(err: RouterError) -> dict[str, str]:
     return out
 
 
-def canonical(obj: dict[str, Any], field_prefix: str = "") -> TaskRequest:
+_MESSAGE = re.compile(r"messages\[(\d+)\](?:\.([A-Za-z_]+))?")
+
+
+class PathMap(msgspec.Struct, frozen=True):
+    """How a door's request maps onto the canonical one, for error paths: ``origins[k]`` is the
+    door's path of canonical message ``k`` (a door may add, drop or split messages), ``fields``
+    renames a message's field (``tool_call_id`` -> ``tool_use_id``), ``renames`` are
+    ``(pattern, replacement)`` rewrites of the rest (``stop`` -> ``stop_sequences``)."""
+
+    origins: Sequence[str] = ()
+    fields: Mapping[str, str] = msgspec.field(default_factory=dict)
+    renames: Sequence[tuple[str, str]] = ()
+
+    def __call__(self, path: str | None) -> str | None:
+        """``path`` (canonical) in the door's terms."""
+        if path is None:
+            return None
+        m = _MESSAGE.match(path)
+        if m is not None and int(m.group(1)) < len(self.origins):
+            field, rest = m.group(2), path[m.end():]
+            where = self.origins[int(m.group(1))]
+            return where + rest if field is None else f"{where}.{self.fields.get(field, field)}{rest}"
+        for pattern, replacement in self.renames:
+            path = re.sub(pattern, replacement, path)
+        return path
+
+
+def canonical(obj: dict[str, Any], paths: PathMap | None = None) -> TaskRequest:
     """Convert a dict in the canonical shape to a checked ``TaskRequest``; errors name the field
-    (``field_prefix`` maps canonical paths back to the door's own names where they differ)."""
+    in the door's own terms (``paths``). Raises ``RequestError``."""
     try:
-        req = msgspec.convert(obj, TaskRequest)
-    except msgspec.ValidationError as e:
-        msg, path = msgspec_error_path(e)
-        raise RequestError(msg, (field_prefix + path) if path else None) from None
-    check_request(req)
+        try:
+            req = msgspec.convert(obj, TaskRequest)
+        except msgspec.ValidationError as e:
+            msg, path = msgspec_error_path(e)
+            raise RequestError(msg, path) from None
+        check_request(req)
+    except RequestError as e:
+        if paths is None:
+            raise
+        raise RequestError(e.message, paths(e.path)) from None
     return req

@@ -29,7 +29,7 @@ from router.doors.answers import (
     ReasoningTokens,
     RouterInfo,
 )
-from router.doors.base import canonical
+from router.doors.base import PathMap, canonical
 from router.errors import RequestError, RouterError
 from router.events import (
     Answer,
@@ -110,6 +110,9 @@ class ChatCompletionRequest(msgspec.Struct):
 _decoder = msgspec.json.Decoder(ChatCompletionRequest)
 
 
+_PATHS = PathMap(renames=((r"^(messages\[\d+\])\.reasoning\b", r"\1.reasoning_content"),))
+
+
 class OpenAIOptions(msgspec.Struct):
     """What the door remembers for encoding: the model named, and the usage-chunk flag."""
 
@@ -161,7 +164,7 @@ def _usage(u: Usage | TokenUsage) -> CompletionUsage:
 
 def completion_json(answer: Answer, model: str) -> ChatCompletion:
     """A complete answer as an OpenAI ``chat.completion`` object (``model``: the name asked for)."""
-    msg = CompletionMessage(content=answer.text or (None if answer.tool_calls else ""),
+    msg = CompletionMessage(role="assistant", content=answer.text or (None if answer.tool_calls else ""),
                             reasoning_content=answer.reasoning or None,
                             reasoning_signature=answer.reasoning_signature or None,
                             reasoning_redacted=answer.reasoning_redacted or None,
@@ -206,7 +209,7 @@ class OpenAIDoor:
             obj["stop"] = [r.stop] if isinstance(r.stop, str) else r.stop
         if r.thinking is not None:
             obj["thinking"] = r.thinking.type != "disabled"
-        return canonical(obj), OpenAIOptions(model=r.model, include_usage=bool(
+        return canonical(obj, _PATHS), OpenAIOptions(model=r.model, include_usage=bool(
             r.stream_options and r.stream_options.include_usage))
 
     async def stream(self, events: AsyncIterator[Event], req: TaskRequest, opts: OpenAIOptions) -> AsyncIterator[bytes]:

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from router.doors.answers import ChatBackendError
-from router.doors.base import canonical
+from router.doors.base import PathMap, canonical
 from router.doors.openai import completion_json
 from router.errors import RequestError, RouterError
 from router.events import Answer, End, Error, Event, TextDelta
@@ -67,7 +67,8 @@ class ChatDoor:
 
     def decode(self, body: bytes, headers: Mapping[str, str]) -> tuple[TaskRequest, ChatOptions]:
         r = decode_body(body, _decoder, self.max_body_bytes)
-        messages = [{"role": m.role, "content": m.content} for m in r.messages if m.role and m.content]
+        kept = [(i, m) for i, m in enumerate(r.messages) if m.role and m.content]
+        messages = [{"role": m.role, "content": m.content} for _, m in kept]
         if not r.messages:  # the backend's own words (they name the field), kept exactly
             raise RequestError("Messages array is required and cannot be empty")
         if not messages:
@@ -78,7 +79,7 @@ class ChatDoor:
             obj["temperature"] = r.temperature
         if r.max_tokens is not None:
             obj["max_tokens"] = r.max_tokens
-        return canonical(obj), ChatOptions(model=r.model or task)
+        return canonical(obj, PathMap([f"messages[{i}]" for i, _ in kept])), ChatOptions(model=r.model or task)
 
     async def stream(self, events: AsyncIterator[Event], req: TaskRequest, opts: ChatOptions) -> AsyncIterator[bytes]:
         async for ev in events:

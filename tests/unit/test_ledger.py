@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+from router.ledger import usage_report
 from router.run import RequestRecord
 from router.stores.redis import RedisStore
-from router.ledger import usage_report
 from router.telemetry import Telemetry
 
 

@@ -31,7 +31,7 @@ def test_every_door_streams_and_folds() -> None:
         c = a.client
         r = await c.post("/v1/tasks", json={"task": "t", "stream": True, "messages": say({"*": {"text": "one two"}})})
         evs = sse(r.text)
-        assert [e["type"] for e in evs][0] == "start" and evs[-1] == {"type": "end", "finish_reason": "stop", "seq": len(evs) - 1}
+        assert evs[0]["type"] == "start" and evs[-1] == {"type": "end", "finish_reason": "stop", "seq": len(evs) - 1}
         assert "".join(e["text"] for e in evs if e["type"] == "text.delta") == "one two"
         r = await c.post("/v1/tasks", json={"task": "t", "messages": say({"*": {"text": "folded"}})})
         assert r.json()["text"] == "folded" and r.json()["provider"] == "glm" and r.json()["attempts"][0]["outcome"] == "ok"
@@ -210,6 +210,13 @@ def test_door_400s_name_the_field_in_their_own_shape() -> None:
     async def t(a: InProcess) -> None:
         r = await a.client.post("/v1/messages", json={"model": "t", "max_tokens": "x", "messages": say()})
         assert r.status_code == 400 and r.json()["error"]["message"].startswith("max_tokens: ")
+        r = await a.client.post("/v1/messages", json={"model": "t", "max_tokens": 5, "messages": say(),
+                                                     "tools": [{"name": "f", "input_schema": {}}],
+                                                     "tool_choice": {"type": "tool", "name": "g"}})
+        assert r.status_code == 400 and r.json()["error"]["message"].startswith("tool_choice.name: "), r.text
+        r = await a.client.post("/v1/messages", json={"model": "t", "max_tokens": 5, "messages": say(),
+                                                     "stop_sequences": [1]})
+        assert r.status_code == 400 and r.json()["error"]["message"].startswith("stop_sequences"), r.text
         r = await a.client.post("/api/chat", json={"messages": [{"role": "user", "content": 5}]})
         assert r.status_code == 400 and "messages[0].content" in r.json()["detail"]
         for value in (0, -1):
