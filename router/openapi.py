@@ -86,7 +86,7 @@ def door_operations() -> tuple[dict[str, Any], dict[str, Any]]:
         request, answer, error = refs[3 * i: 3 * i + 3]
         data: dict[str, Any] = {"type": "string", "contentMediaType": "application/json"}
         if path == "/v1/tasks":
-            data["contentSchema"] = refs[-1]
+            data["contentSchema"] = {"$ref": _REF.format(name="Event")}
         # Before OpenAPI 3.2 (no ``itemSchema``), an event stream's ``schema`` describes one event
         stream_schema: dict[str, Any] = {"type": "object", "description": stream, "required": ["data"],
                                          "properties": {"data": data, "event": {"type": "string"},
