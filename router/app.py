@@ -41,7 +41,7 @@ from router.errors import RouterError
 from router.events import encode_json
 from router.openapi import openapi_config
 from router.reload import LiveConfig
-from router.requestid import add_request_id
+from router.requestid import RequestIdMiddleware, request_id_of
 from router.routes import ROUTES
 from router.settings import Settings
 from router.stores import Store, StoreError, store_for
@@ -81,7 +81,8 @@ def _error_handler(doors: Mapping[str, Door]) -> Callable[[Request[Any, Any, Any
         err = to_router_error(exc)
         door = doors.get(request.scope["path"])
         status, body = door.error(err) if door is not None else (err.status, encode_json(err.to_body()))
-        headers = {**request.scope.get("state", {}).get("ratelimit_headers", {}), **error_headers(err)}
+        headers = {**request.scope.get("state", {}).get("ratelimit_headers", {}), **error_headers(err),
+                   "x-request-id": request_id_of(request.scope)}
         if isinstance(exc, HTTPException) and exc.headers:
             headers.update(exc.headers)
         return Response(body, status_code=status, media_type="application/json", headers=headers)
@@ -198,7 +199,7 @@ def create_app(config: RoutingConfig, settings: Settings | None = None, *,
         route_handlers=[*(door_route(path, door, summary=type(door).__doc__ or path) for path, door in doors.items()),
                         *ROUTES],
         lifespan=[resources.lifespan],
-        before_send=[add_request_id],
+        middleware=[RequestIdMiddleware()],
         exception_handlers={Exception: _error_handler(doors)},
         cors_config=_cors(config),
         request_max_body_size=cfg.max_body_bytes,

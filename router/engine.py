@@ -10,8 +10,7 @@ once by the request's ``Run`` as it leaves. ``complete`` folds the same events i
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -24,7 +23,7 @@ from router.clock import Clock, LoopClock
 from router.config import Limits, RoutingConfig
 from router.errors import TargetUnusable, UpstreamError
 from router.events import Answer, Error, Event, Usage, fold
-from router.limits import Limiter, Ticket
+from router.limits import Admission, Limiter, Ticket
 from router.outcomes import Tracker
 from router.plan import Plan, Planner
 from router.policy import Policy
@@ -85,13 +84,11 @@ class Router:
         """The effective policy of ``target`` within ``task``."""
         return self.planner.policy(task, target)
 
-    @asynccontextmanager
-    async def admit(self, plan: Plan, ctx: RequestContext) -> AsyncIterator[Ticket]:
-        """Charge the caller's limits for the block (raises ``RateLimited``, 429, when over one);
-        settled exactly once when the block ends, from the ticket's ``served``/``used``."""
-        ticket = await self.limiter.admit_caller(ctx.caller, plan.task, plan.estimate, ctx.limits)
-        async with self.limiter.hold(ticket) as held:
-            yield held
+    def admit(self, plan: Plan, ctx: RequestContext) -> Admission:
+        """``async with``: charge the caller's limits for the block (raises ``RateLimited``, 429,
+        when over one); settled exactly once when the block ends, from the ticket's
+        ``served``/``used``."""
+        return self.limiter.caller(ctx.caller, plan.task, plan.estimate, ctx.limits)
 
     def run(self, req: TaskRequest, plan: Plan, ctx: RequestContext) -> Run:
         """A new record for one request."""

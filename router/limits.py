@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
@@ -22,7 +20,7 @@ from router.config import Limits, RoutingConfig
 from router.errors import RateLimited, RequestError
 from router.stores import LimitResult, LimitSpec, Store, StoreError
 
-__all__ = ["DEFAULT_MAX_TOKENS_ESTIMATE", "Limiter", "Ticket", "caller_id"]
+__all__ = ["DEFAULT_MAX_TOKENS_ESTIMATE", "Admission", "Held", "Limiter", "Ticket", "caller_id"]
 
 DEFAULT_MAX_TOKENS_ESTIMATE = 4096  # tokens charged for the answer when the request sets no max_tokens
 _CALLER = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -70,6 +68,39 @@ def _headers(specs: list[LimitSpec], result: LimitResult) -> dict[str, str]:
             out[f"X-RateLimit-Remaining{suffix}"] = str(rem)
             out[f"X-RateLimit-Reset{suffix}"] = str(math.ceil(reset))
     return out
+
+
+class Held:
+    """A ticket held for a block (``Limiter.quota``): settled once, on exit."""
+
+    __slots__ = ("limiter", "ticket")
+
+    def __init__(self, limiter: Limiter, ticket: Ticket) -> None:
+        self.limiter, self.ticket = limiter, ticket
+
+    async def __aenter__(self) -> Ticket:
+        return self.ticket
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.limiter.settle(self.ticket, self.ticket.used, self.ticket.served)
+
+
+class Admission:
+    """The caller's admission for a block (``Limiter.caller``): charged on entry, settled on exit."""
+
+    __slots__ = ("args", "limiter", "ticket")
+
+    def __init__(self, limiter: Limiter, *args: Any) -> None:
+        self.limiter, self.args = limiter, args
+        self.ticket: Ticket | None = None
+
+    async def __aenter__(self) -> Ticket:
+        self.ticket = await self.limiter.admit_caller(*self.args)
+        return self.ticket
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.ticket is not None:
+            await self.limiter.settle(self.ticket, self.ticket.used, self.ticket.served)
 
 
 def _specs(prefix: str, limits: Limits | None, cost: int) -> list[LimitSpec]:
@@ -139,16 +170,15 @@ class Limiter:
         got = await self._acquire(self.target_specs(provider, model, estimate), estimate)
         return got.retry_after if isinstance(got, LimitResult) else got
 
-    @asynccontextmanager
-    async def quota(self, ticket: Ticket) -> AsyncIterator[Ticket]:
-        """Hold ``ticket`` for the block; settled exactly once when it ends, however it ends,
-        from the ticket's ``used`` and ``served``."""
-        try:
-            yield ticket
-        finally:
-            await self.settle(ticket, ticket.used, ticket.served)
+    def quota(self, ticket: Ticket) -> Held:
+        """Hold ``ticket`` for an ``async with`` block; settled exactly once when it ends,
+        however it ends, from the ticket's ``used`` and ``served``."""
+        return Held(self, ticket)
 
-    hold = quota  # the caller's ticket is held the same way
+    def caller(self, caller: str, task: str, estimate: int, own: Limits | None = None) -> Admission:
+        """``async with``: charge the caller's limits on entry (raises ``RateLimited``), settle on
+        exit; the block gets the ``Ticket``."""
+        return Admission(self, caller, task, estimate, own)
 
     async def settle(self, ticket: Ticket, used_tokens: int | None, served: bool) -> None:
         """Refund an unserved request whole; for a served one, charge or refund the difference

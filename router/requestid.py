@@ -1,7 +1,8 @@
 """One request id per request, on every answer: the caller's ``X-Request-ID`` when it is 1-128
 safe characters, else a new ``req_...`` id. ``request_id_of(scope)`` computes it once and keeps it
-in the scope's state; ``add_request_id`` (Litestar's ``before_send`` hook, which sees every
-response the app sends, error pages and routing's 404/405 included) puts it on the answer."""
+in the scope's state. The doors put it on their answers themselves, the app's exception handler on
+every error page (routing's 404 and 405 included), and ``RequestIdMiddleware`` on the answers of
+the other routes: nothing wraps the doors' ``send``, so a stream's events pay nothing for it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import re
 import secrets
 from typing import Any
 
-__all__ = ["add_request_id", "new_request_id", "request_id_of"]
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["DOOR_OPT", "RequestIdMiddleware", "new_request_id", "request_id_of"]
+
+DOOR_OPT = "raw_door"  # a route handler's opt key: it sets X-Request-ID itself
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
@@ -30,10 +37,22 @@ def request_id_of(scope: Any) -> str:
     return rid
 
 
-async def add_request_id(message: Any, scope: Any) -> None:
-    """``before_send``: add ``x-request-id`` to a response start that lacks one."""
-    if message["type"] == "http.response.start" and scope.get("type") == "http":
-        headers = list(message.get("headers") or ())
-        if not any(k.lower() == b"x-request-id" for k, _ in headers):
-            headers.append((b"x-request-id", request_id_of(scope).encode()))
-            message["headers"] = headers
+class RequestIdMiddleware(ASGIMiddleware):
+    """Puts ``x-request-id`` on the answers of the routes that do not set it themselves (every
+    route but the doors, whose handlers carry ``opt={DOOR_OPT: True}``)."""
+
+    scopes = (ScopeType.HTTP,)
+    exclude_opt_key = DOOR_OPT
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        rid = request_id_of(scope).encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or ())
+                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                    headers.append((b"x-request-id", rid))
+                    message["headers"] = headers
+            await send(message)
+
+        await next_app(scope, receive, send_with_id)

@@ -21,7 +21,7 @@ from router.doors.base import Door
 from router.engine import RequestContext, Router
 from router.errors import RateLimited
 from router.limits import caller_id
-from router.requestid import request_id_of
+from router.requestid import DOOR_OPT, request_id_of
 
 __all__ = ["SSE_HEADERS", "door_route"]
 
@@ -80,4 +80,4 @@ def door_route(path: str, door: Door, *, summary: str) -> ASGIRouteHandler:
         await serve_door(door, scope, receive, send)
 
     handle.__doc__ = summary
-    return asgi(path, name=path, copy_scope=False)(handle)
+    return asgi(path, name=path, copy_scope=False, opt={DOOR_OPT: True})(handle)

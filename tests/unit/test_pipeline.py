@@ -103,6 +103,10 @@ def test_405_404_and_500_carry_the_request_id_in_the_door_shape(monkeypatch: pyt
         assert r.status_code == 405 and "detail" in r.json()
         r = await c.get("/v1/tasks")
         assert r.status_code == 405 and r.json()["error"]["type"] == "method_not_allowed"
+        r = await c.get("/healthz", headers={"x-request-id": "ok-2"})
+        assert r.status_code == 200 and r.headers["x-request-id"] == "ok-2"
+        r = await c.get("/schema/openapi.json")
+        assert r.headers["x-request-id"].startswith("req_")
         r = await c.get("/nowhere")
         assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error" and "x-request-id" in r.headers
 
