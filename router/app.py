@@ -64,7 +64,11 @@ def to_router_error(exc: Exception) -> RouterError:
     their status, a failing store 503, anything else a 500 that says only "internal error"."""
     if isinstance(exc, RouterError):
         return exc
-    if isinstance(exc, HTTPException) and exc.status_code < 500:
+    if isinstance(exc, HTTPException):
+        if exc.status_code >= 500:  # Litestar's own 5xx: its status, and nothing of its detail
+            err = RouterError("internal error")
+            err.status = exc.status_code
+            return err
         err = RouterError(str(exc.detail))
         err.status, err.type = exc.status_code, _HTTP_TYPES.get(exc.status_code, "invalid_request_error")
         return err

@@ -60,13 +60,15 @@ async def respond(send: Send, status: int, body: bytes, media_type: str, headers
 
 
 async def stream_sse(send: Send, receive: Receive, chunks: AsyncIterator[bytes], headers: Mapping[str, str],
-                     on_error: Callable[[RouterError], bytes]) -> None:
+                     on_error: Callable[[RouterError], bytes], done: Callable[[], bool] = lambda: False) -> None:
     """Send ``chunks`` as a ``text/event-stream`` response, each one as soon as it is made (one
-    ``http.response.body`` message per chunk: never batched). If the caller disconnects, the task
-    is cancelled inside ``chunks`` (whose generators then close the upstream call) and this returns
-    normally; ``chunks`` is always closed. If ``chunks`` raises after the response began, the
-    stream ends with ``on_error(error)`` (the door's terminal error event), never a second
-    response start: a stream is never left looking complete."""
+    ``http.response.body`` message per chunk: never batched). If the caller disconnects before
+    ``done()`` (the terminal event has left), the task is cancelled (in ``chunks``, whose
+    generators then close the upstream call, or in ``send``) and this returns normally; after it,
+    the generators finish their bookkeeping undisturbed. ``chunks`` is always closed. If
+    ``chunks`` raises after the response began, the stream ends with ``on_error(error)`` (the
+    door's terminal error event), never a second response start: a stream is never left looking
+    complete. A failing ``send`` (the connection is gone) propagates."""
     task = asyncio.current_task()
     assert task is not None
     finished = left = False
@@ -75,7 +77,7 @@ async def stream_sse(send: Send, receive: Receive, chunks: AsyncIterator[bytes],
         nonlocal left
         while (await receive())["type"] != "http.disconnect":
             pass
-        if not finished:
+        if not finished and not done():
             left = True
             task.cancel()
 
@@ -84,15 +86,17 @@ async def stream_sse(send: Send, receive: Receive, chunks: AsyncIterator[bytes],
     raw.append((b"content-type", b"text/event-stream; charset=utf-8"))
     try:
         await send({"type": "http.response.start", "status": 200, "headers": raw})
-        try:
-            async for chunk in chunks:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (asyncio.CancelledError, OSError):
-            raise
-        except Exception as exc:
-            log.error("stream failed after it began: %s", type(exc).__name__, exc_info=exc)
-            err = exc if isinstance(exc, RouterError) else RouterError("internal error")
-            await send({"type": "http.response.body", "body": on_error(err), "more_body": True})
+        while True:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except Exception as exc:  # after the start, an error can only end the stream
+                log.error("stream failed after it began: %s", type(exc).__name__, exc_info=exc)
+                err = exc if isinstance(exc, RouterError) else RouterError("internal error")
+                await send({"type": "http.response.body", "body": on_error(err), "more_body": True})
+                break
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
         finished = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 
 import msgspec
 
@@ -182,13 +183,14 @@ class ResponseCache:
                 yield ev
             return
         try:
-            async for ev in produce():
-                yield ev
+            async with aclosing(produce()) as events:
+                async for ev in events:
+                    yield ev
             done = CacheEntry(provider=run.provider, model=run.model, created_at=self.clock.wall(),
                               events=run.answer_events()) if store and run.ended else None
             if lead:
-                lead = False
                 await self.finish(key, done, policy.ttl, policy.max_bytes)
+                lead = False
             elif done is not None:
                 await self.put(key, done, policy.ttl, policy.max_bytes)
         finally:

@@ -14,6 +14,7 @@ each provider quota is held in ``Limiter.quota`` and settled exactly once when i
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, Callable, Mapping
 from functools import partial
 
@@ -26,7 +27,7 @@ from router.errors import (
     UpstreamError,
     UpstreamStreamError,
 )
-from router.events import AttemptRecord, Error, Event, Fallback, Start, Usage
+from router.events import AttemptRecord, End, Error, Event, Fallback, Start, Usage
 from router.limits import Limiter, Ticket
 from router.plan import Plan
 from router.policy import Policy
@@ -37,6 +38,8 @@ from router.transport import Transport
 from router.upstream import Target, call_target
 
 __all__ = ["Chain", "all_failed", "make_call"]
+
+log = logging.getLogger("llm_router")
 
 _CONTEXT = ("context_window", "context_overflow", "1261", "prompt_too_long")
 
@@ -76,6 +79,16 @@ def price(ev: Usage, target: Target) -> Usage:
     p = target.spec.price
     ev.cost_usd = p.cost(ev.input_tokens, ev.output_tokens, ev.cached_tokens) if p else 0.0
     return ev
+
+
+async def _drain(upstream: AsyncGenerator[Event, None]) -> None:
+    """Read an upstream call past its terminal event to the body's end (so its connection is
+    reused); what still comes, and any failure, changes nothing of the answer."""
+    try:
+        async for _ in upstream:
+            pass
+    except Exception as e:  # noqa: BLE001 - after `end`, a broken tail is not the answer's
+        log.debug("after end: %s", type(e).__name__)
 
 
 def _reports(probing: bool, target: str, failed_here: set[str]) -> bool:
@@ -164,19 +177,26 @@ class Chain:
                     continue
                 held.served = run.committed = True  # upstream did the work: the charge stands
                 first, upstream = tried.value
-                yield Start(id=request_id, task=plan.task, provider=target.provider, model=target.model,
-                            attempt=walk.called, variant=plan.variant)
                 latency = round((self.clock.now() - t0) * 1e3, 3)
                 try:
+                    yield Start(id=request_id, task=plan.task, provider=target.provider, model=target.model,
+                                attempt=walk.called, variant=plan.variant)
                     ev: Event | None = first
                     while ev is not None:
                         if type(ev) is Usage:
                             held.used = ev.input_tokens + ev.output_tokens
                             ev = price(ev, target)
                         yield ev
+                        if type(ev) is End:  # the answer is whole: read the body's end, send nothing more
+                            await _drain(upstream)
+                            break
                         ev = await anext(upstream, None)
                 except UpstreamError as e:
                     failure = e
+                except Exception as e:  # an adapter's bug: this target's answer cannot be decoded
+                    log.error("decoding %s failed: %s", target.name, type(e).__name__, exc_info=e)
+                    failure = UpstreamStreamError(f"{target.name}: the answer could not be decoded ({type(e).__name__})",
+                                                  code="decode_error", retryable=False, provider=target.provider)
                 finally:
                     run.upstream_time += self.clock.now() - t0
                     await upstream.aclose()
@@ -245,9 +265,9 @@ class Chain:
             if first is None:
                 raise UpstreamStreamError(f"{target.name}: the answer was empty", code="empty_answer",
                                           retryable=True, provider=target.provider)
+            if report():
+                await self.circuits.success(target.name)
         except BaseException:
             await upstream.aclose()
             raise
-        if report():
-            await self.circuits.success(target.name)
         return first, upstream

@@ -131,6 +131,8 @@ class Run:
                 self.cache = "hit"
             if self._events is not None:
                 self._events.clear()  # a midstream restart: keep only the answer that ends
+            if self._text is not None:
+                self._text.clear()
             return
         elif kind is Fallback:
             self.fallbacks.append((ev.from_, ev.to, ev.reason))  # type: ignore[union-attr]
@@ -158,6 +160,11 @@ class Run:
     def ended(self) -> bool:
         """The answer completed (an ``end`` event left)."""
         return self.finish_reason is not None
+
+    @property
+    def over(self) -> bool:
+        """A terminal event (``end`` or ``error``) has left: what remains is bookkeeping."""
+        return self.finish_reason is not None or self.error is not None
 
     @property
     def served(self) -> bool:

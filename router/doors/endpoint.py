@@ -9,6 +9,7 @@ with the door's terminal error event (``router.asgi.stream_sse``).
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from typing import Any
 
 from litestar import Litestar, asgi
@@ -64,9 +65,11 @@ async def serve_door(door: Door, scope: Any, receive: Any, send: Any) -> None:
                 answer = await router.complete(req, plan, run, rid, ctx, ticket)
                 await respond(send, 200, door.answer(answer, req, opts), door.media_type, out)
                 return
-            events = door.stream(router.stream(req, plan, run, rid, ctx, ticket), req, opts)
-            await stream_sse(send, receive, events, {**SSE_HEADERS, **out},
-                             lambda err: door.error_event(err, run.count))
+            # closed before the admission settles, however the stream ends: the run's facts
+            # (served, used) reach the ticket first
+            async with aclosing(router.stream(req, plan, run, rid, ctx, ticket)) as events:
+                await stream_sse(send, receive, door.stream(events, req, opts), {**SSE_HEADERS, **out},
+                                 lambda err: door.error_event(err, run.count), done=lambda: run.over)
     except RateLimited:
         if "ratelimit_headers" not in scope["state"]:  # refused at admission, not by an upstream
             telemetry.rate_limited(plan.task, "caller")

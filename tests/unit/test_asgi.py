@@ -125,3 +125,24 @@ def test_the_openapi_document_is_valid_and_has_the_doors() -> None:
             assert {"TaskRequest", "Answer", "Event", "ChatCompletion", "OpenAIErrorBody"} <= set(doc["components"]["schemas"])
 
     asyncio.run(go())
+
+
+def test_every_exception_maps_to_one_router_error() -> None:
+    from litestar.exceptions import MethodNotAllowedException, NotFoundException, ServiceUnavailableException
+
+    from router.app import to_router_error
+    from router.errors import UnknownTask
+    from router.stores import StoreError
+
+    known = UnknownTask("x", ["a"])
+    assert to_router_error(known) is known
+    e = to_router_error(MethodNotAllowedException())
+    assert (e.status, e.type) == (405, "method_not_allowed")
+    e = to_router_error(NotFoundException("no route"))
+    assert (e.status, e.type, e.message) == (404, "not_found_error", "no route")
+    e = to_router_error(ServiceUnavailableException("secret detail"))
+    assert (e.status, e.type, e.message) == (503, "internal_error", "internal error")
+    e = to_router_error(StoreError("redis: TimeoutError"))
+    assert (e.status, e.type) == (503, "store_unavailable")
+    e = to_router_error(ZeroDivisionError("secret"))
+    assert (e.status, e.message) == (500, "internal error")
