@@ -139,7 +139,8 @@ class _Resources:
 
         config = self.config
         live = LiveConfig(config.source, self.load or (lambda: config), build, build(config))
-        app.state.live, app.state.telemetry, app.state.max_body_bytes = live, tel, cfg.max_body_bytes
+        app.state.live, app.state.telemetry = live, tel
+        app.state.door = DoorState(live, tel, cfg.max_body_bytes)  # what a door request reads, in one lookup
         self._startup_log(st, None if st.kind == "memory" else await st.ping())
         stop = asyncio.Event()
         watcher = None
@@ -161,7 +162,17 @@ class _Resources:
             await tel.close()  # the ledger's pending sums, before the store closes
             if self.store is None:
                 await st.close()
-            del app.state.live
+            del app.state.live, app.state.door
+
+
+class DoorState:
+    """What every door request reads from the app's state: the live config (and its router), the
+    telemetry, the body limit (bytes)."""
+
+    __slots__ = ("live", "max_body_bytes", "telemetry")
+
+    def __init__(self, live: LiveConfig, telemetry: Telemetry, max_body_bytes: int) -> None:
+        self.live, self.telemetry, self.max_body_bytes = live, telemetry, max_body_bytes
 
 
 def _cors(config: RoutingConfig) -> CORSConfig | None:

@@ -1,7 +1,7 @@
 """The router's time: one injectable object for every deadline, wait and timestamp.
 
-``Clock`` is the real one: ``now`` is the event loop's monotonic time (seconds), ``wall`` epoch
-seconds (cooldowns shared across replicas), ``sleep`` a real wait, ``call_at`` a loop timer.
+``LoopClock`` is the real one: ``now`` monotonic seconds, ``wall`` epoch seconds (cooldowns
+shared across replicas), ``sleep`` a real wait, ``call_at`` a loop timer.
 ``FakeClock`` is the in-process test double: its time moves only when a test advances it, or, with
 ``autojump``, whenever every task is waiting on it, so a 600-second timeout takes no real time.
 """
@@ -38,16 +38,20 @@ class Clock(Protocol):
 
 
 class LoopClock:
-    """Real time on the running event loop."""
+    """Real time: ``now`` is ``time.monotonic()`` (not the loop's clock: uvloop's ``loop.time()``
+    moves in whole milliseconds, too coarse for TTFT and overhead), timers are the running loop's
+    (``call_later`` by the time left, so the two clocks never need to agree)."""
+
+    __slots__ = ()
 
     def now(self) -> float:
-        return asyncio.get_running_loop().time()
+        return time.monotonic()
 
     def wall(self) -> float:
         return time.time()
 
     def call_at(self, when: float, fn: Callable[[], None]) -> Timer:
-        return asyncio.get_running_loop().call_at(when, fn)
+        return asyncio.get_running_loop().call_later(when - time.monotonic(), fn)
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

@@ -167,7 +167,8 @@ async def call_target(transport: Transport, target: Target, call: Call, timeouts
             finally:
                 dog.waiting = False
             yield ev
-            limit, phase = t.idle, "idle"
+            if call.stream:  # a non-streamed answer's later events are already in memory
+                limit, phase = t.idle, "idle"
     finally:
         dog.close()
         await gen.aclose()

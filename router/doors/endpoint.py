@@ -30,8 +30,8 @@ SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 def _current(scope: Scope) -> tuple[Router, Any, int]:
-    state = Litestar.from_scope(scope).state
-    return state.live.router, state.telemetry, state.max_body_bytes
+    door: Any = Litestar.from_scope(scope).state.door  # set by the app's lifespan
+    return door.live.router, door.telemetry, door.max_body_bytes
 
 
 async def serve_door(door: Door, scope: Any, receive: Any, send: Any) -> None:
