@@ -28,19 +28,18 @@ from router.outcomes import Tracker
 from router.plan import Plan, Planner
 from router.policy import Policy
 from router.request import TaskRequest
-from router.requestid import new_request_id
 from router.run import RequestRecord, Run
 from router.stores import MemoryStore, Store, StoreError
 from router.transport import Transport
 from router.upstream import Target, call_target, make_targets
 
-__all__ = ["RequestContext", "Router", "new_request_id"]
+__all__ = ["RequestContext", "Router"]
 
 
 class RequestContext(msgspec.Struct, kw_only=True):
     """Per-request facts from the front door: ``caller`` (the tenant, or X-Caller / the client
     address, for limits), ``limits`` (the tenant's own, over ``limits.per_caller``), the caller's
-    ``Cache-Control`` (``no_cache`` skips the cache lookup, ``no_store`` the write) and its
+    ``Cache-Control`` (``no_cache``: the cache is neither read nor written; ``no_store``: read, not written) and its
     ``traceparent``/``tracestate``."""
 
     caller: str = "unknown"
@@ -55,7 +54,8 @@ class Router:
 
     ``transports``: provider name -> ``Transport`` (made by the app's lifespan). ``store``: shared
     state (limits, cache, circuits); in-memory by default. ``clock``: every deadline, wait and
-    timestamp (``FakeClock`` in tests). ``observer`` takes each finished request's record.
+    duration (``FakeClock`` in tests; a record's ``start_ns`` is real epoch time). ``observer``
+    takes each finished request's record.
     """
 
     def __init__(self, config: RoutingConfig, transports: Mapping[str, Transport], *,

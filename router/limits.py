@@ -39,7 +39,7 @@ def caller_id(header: str | None, client_host: str | None) -> str:
 class Ticket(msgspec.Struct):
     """What one admission charged, to settle later: ``specs`` (RPM cost 1, TPM cost the
     estimate), the ``result`` for the rate-limit headers, and whether it is settled. Whoever
-    holds it (``Limiter.quota``/``Limiter.hold``) sets ``served`` (the request was answered, or
+    holds it (``Limiter.quota``/``Limiter.caller``) sets ``served`` (the request was answered, or
     upstream did work) and ``used`` (tokens reported; None keeps the estimate) before it settles."""
 
     specs: list[LimitSpec]

@@ -1,6 +1,6 @@
 """A/B outcomes and shadow traffic for tasks with an ``experiment`` or a ``shadow``.
 
-``Tracker.track(...)`` follows one request's events and, when it ends, adds its outcome to its
+``Tracker.finish(run, ...)`` reads one finished request's record (``router.run.Run``) and adds its outcome to its
 variant's counters in the store (``exp:<task>:<variant>``; a task with only a shadow counts its
 primary answers under ``primary``) and remembers which variant answered (``resp:<id>``, 7 days) so
 feedback can be attributed. Writing happens in the background, after the answer.

@@ -20,7 +20,7 @@ from router.policy import Policy, resolve
 from router.request import TaskRequest
 from router.upstream import Target
 
-__all__ = ["DEFAULT_MAX_TOKENS_ESTIMATE", "Plan", "Planner", "estimate_prompt_tokens"]
+__all__ = ["Plan", "Planner", "estimate_prompt_tokens"]
 
 class Plan(msgspec.Struct, kw_only=True):
     """What a request will do: its ``task``, the ordered ``chain`` with each target's ``policies``

@@ -1,9 +1,10 @@
 """The upstream transport: one method, ``send(request) -> UpstreamResponse``.
 
 ``AiohttpTransport`` is the real one: one pooled HTTP/1.1 keep-alive ``aiohttp.ClientSession``
-per provider (its C HTTP parser; measured ~30% less router CPU per request than httpx over the
-same transport, see the README). ``ASGITransport`` (``router.transport_fake``) serves the same
-interface in process from any ASGI app (the emulator), for tests with no socket and no real time.
+per provider (its C HTTP parser; a proxy through httpx's API over aiohttp spent about twice the CPU
+per request, see the README). ``router.inproc`` serves the same interface in process
+(``ASGITransport`` from any ASGI app such as the emulator, ``ScriptedTransport`` from written
+replies), for tests with no socket and no real time.
 
 This is the one boundary where transport exceptions become router errors (``router.errors``):
 no connection, a reset or a refused connect before the status line -> ``UpstreamConnectError``

@@ -258,3 +258,91 @@ def test_cache_hit_replays_and_counts_once() -> None:
         assert a.emulator.stats["claude-sonnet-5-5"]["requests"] == 1
 
     run(t)
+
+
+def test_a_caller_that_leaves_mid_stream_is_charged_for_what_upstream_did() -> None:
+    """The engine stream closes before the caller's ticket settles: a served request keeps its
+    RPM slot, whichever await the disconnect lands in."""
+    async def t(a: InProcess) -> None:
+        messages: list[dict[str, Any]] = []
+        left = asyncio.Event()
+        body = json.dumps({"task": "limited", "stream": True,
+                           "messages": say({"*": {"text": "a b c d e f g h", "chunk_delay_ms": 50}})}).encode()
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await left.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            messages.append(message)
+            if len(messages) == 3:  # the client stops reading: the server's send blocks, then it goes away
+                left.set()
+                await asyncio.get_running_loop().create_future()
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/v1/tasks", "raw_path": b"/v1/tasks", "query_string": b"",
+                 "root_path": "", "headers": [(b"content-type", b"application/json")],
+                 "server": ("router.local", 80), "client": ("10.0.0.9", 5)}
+        await a.app(scope, receive, send)
+        assert messages[0]["status"] == 200 and not any(m.get("more_body") is False for m in messages)
+        for _ in range(100):  # the upstream call of the abandoned stream ends
+            await asyncio.sleep(0)
+        caller = {"x-caller": "10.0.0.9"}
+        first = await a.client.post("/v1/tasks", json={"task": "limited", "messages": say()}, headers=caller)
+        second = await a.client.post("/v1/tasks", json={"task": "limited", "messages": say()}, headers=caller)
+        assert (first.status_code, second.status_code) == (200, 429)  # rpm 2: the abandoned stream kept its slot
+
+    run(t)
+
+
+def test_nothing_follows_end_when_the_upstream_breaks_after_its_terminator() -> None:
+    from router.inproc import Reply, ScriptedTransport
+
+    chunks = [b'data: {"id":"1","choices":[{"index":0,"delta":{"role":"assistant","content":"hi"}}]}\n\n',
+              b'data: {"id":"1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+              b"data: [DONE]\n\n", ConnectionResetError()]
+
+    async def go() -> None:
+        broken = ScriptedTransport(lambda request: Reply(body=list(chunks)))
+        async with app(YAML, transports={"glm": broken}) as a:
+            r = await a.client.post("/v1/tasks", json={"task": "t", "stream": True, "messages": say()})
+            evs = sse(r.text)
+            assert evs[-1]["type"] == "end" and [e["type"] for e in evs].count("end") == 1
+            assert not any(e["type"] in ("error", "fallback") for e in evs)
+            r = await a.client.post("/v1/chat/completions", json={"model": "t", "stream": True, "messages": say()})
+            assert r.text.rstrip().endswith("data: [DONE]") and '"error"' not in r.text
+
+    asyncio.run(go())
+
+
+def test_an_adapter_bug_mid_stream_is_a_decode_error_of_that_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    from providers.openai import OpenAIAdapter
+
+    real = OpenAIAdapter.stream_decoder
+
+    def decoder(self: Any) -> Any:
+        d = real(self)
+        feed, calls = d.feed, [0]
+
+        def broken(event: str, data: str) -> Any:
+            calls[0] += 1
+            if calls[0] == 3:
+                raise KeyError("choices")
+            return feed(event, data)
+
+        d.feed = broken  # type: ignore[method-assign]
+        return d
+
+    async def t(a: InProcess) -> None:
+        monkeypatch.setattr(OpenAIAdapter, "stream_decoder", decoder)
+        r = await a.client.post("/v1/tasks", json={"task": "t", "stream": True, "messages": say({"*": {"text": "a b c d"}})})
+        evs = sse(r.text)
+        assert evs[-1]["type"] == "error" and evs[-1]["code"] == "decode_error"
+        assert evs[-1]["attempts"][0]["outcome"] == "error" and "KeyError" in evs[-1]["message"]
+
+    run(t)
