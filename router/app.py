@@ -25,6 +25,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, Request, Response
+from litestar import Router as HTTPRouter
 from litestar.config.cors import CORSConfig
 from litestar.exceptions import HTTPException
 
@@ -211,10 +212,11 @@ def create_app(config: RoutingConfig, settings: Settings | None = None, *,
         "/api/chat": ChatDoor(cfg.max_body_bytes, lambda name: _known(holder[0], name)),  # the Z.AI backend's contract
     }
     app = Litestar(
+        # the doors carry no middleware, so Litestar adds no second exception layer around them;
+        # the other routes get the request id from RequestIdMiddleware (on their router)
         route_handlers=[*(door_route(path, door, summary=type(door).__doc__ or path) for path, door in doors.items()),
-                        *ROUTES],
+                        HTTPRouter(path="/", route_handlers=ROUTES, middleware=[RequestIdMiddleware()])],
         lifespan=[resources.lifespan],
-        middleware=[RequestIdMiddleware()],
         exception_handlers={Exception: _error_handler(doors)},
         cors_config=_cors(config),
         request_max_body_size=cfg.max_body_bytes,

@@ -16,7 +16,7 @@ from functools import cache
 from typing import Any
 
 import msgspec
-from litestar import Request
+from litestar import Request, Router
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 
@@ -33,6 +33,7 @@ from router.doors.openai import ChatCompletionRequest
 from router.doors.zchat import ChatBackendRequest
 from router.events import Answer, Event
 from router.request import TaskRequest
+from router.requestid import RequestIdMiddleware
 
 __all__ = ["door_operations", "openapi_config"]
 
@@ -124,4 +125,6 @@ def openapi_config() -> OpenAPIConfig:
     """The app's OpenAPI configuration: Swagger UI at ``/schema``, the document beside it."""
     return OpenAPIConfig(title="llm-router", version="0.1.0", path="/schema",
                          description="Routes LLM tasks to GLM and Claude over their wire protocols.",
-                         render_plugins=[SwaggerRenderPlugin(path="/"), _WithDoors()])
+                         render_plugins=[SwaggerRenderPlugin(path="/"), _WithDoors()],
+                         openapi_router=Router("/schema", route_handlers=[], include_in_schema=False,
+                                               middleware=[RequestIdMiddleware()]))

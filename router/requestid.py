@@ -2,7 +2,8 @@
 safe characters, else a new ``req_...`` id. ``request_id_of(scope)`` computes it once and keeps it
 in the scope's state. The doors put it on their answers themselves, the app's exception handler on
 every error page (routing's 404 and 405 included), and ``RequestIdMiddleware`` on the answers of
-the other routes: nothing wraps the doors' ``send``, so a stream's events pay nothing for it."""
+the other routes: nothing wraps the doors' ``send``, so a stream's events pay nothing for it (and, with no middleware on the
+door routes, Litestar adds no second exception layer around them)."""
 
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ def request_id_of(scope: Any) -> str:
 
 
 class RequestIdMiddleware(ASGIMiddleware):
-    """Puts ``x-request-id`` on the answers of the routes that do not set it themselves (every
-    route but the doors, whose handlers carry ``opt={DOOR_OPT: True}``)."""
+    """Puts ``x-request-id`` on the answers of the routes that do not set it themselves: it is
+    registered on the routers of every route but the doors (which also carry
+    ``opt={DOOR_OPT: True}``, so it skips them wherever it is put)."""
 
     scopes = (ScopeType.HTTP,)
     exclude_opt_key = DOOR_OPT
