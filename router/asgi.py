@@ -86,9 +86,10 @@ async def stream_sse(send: Send, receive: Receive, chunks: AsyncIterator[bytes],
     raw.append((b"content-type", b"text/event-stream; charset=utf-8"))
     try:
         await send({"type": "http.response.start", "status": 200, "headers": raw})
+        next_chunk = chunks.__anext__
         while True:
             try:
-                chunk = await anext(chunks)
+                chunk = await next_chunk()
             except StopAsyncIteration:
                 break
             except Exception as exc:  # after the start, an error can only end the stream
