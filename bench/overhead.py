@@ -1,6 +1,6 @@
 """The router's added latency and its throughput, over calling the upstream emulator directly.
 
-    .venv/bin/python bench/overhead.py [--duration 5] [--concurrency 1,64] [--workers 1]
+    .venv/bin/python bench/overhead.py [--duration 5] [--concurrency 1,64] [--workers 1] [--pin]
 
 Starts the emulator and the router (one GLM-style target) as processes on loopback, then for each
 mode (non-stream, stream) and concurrency runs the same request directly against the emulator and
@@ -12,13 +12,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import bench_config, running, twenty_words  # noqa: E402
-from loadgen import run_load  # noqa: E402
+from harness import bench_config, running, twenty_words
+from loadgen import run_load
 
+
+def pin_tree(pid: int, cpus: set[int]) -> None:
+    """Move ``pid`` and every process under it (its workers) to ``cpus``."""
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        os.sched_setaffinity(p, cpus)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+        for t in os.listdir(f"/proc/{p}/task"):  # threads too
+            os.sched_setaffinity(int(t), cpus)
 
 
 def main() -> None:
@@ -31,9 +46,15 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="append JSON lines here")
     ap.add_argument("--door", choices=["tasks", "openai"], default="tasks",
                     help="load POST /v1/tasks, or the OpenAI door POST /v1/chat/completions (the peers' load)")
+    ap.add_argument("--pin", action="store_true",
+                    help="the load generator and the emulator on CPU 0, the router on CPU 1 (steadier on a VM)")
     a = ap.parse_args()
 
+    if a.pin:
+        os.sched_setaffinity(0, {0})  # inherited by the emulator and the router started next
     with running(bench_config, a.workers) as run:
+        if a.pin:
+            pin_tree(run.router_pid, {1})
         emu = run.emulator
         msgs = twenty_words()
         rows = []
