@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -16,54 +17,14 @@ from httpx_sse import connect_sse
 from router.emulator import free_port
 from tests.e2e._client import ask
 from tests.e2e._inproc import FakeTime, serve
+from tests.unit.test_resilience import config as unit_config
 
 pytestmark = pytest.mark.e2e
 
 
-def config(emu: str, *, midstream: str = "error", retry: str = "{attempts: 3, initial_wait: 0.5, max_wait: 5, max_total_wait: 8}",
-           timeouts: str = "{first_token: 0.4, idle: 0.3, total: 1}", windows: tuple[int, int] = (200000, 200000),
-           cooldown: str = "{failures: 3, window: 60, duration: 10, max_duration: 40}") -> str:
-    return f"""
-version: 1
-providers:
-  glm:
-    protocol: openai
-    base_url: {emu}/api/paas/v4
-    api_key: k
-    retry: {retry}
-    timeouts: {timeouts}
-    cooldown: {cooldown}
-    models:
-      glm-a: {{context_window: {windows[0]}, price: {{input: 1, output: 1}}}}
-      glm-b: {{context_window: {windows[1]}}}
-  claude:
-    protocol: anthropic
-    base_url: {emu}
-    api_key: k
-    retry: {retry}
-    timeouts: {timeouts}
-    models:
-      claude-a: {{context_window: 200000}}
-  dead:
-    protocol: openai
-    base_url: http://127.0.0.1:{free_port()}/v1
-    api_key: k
-    retry: {{attempts: 2, initial_wait: 0.5}}
-    models:
-      dead-a: {{context_window: 200000}}
-tasks:
-  t:
-    chain: [glm/glm-a, claude/claude-a]
-    midstream: {midstream}
-  small_first:
-    chain: [glm/glm-a, glm/glm-b, claude/claude-a]
-  dead_first:
-    chain: [dead/dead-a, glm/glm-a]
-  only_glm:
-    chain: [glm/glm-a]
-  two_glm:
-    chain: [glm/glm-a, glm/glm-b]
-"""
+def config(emu: str, **kw: Any) -> str:
+    """The in-process resilience tests' config, with the emulator process as the upstream."""
+    return unit_config(emu=emu, dead=f"http://127.0.0.1:{free_port()}/v1", **kw)
 
 
 @pytest.fixture

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from router.app import create_app
 from router.clock import FakeClock
+from router.config import RoutingConfig
 from router.emulator import create_emulator
 from router.inproc import ASGITransport
 from router.loading import parse_config
@@ -88,17 +90,19 @@ class InProcess:
 
 @asynccontextmanager
 async def app(yaml_text: str = YAML, *, store: Store | None = None, telemetry: Telemetry | None = None,
-              transports: dict[str, Transport] | None = None, **config_env: str) -> AsyncIterator[InProcess]:
+              transports: dict[str, Transport] | None = None, fixtures: str | Path | None = None,
+              settings: Settings | None = None, load: Callable[[], RoutingConfig] | None = None,
+              **config_env: str) -> AsyncIterator[InProcess]:
     """The app for ``yaml_text`` served in process until the block ends; every provider is the
     in-process emulator unless ``transports`` names another transport for it."""
     clock = FakeClock()
-    emulator = create_emulator(clock=clock)
+    emulator = create_emulator(fixtures, clock=clock)
     transport = ASGITransport(emulator)
     config = parse_config(yaml_text, config_env)
     st = store or MemoryStore()
-    application = create_app(config, Settings(telemetry=telemetry is not None),
+    application = create_app(config, settings or Settings(telemetry=telemetry is not None),
                              transports={p: (transports or {}).get(p, transport) for p in config.providers},
-                             store=st, clock=clock,
+                             store=st, clock=clock, load=load,
                              telemetry=telemetry)
     jumper = asyncio.ensure_future(clock.autojump())
     try:

@@ -15,16 +15,12 @@ from typing import Any
 import httpx
 from litestar import Litestar
 
-from router.app import create_app
 from router.clock import FakeClock
 from router.config import RoutingConfig
-from router.emulator import create_emulator
-from router.inproc import ASGITransport
-from router.loading import parse_config
 from router.settings import Settings
-from router.stores import MemoryStore, Store
+from router.stores import Store
 from router.telemetry import Telemetry
-from tests.unit._app import YAML, InProcess
+from tests.unit._app import YAML, InProcess, app
 
 
 class Local(InProcess):
@@ -45,21 +41,10 @@ async def served(yaml_text: str = YAML, *, fixtures: str | Path | None = None, s
                  telemetry: Telemetry | None = None, settings: Settings | None = None,
                  load: Callable[[], RoutingConfig] | None = None, env: dict[str, str] | None = None,
                  ) -> AsyncIterator[Local]:
-    clock = FakeClock()
-    emulator = create_emulator(fixtures, clock=clock)
-    transport = ASGITransport(emulator)
-    config = parse_config(yaml_text, env or {})
-    st = store or MemoryStore()
-    application = create_app(config, settings or Settings(telemetry=telemetry is not None),
-                             transports={p: transport for p in config.providers}, store=st, clock=clock,
-                             telemetry=telemetry, load=load)
-    jumper = asyncio.ensure_future(clock.autojump())
-    try:
-        async with application.lifespan(), httpx.AsyncClient(
-                transport=httpx.ASGITransport(application), base_url="http://router.local") as client:
-            yield Local(client, emulator, clock, st, application)
-    finally:
-        jumper.cancel()
+    """``tests.unit._app.app`` with these options, as a ``Local``."""
+    async with app(yaml_text, store=store, telemetry=telemetry, fixtures=fixtures, settings=settings, load=load,
+                   **(env or {})) as a:
+        yield Local(a.client, a.emulator, a.clock, a.store, a.app)
 
 
 def data_lines(body: str) -> list[Any]:

@@ -21,7 +21,7 @@ from tests.unit._app import InProcess, app, say, sse
 RETRY = "{attempts: 3, initial_wait: 0.5, max_wait: 5, max_total_wait: 8}"
 
 
-def config(*, midstream: str = "error", retry: str = RETRY, timeouts: str = "{first_token: 0.4, idle: 0.3, total: 1}",
+def config(*, emu: str = "http://emulator", dead: str = "http://dead.invalid/v1", midstream: str = "error", retry: str = RETRY, timeouts: str = "{first_token: 0.4, idle: 0.3, total: 1}",
            windows: tuple[int, int] = (200000, 200000),
            cooldown: str = "{failures: 3, window: 60, duration: 10, max_duration: 40}") -> str:
     return f"""
@@ -29,7 +29,7 @@ version: 1
 providers:
   glm:
     protocol: openai
-    base_url: http://emulator/api/paas/v4
+    base_url: {emu}/api/paas/v4
     api_key: k
     retry: {retry}
     timeouts: {timeouts}
@@ -39,7 +39,7 @@ providers:
       glm-b: {{context_window: {windows[1]}}}
   claude:
     protocol: anthropic
-    base_url: http://emulator
+    base_url: {emu}
     api_key: k
     retry: {retry}
     timeouts: {timeouts}
@@ -47,7 +47,7 @@ providers:
       claude-a: {{context_window: 200000}}
   dead:
     protocol: openai
-    base_url: http://dead.invalid/v1
+    base_url: {dead}
     api_key: k
     retry: {{attempts: 2, initial_wait: 0.5}}
     models:
