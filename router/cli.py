@@ -77,7 +77,28 @@ def asgi_app():  # type: ignore[no-untyped-def]
     if upstream:
         notes.append(f"demo mode: every provider is the built-in upstream emulator at {upstream}; "
                      "no API key is used")
-    return create_app(config, notes=notes, load=load)
+    app = create_app(config, notes=notes, load=load)
+    settle_heap()
+    return app
+
+
+GC_THRESHOLD_0 = 10_000  # allocations between young collections (CPython's default: 700)
+
+
+def settle_heap() -> None:
+    """Tune the collector for a long-running server, once the app is built: collect, then
+    ``gc.freeze()`` what startup made (modules, the app, the config; tens of thousands of objects
+    that never die) so full collections stop rescanning it, and collect the young generation every
+    10,000 net allocations instead of 700. Measured with ``bench/overhead.py --pin``: the collector
+    took about 70 us of the router's CPU per request at c=64 with CPython's defaults (most of it
+    full collections rescanning the startup heap), about 10 us after this.
+    See https://docs.python.org/3/library/gc.html#gc.freeze."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    _, g1, g2 = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD_0, g1, g2)
 
 
 @click.group()
