@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from router.errors import UpstreamHTTPError
 
-__all__ = ["RETRYABLE_STATUS", "ZAI_CODES", "http_error", "parse_retry_after", "safe_code"]
+__all__ = ["CONTENT_FILTER_CODES", "RETRYABLE_STATUS", "ZAI_CODES", "http_error", "parse_retry_after", "safe_code"]
 
 # HTTP statuses worth another try: timeouts, rate limits, server-side failures, Anthropic 529.
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
@@ -52,6 +52,11 @@ ZAI_CODES: dict[str, tuple[str, bool, bool]] = {
     "1309": ("coding plan expired", False, False),
     "1313": ("fair-use violation", False, False),
 }
+
+# A provider's content filter refused the request: Z.ai 1301 (https://docs.z.ai/api-reference/api-code),
+# OpenAI's content_policy_violation (https://platform.openai.com/docs/guides/error-codes) and
+# content_filter (Azure OpenAI's error code). Never retried; not routed around unless the task says so.
+CONTENT_FILTER_CODES = frozenset({"1301", "content_policy_violation", "content_filter"})
 
 _SAFE_CODE = re.compile(r"[^A-Za-z0-9_.:-]")
 _CONTEXT_WORDS = re.compile(r"context|too long|max(imum)? length|prompt is too long", re.IGNORECASE)
@@ -110,5 +115,6 @@ def http_error(status: int, code: str | None, upstream_message: str, *,
         msg = f"upstream answered HTTP {status}" + (f" ({code})" if code != str(status) else "")
         if should_retry is not None:
             retryable = should_retry
-    return UpstreamHTTPError(msg, code=code, retryable=retryable, upstream_status=status,
-                             retry_after=retry_after, context_overflow=overflow)
+    blocked = code in CONTENT_FILTER_CODES
+    return UpstreamHTTPError(msg, code=code, retryable=retryable and not blocked, upstream_status=status,
+                             retry_after=retry_after, context_overflow=overflow, content_filter=blocked)

@@ -12,7 +12,9 @@ Wire facts (https://docs.anthropic.com/en/api/messages, .../messages-streaming,
   stops), ``input_json_delta`` (fragments; the first may be ``""``; none at all means ``{}``).
   ``redacted_thinking`` arrives whole in its ``content_block_start``. Unknown block types
   (``server_tool_use``, ``tool_search_tool_result``, ...) are skipped.
-* An ``event: error`` after HTTP 200 ends the stream with no ``message_stop``.
+* An ``event: error`` after HTTP 200 ends the stream with no ``message_stop``. A stream that
+  delivered ``message_delta`` with its ``stop_reason`` and closed without ``message_stop`` is
+  complete (the answer and its final usage were sent).
 * Usage: ``message_start`` has input and cache counts; ``message_delta`` has cumulative totals
   (2024 recordings: only ``output_tokens``), so the two are merged, not overwritten.
 * Thinking: ``{"type": "adaptive"}`` on models configured ``thinking: adaptive`` (Claude 4.6+;
@@ -185,7 +187,8 @@ class _Decoder:
         elif t == "error":
             e = _classify(ev.error, 200, None, None)
             raise UpstreamStreamError(f"upstream sent an error event ({e.code})", code=e.code,
-                                      retryable=e.retryable, context_overflow=e.context_overflow)
+                                      retryable=e.retryable, context_overflow=e.context_overflow,
+                                      content_filter=e.content_filter)
         return []
 
     def _merge(self, u: _Usage) -> None:
@@ -245,10 +248,14 @@ class _Decoder:
         return out
 
     def finish(self) -> list[Event]:
-        if not self._done:
-            raise UpstreamStreamError("upstream stream ended before message_stop",
+        """The body ended. Complete once ``message_delta`` delivered a ``stop_reason`` (with the
+        final usage), ``message_stop`` or not; cut before that, an error."""
+        if self._done:
+            return []
+        if self._stop is None:
+            raise UpstreamStreamError("upstream stream ended before its stop_reason",
                                       code="stream_truncated", retryable=True)
-        return []
+        return self._close()
 
 
 def _turns(call: Call) -> tuple[list[str], list[dict[str, Any]]]:

@@ -4,7 +4,8 @@ Wire facts (https://platform.openai.com/docs/api-reference/chat/streaming,
 https://docs.z.ai/api-reference/llm/chat-completion, shared/fixtures/wire/QUIRKS.md):
 
 * ``POST {base_url}/chat/completions`` with ``Authorization: Bearer``.
-* Streams are ``data:`` lines ending with ``data: [DONE]``. GLM puts reasoning in
+* Streams are ``data:`` lines ending with ``data: [DONE]``; a stream that delivered its
+  ``finish_reason`` and closed without ``[DONE]`` is complete (the answer and usage were sent). GLM puts reasoning in
   ``delta.reasoning_content``; tool calls arrive whole in one delta (GLM) or as fragments keyed by
   ``index`` (OpenAI, GLM ``tool_stream``). Usage comes in the chunk with ``finish_reason`` (GLM) or
   in a trailing ``choices: []`` chunk (OpenAI with ``stream_options.include_usage``).
@@ -128,7 +129,7 @@ def _error_in_body(err: _ErrorBody, status: int = 200) -> UpstreamError:
     e = http_error(status, code or None, err.message or "", retry_after=None)
     return UpstreamStreamError(f"upstream sent an error in the stream (code {e.code})",
                                code=e.code, retryable=e.retryable,
-                               context_overflow=e.context_overflow)
+                               context_overflow=e.context_overflow, content_filter=e.content_filter)
 
 
 class _Decoder:
@@ -205,10 +206,21 @@ class _Decoder:
         return out
 
     def finish(self) -> list[Event]:
-        if not self._done:
-            raise UpstreamStreamError("upstream stream ended before [DONE]", code="stream_truncated",
+        """The body ended. Complete once a ``finish_reason`` arrived, ``[DONE]`` or not (some
+        OpenAI-compatible servers close after the usage chunk without it); cut before that, an
+        error. Without a usage chunk the answer ends with no ``Usage`` (the record estimates)."""
+        if self._done:
+            return []
+        if self._finish is None:
+            raise UpstreamStreamError("upstream stream ended before its finish_reason", code="stream_truncated",
                                       retryable=True)
-        return []
+        self._done = True
+        out: list[Event] = []
+        self._end_tools(out)
+        if self._usage is not None:
+            out.append(self._usage)
+        out.append(End(finish_reason=self._finish))  # type: ignore[arg-type]
+        return out
 
 
 class _Completion(msgspec.Struct):

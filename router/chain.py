@@ -45,17 +45,19 @@ _CONTEXT = ("context_window", "context_overflow", "1261", "prompt_too_long")
 
 
 def all_failed(attempts: list[AttemptRecord], errors: list[UpstreamError]) -> AllTargetsFailed:
-    """The status by the nature of the failures: 400 when the prompt fits no target, 429 when every
-    target was rate-limited, upstream or by its quota here (``retry_after`` the shortest wait), 503
-    when no target could be called, 504 when every call timed out, else 502."""
+    """The status by the nature of the failures: 400 when the prompt fits no target; when every
+    failure was a rate limit (upstream, or a quota here) or a cooldown, in any mix, 429 (503 when
+    only cooldowns) with ``retry_after`` the earliest moment any target can serve again; 503 when
+    no target could be called; 504 when every call timed out; else 502."""
     limited = [e for e in errors if e.code == "rate_limited" or (e.upstream_status == 429 and e.retryable)]
+    cooling = [e for e in errors if e.code == "cooldown"]
     called = [e for e in errors if not isinstance(e, TargetUnusable)]
     status, retry_after = 502, None
     if attempts and all(a.code in _CONTEXT for a in attempts):
         status = 400
-    elif errors and len(limited) == len(errors):
-        status = 429
-        waits = [e.retry_after for e in limited if e.retry_after is not None]
+    elif errors and len(limited) + len(cooling) == len(errors):
+        status = 429 if limited else 503
+        waits = [e.retry_after for e in (*limited, *cooling) if e.retry_after is not None]
         retry_after = min(waits) if waits else None
     elif not called:
         status = 503
@@ -66,8 +68,11 @@ def all_failed(attempts: list[AttemptRecord], errors: list[UpstreamError]) -> Al
 
 
 def make_call(target: Target, req: TaskRequest, plan: Plan, stream: bool) -> Call:
-    """The upstream call of ``req`` for ``target``, with the plan's merged params."""
+    """The upstream call of ``req`` for ``target``, with the plan's merged params: streamed when
+    ``stream`` or when the target's provider streams upstream (``stream_upstream``, the default:
+    a non-streamed caller gets the folded stream, under the same first-token and idle deadlines)."""
     p = plan.params
+    stream = stream or target.stream_upstream
     return Call(model=target.model, messages=req.messages, tools=req.tools, tool_choice=req.tool_choice,
                 max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, stop=p.stop,
                 thinking=p.thinking, stream=stream, thinking_style=target.spec.thinking,
@@ -91,10 +96,23 @@ async def _drain(upstream: AsyncGenerator[Event, None]) -> None:
         log.debug("after end: %s", type(e).__name__)
 
 
-def _reports(probing: bool, target: str, failed_here: set[str]) -> bool:
-    """Whether a success of ``target`` must reach the store: it was probing, or it failed before
-    in this request."""
-    return probing or target in failed_here
+def _final(error: UpstreamError, plan: Plan) -> bool:
+    """A failure that goes back to the caller instead of to the next target: a content-filter
+    refusal, unless the task routes around it (``fallback_on: [content_filter]``)."""
+    return error.content_filter and "content_filter" not in plan.fallback_on
+
+
+def _error(failure: UpstreamError, target: Target, run: Run) -> Error:
+    """The terminal ``Error`` event of a failure of ``target``."""
+    return Error(code=failure.code, message=failure.message, retryable=failure.retryable,
+                 provider=target.provider, attempts=run.attempts)
+
+
+def _reports(suspect: bool, target: str, failed_here: set[str]) -> bool:
+    """Whether a success of ``target`` must reach the store (it closes the circuit and resets
+    the failure count): it was probing or had failures counted, or it failed before in this
+    request."""
+    return suspect or target in failed_here
 
 
 class _Walk:
@@ -102,7 +120,7 @@ class _Walk:
     waits spent, the tokens needed and the smallest window still worth trying, the targets called
     and those that failed retryably."""
 
-    __slots__ = ("budget", "called", "errors", "failed_here", "min_window", "need", "run")
+    __slots__ = ("budget", "called", "errors", "failed_here", "failure", "min_window", "need", "run")
 
     def __init__(self, plan: Plan, run: Run) -> None:
         self.run = run
@@ -112,6 +130,7 @@ class _Walk:
         self.min_window = 0  # after a prompt-too-long error: only larger windows are worth a try
         self.called = 0
         self.failed_here: set[str] = set()
+        self.failure: UpstreamError | None = None  # the committed target's failure after its first event
 
 
 class Chain:
@@ -131,9 +150,10 @@ class Chain:
                                        f"exceeds its context window of {window}"))
         return None
 
-    async def _admit(self, target: Target, plan: Plan, policy: Policy, walk: _Walk) -> tuple[Ticket, bool] | None:
-        """The target's quota ticket and whether it is probing its circuit; None (and the skip
-        recorded) when it is skipped: unusable, too small, cooling down or over its quota."""
+    async def _admit(self, target: Target, plan: Plan, policy: Policy, walk: _Walk) -> tuple[Ticket, str] | None:
+        """The target's quota ticket and its circuit's admission (``closed``, ``failing`` or
+        ``probe``); None (and the skip recorded) when it is skipped: unusable, too small, cooling
+        down or over its quota."""
         skip = self._skip(target, walk.need, walk.min_window)
         retry_after: float | None = None
         admission = "closed"
@@ -141,10 +161,11 @@ class Chain:
             admission = await self.circuits.admit(target.name, policy.timeouts.total)
             if admission == "open":
                 skip = ("cooldown", f"{target.name}: cooling down after repeated failures")
+                retry_after = await self.circuits.reopens_in(target.name)
         if skip is None:
             got = await self.limiter.admit_target(target.provider, target.model, plan.estimate)
             if isinstance(got, Ticket):
-                return got, admission != "closed"
+                return got, admission
             skip, retry_after = ("rate_limited", f"{target.name}: over its upstream rate limit"), got
         code, message = skip
         walk.run.attempt(AttemptRecord(target.name, "skipped", code=code, message=message))
@@ -164,67 +185,87 @@ class Chain:
                 if nxt:
                     yield Fallback(from_=target.name, to=nxt, reason=walk.run.attempts[-1].code or "skipped")
                 continue
-            quota, probing = admitted
+            quota, admission = admitted
+            probing = admission == "probe"
             walk.called += 1
-            failure: UpstreamError | None = None
-            async with self.limiter.quota(quota) as held:
-                t0 = self.clock.now()
-                tried = await self._first(target, req, plan, policy, probing, walk, t0)
-                if tried.value is None:
-                    assert tried.error is not None
-                    if nxt:
-                        yield Fallback(from_=target.name, to=nxt, reason=tried.error.code)
-                    continue
-                held.served = run.committed = True  # upstream did the work: the charge stands
-                first, upstream = tried.value
-                latency = round((self.clock.now() - t0) * 1e3, 3)
-                try:
-                    yield Start(id=request_id, task=plan.task, provider=target.provider, model=target.model,
-                                attempt=walk.called, variant=plan.variant)
-                    ev: Event | None = first
-                    while ev is not None:
-                        if type(ev) is Usage:
-                            held.used = ev.input_tokens + ev.output_tokens
-                            ev = price(ev, target)
+            walk.failure = None
+            try:
+                async with self.limiter.quota(quota) as held:
+                    t0 = self.clock.now()
+                    tried = await self._first(target, req, plan, policy, admission != "closed", walk, t0)
+                    if tried.value is None:
+                        assert tried.error is not None
+                        if _final(tried.error, plan):  # the caller's answer, not the next target's
+                            run.fail(tried.error)
+                            yield _error(tried.error, target, run)
+                            return
+                        if nxt:
+                            yield Fallback(from_=target.name, to=nxt, reason=tried.error.code)
+                        continue
+                    held.served = run.committed = True  # upstream did the work: the charge stands
+                    async for ev in self._serve(target, tried, held, walk, plan, request_id, t0):
                         yield ev
-                        if type(ev) is End:  # the answer is whole: read the body's end, send nothing more
-                            await _drain(upstream)
-                            break
-                        ev = await anext(upstream, None)
-                except UpstreamError as e:
-                    failure = e
-                except Exception as e:  # an adapter's bug: this target's answer cannot be decoded
-                    log.error("decoding %s failed: %s", target.name, type(e).__name__, exc_info=e)
-                    failure = UpstreamStreamError(f"{target.name}: the answer could not be decoded ({type(e).__name__})",
-                                                  code="decode_error", retryable=False, provider=target.provider)
-                finally:
-                    run.upstream_time += self.clock.now() - t0
-                    await upstream.aclose()
-                    run.attempt(AttemptRecord(target.name, "ok" if failure is None else "error",
-                                              code=failure.code if failure else None,
-                                              message=failure.message if failure else None,
-                                              latency_ms=latency, retries=tried.retries))
-            if failure is None:
-                return
-            if failure.retryable and await self.circuits.failure(target.name, policy.cooldown):
-                run.trip(target.name)
-            if plan.midstream == "restart" and nxt:
+                failure = walk.failure
+                if failure is None:
+                    return
+                if failure.retryable and await self.circuits.failure(target.name, policy.cooldown):
+                    run.trip(target.name)
+            finally:
+                if probing:  # a probe's lease ends with the probe, whatever its outcome
+                    await self.circuits.release(target.name)
+            if plan.midstream == "restart" and nxt and not _final(failure, plan):
                 yield Fallback(from_=target.name, to=nxt, reason=failure.code)
                 continue
             run.fail(failure)
-            yield Error(code=failure.code, message=failure.message, retryable=failure.retryable,
-                        provider=target.provider, attempts=run.attempts)
+            yield _error(failure, target, run)
             return
         failed = all_failed(run.attempts, walk.errors)
         run.fail(failed)
         yield Error(code="all_targets_failed", message=failed.message,
                     retryable=failed.status in (429, 503, 504), attempts=run.attempts)
 
-    async def _first(self, target: Target, req: TaskRequest, plan: Plan, policy: Policy, probing: bool,
+    async def _serve(self, target: Target, tried: Tried[tuple[Event, AsyncGenerator[Event, None]]], held: Ticket,
+                     walk: _Walk, plan: Plan, request_id: str, t0: float) -> AsyncGenerator[Event, None]:
+        """The committed target's answer: ``Start``, then its events to ``End``; a failure after
+        the commit is kept in ``walk.failure`` (the walk decides what follows)."""
+        assert tried.value is not None
+        first, upstream = tried.value
+        latency = round((self.clock.now() - t0) * 1e3, 3)
+        failure: UpstreamError | None = None
+        try:
+            yield Start(id=request_id, task=plan.task, provider=target.provider, model=target.model,
+                        attempt=walk.called, variant=plan.variant)
+            ev: Event | None = first
+            while ev is not None:
+                if type(ev) is Usage:
+                    held.used = ev.input_tokens + ev.output_tokens
+                    ev = price(ev, target)
+                yield ev
+                if type(ev) is End:  # the answer is whole: read the body's end, send nothing more
+                    await _drain(upstream)
+                    break
+                ev = await anext(upstream, None)
+        except UpstreamError as e:
+            failure = e
+        except Exception as e:  # an adapter's bug: this target's answer cannot be decoded
+            log.error("decoding %s failed: %s", target.name, type(e).__name__, exc_info=e)
+            failure = UpstreamStreamError(f"{target.name}: the answer could not be decoded ({type(e).__name__})",
+                                          code="decode_error", retryable=False, provider=target.provider)
+        finally:
+            walk.failure = failure
+            walk.run.upstream_time += self.clock.now() - t0
+            await upstream.aclose()
+            walk.run.attempt(AttemptRecord(target.name, "ok" if failure is None else "error",
+                                           code=failure.code if failure else None,
+                                           message=failure.message if failure else None,
+                                           latency_ms=latency, retries=tried.retries))
+
+    async def _first(self, target: Target, req: TaskRequest, plan: Plan, policy: Policy, suspect: bool,
                      walk: _Walk, t0: float) -> Tried[tuple[Event, AsyncGenerator[Event, None]]]:
         """Send, with retries, until the first event; a failure is recorded (attempt, upstream
-        time, a window floor after prompt-too-long) before it is returned."""
-        report = partial(_reports, probing, target.name, walk.failed_here)
+        time, a window floor after prompt-too-long) before it is returned. ``suspect``: the
+        target is probing or has failures counted, so a success must reach the store."""
+        report = partial(_reports, suspect, target.name, walk.failed_here)
         try:
             tried = await first_event(partial(self._open, target, req, plan, policy, report), policy.retry,
                                       walk.budget, self.clock.sleep,

@@ -29,8 +29,9 @@ class Circuits:
         self._closed_until: dict[str, float] = {}  # target -> clock() until which "closed" is reused
 
     async def admit(self, key: str, lease: float) -> str:
-        """``closed``, ``open`` or ``probe`` (this request holds the half-open lease for ``lease``
-        seconds)."""
+        """``closed``, ``failing`` (closed, failures counted: a success must be reported),
+        ``open`` or ``probe`` (this request holds the half-open lease for ``lease`` seconds, until
+        it reports a success or a failure, or ``release``s it)."""
         now = self.clock()
         if self._closed_until.get(key, 0.0) > now:
             return "closed"
@@ -51,8 +52,26 @@ class Circuits:
             return False
 
     async def success(self, key: str) -> None:
-        """Close the circuit (after a probe, or a success following failures)."""
+        """Close the circuit and reset its failure count (after a probe, or a success following
+        failures)."""
         try:
             await self.store.breaker_success(key)
+        except StoreError:
+            pass
+
+    async def reopens_in(self, key: str) -> float | None:
+        """Seconds until an open circuit lets a probe through (0 when one could go now but
+        another request holds the probe); None when unknown (the store failed)."""
+        try:
+            state = (await self.store.breaker_states([key], self.wall()))[key]
+        except StoreError:
+            return None
+        return max(0.0, state.open_until - self.wall()) if state.open_until else None
+
+    async def release(self, key: str) -> None:
+        """A probe is over without a verdict (a non-retryable error, the caller left): the next
+        request may probe at once."""
+        try:
+            await self.store.breaker_release(key)
         except StoreError:
             pass

@@ -121,16 +121,19 @@ DEFAULT_RETRY = Retry(attempts=3, initial_wait=0.5, max_wait=10, max_total_wait=
 
 class Cooldown(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Circuit breaker per target: after ``failures`` retryable failures in a row within ``window``
-    seconds the target is skipped for ``duration`` seconds, doubled on each repeated trip up to
-    ``max_duration``; then one probe request is let through (half-open)."""
+    seconds (a success in between starts the count again) the target is skipped for ``duration``
+    seconds; then one probe request is let through (half-open). A failed probe re-opens it for
+    ``duration`` times ``backoff`` per repeated trip (``backoff`` 1, the default: no growth), at
+    most ``max_duration``."""
 
     failures: Count | None = None
     window: Seconds | None = None
     duration: Seconds | None = None
     max_duration: Seconds | None = None
+    backoff: Annotated[float, msgspec.Meta(ge=1)] | None = None
 
 
-DEFAULT_COOLDOWN = Cooldown(failures=3, window=30, duration=30, max_duration=300)
+DEFAULT_COOLDOWN = Cooldown(failures=3, window=30, duration=30, max_duration=300, backoff=1.0)
 
 
 def overlay(*layers: Any) -> Any:
@@ -154,6 +157,9 @@ class Provider(msgspec.Struct, forbid_unknown_fields=True):
     (POST {base_url}/v1/messages). ``api_key``: after interpolation; ``None`` when its variable
     is unset (then ``unusable_reason`` says so). ``headers``: extra request headers. ``limits``:
     the provider's upstream quota, shared by every replica (a target over it is skipped).
+    ``stream_upstream``: the router asks this provider for a stream also for a non-streamed
+    caller (and folds it), so ``first_token``, ``idle`` and hedging protect both; ``false``
+    sends non-streamed calls as such, bounded by ``timeouts.total`` alone.
     """
 
     protocol: Literal["openai", "anthropic"]
@@ -165,6 +171,7 @@ class Provider(msgspec.Struct, forbid_unknown_fields=True):
     retry: Retry | None = None
     cooldown: Cooldown | None = None
     limits: Limits | None = None
+    stream_upstream: bool = True
     unusable_reason: str | None = msgspec.field(default=None, name="_unusable_reason")
 
 
@@ -211,6 +218,9 @@ class Task(msgspec.Struct, forbid_unknown_fields=True):
     ``restart`` (a ``fallback`` event, then the next target from the start). ``limits``: per
     caller, for this task (on top of the global per-caller limits). ``cache``: opt-in response cache.
     ``experiment``: weighted variants, each with its own chain. ``shadow``: background mirror traffic.
+    ``fallback_on``: failures routed around that otherwise go back to the caller:
+    ``content_filter`` (a provider's content filter refused the request; by default the caller
+    gets that refusal, a 400, rather than the next provider's answer).
     """
 
     chain: list[str]
@@ -222,6 +232,7 @@ class Task(msgspec.Struct, forbid_unknown_fields=True):
     cache: CachePolicy | None = None
     experiment: Experiment | None = None
     shadow: Shadow | None = None
+    fallback_on: list[Literal["content_filter"]] = []
 
 
 KeyHash = Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]

@@ -142,8 +142,10 @@ class UpstreamError(RouterError):
     (``"1113"``, ``"overloaded_error"``), or a router code (``"connect_error"``,
     ``"stream_truncated"``); ``upstream_status``: the HTTP status the upstream sent (0 if none);
     ``retry_after``: seconds the upstream asked us to wait, if it said; ``context_overflow``: the
-    prompt was too long for this target (another target with a larger window may succeed).
-    The message is ours, never the upstream body verbatim.
+    prompt was too long for this target (another target with a larger window may succeed);
+    ``content_filter``: the provider's content filter rejected the request (Z.ai 1301, OpenAI
+    ``content_policy_violation``): answered to the caller as a 400, not routed around unless the
+    task opts in. The message is ours, never the upstream body verbatim.
     """
 
     status = 502
@@ -159,14 +161,26 @@ class UpstreamError(RouterError):
         upstream_status: int = 0,
         retry_after: float | None = None,
         context_overflow: bool = False,
+        content_filter: bool = False,
     ) -> None:
         super().__init__(message)
+        if content_filter:
+            self.status, self.type = 400, "content_filter"
+        self.content_filter = content_filter
         self.code = code
         self.retryable = retryable
         self.provider = provider
         self.upstream_status = upstream_status
         self.retry_after = retry_after
         self.context_overflow = context_overflow
+
+
+    def to_body(self) -> dict[str, Any]:
+        body = super().to_body()
+        body["error"]["code"] = self.code
+        if self.provider:
+            body["error"]["provider"] = self.provider
+        return body
 
 
 class UpstreamHTTPError(UpstreamError):

@@ -237,6 +237,9 @@ def fold(events: Iterable[Event], answer: Answer | None = None) -> Answer:
                                      ev.cached_tokens, ev.cost_usd)
             case Start(id=rid, task=task, provider=prov, model=model, cached=cached, variant=variant):
                 a.id, a.task, a.provider, a.model, a.cached, a.variant = rid, task, prov, model, cached, variant
+                text.clear()  # a midstream restart: the answer is the one that ends, never a splice
+                reasoning.clear()
+                a.tool_calls, a.reasoning_signature, a.reasoning_redacted = [], None, []
             case End(finish_reason=fr):
                 a.finish_reason = fr
                 terminal = True

@@ -26,7 +26,8 @@ class Plan(msgspec.Struct, kw_only=True):
     """What a request will do: its ``task``, the ordered ``chain`` with each target's ``policies``
     (by target name), merged ``params``, the ``midstream`` failure mode, the ``cache`` policy, the
     token estimates (``prompt_tokens``; ``estimate`` = prompt + ``max_tokens`` or 4096), the
-    experiment ``variant`` and ``shadow``, and whether A/B outcomes are recorded (``tracked``)."""
+    experiment ``variant`` and ``shadow``, whether A/B outcomes are recorded (``tracked``), and
+    the failures the task routes around besides the usual (``fallback_on``)."""
 
     task: str
     chain: list[Target]
@@ -39,6 +40,7 @@ class Plan(msgspec.Struct, kw_only=True):
     variant: str | None = None
     shadow: Shadow | None = None
     tracked: bool = False
+    fallback_on: frozenset[str] = frozenset()
 
 
 def estimate_prompt_tokens(req: TaskRequest) -> int:
@@ -70,6 +72,7 @@ class _TaskPlan(msgspec.Struct, frozen=True):
     params: Params
     midstream: str
     cache: CachePolicy | None
+    fallback_on: frozenset[str] = frozenset()
 
 
 class Planner:
@@ -83,7 +86,7 @@ class Planner:
             policies = {t: resolve(config.providers[targets[t].provider], task)
                         for t in dict.fromkeys([*task.chain, *variants])}
             self._plans[name] = _TaskPlan([targets[t] for t in task.chain], policies, task.params,
-                                          task.midstream, task.cache)
+                                          task.midstream, task.cache, frozenset(task.fallback_on))
         for name, target in targets.items():  # a pinned target is a one-target chain of its own
             self._plans.setdefault(name, _TaskPlan([target], {name: resolve(config.providers[target.provider])},
                                                    Params(), "error", None))
@@ -112,4 +115,5 @@ class Planner:
         return Plan(task=req.task, chain=chain, policies=found.policies, params=merged, midstream=found.midstream,
                     cache=found.cache, prompt_tokens=prompt,
                     estimate=prompt + (merged.max_tokens or DEFAULT_MAX_TOKENS_ESTIMATE), variant=variant,
-                    shadow=shadow, tracked=task is not None and (task.experiment is not None or shadow is not None))
+                    shadow=shadow, tracked=task is not None and (task.experiment is not None or shadow is not None),
+                    fallback_on=found.fallback_on)

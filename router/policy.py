@@ -46,13 +46,14 @@ class EffectiveRetry(msgspec.Struct, frozen=True):
 
 
 class EffectiveCooldown(msgspec.Struct, frozen=True):
-    """Trip after ``failures`` retryable failures within ``window`` seconds; skip the target
-    ``duration`` seconds, doubled per repeated trip up to ``max_duration``."""
+    """Trip after ``failures`` retryable failures in a row within ``window`` seconds; skip the
+    target ``duration`` seconds, times ``backoff`` per repeated trip, up to ``max_duration``."""
 
     failures: int
     window: float
     duration: float
     max_duration: float
+    backoff: float = 1.0
 
 
 class Policy(msgspec.Struct, frozen=True):

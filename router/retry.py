@@ -6,6 +6,10 @@ the retries made. Only ``UpstreamError``s with ``retryable`` set are retried (th
 classify: connect errors, timeouts before the first event, 408/429/5xx/529, Z.ai 1302/1305 yes;
 400/401/403/404/413, Z.ai 1113/1261 no). ``on_failure(error)`` hears of every retryable failure
 (the circuit breaker counts it) and answers whether trying again is pointless (the circuit opened).
+A *silent* target (``SILENT``: no connection within ``connect``, no first event within
+``first_token``, nothing before ``total``) is not tried again: waiting on it once more would hold
+the caller another full timeout, so the walk moves on to the next target at once (the failure
+still counts toward its cooldown).
 Waits are exponential with jitter, but never shorter than the Retry-After the upstream asked for
 (read afresh from each failed attempt). When the wait asked for exceeds ``max_wait``, or would take
 the request past ``max_total_wait``, the target is given up at once so the caller can fall back
@@ -27,9 +31,11 @@ from tenacity import (
 from router.errors import UpstreamError
 from router.policy import EffectiveRetry
 
-__all__ = ["RetryBudget", "Tried", "first_event"]
+__all__ = ["SILENT", "RetryBudget", "Tried", "first_event"]
 
 T = TypeVar("T")
+
+SILENT = frozenset({"connect_timeout", "first_token_timeout", "total_timeout"})
 
 
 class RetryBudget:
@@ -60,7 +66,7 @@ class _Final(Exception):
 
 
 def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, UpstreamError) and exc.retryable
+    return isinstance(exc, UpstreamError) and exc.retryable and exc.code not in SILENT
 
 
 async def first_event(open_: Callable[[], Awaitable[T]], policy: EffectiveRetry, budget: RetryBudget,
@@ -82,7 +88,7 @@ async def first_event(open_: Callable[[], Awaitable[T]], policy: EffectiveRetry,
     except _Final as f:
         return Tried(None, f.error, 0)
     except UpstreamError as e:
-        if not e.retryable or policy.attempts <= 1:
+        if not _retryable(e) or policy.attempts <= 1:
             return Tried(None, e, 0)
         failed: list[UpstreamError] = [e]
 

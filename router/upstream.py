@@ -50,6 +50,7 @@ class Target(msgspec.Struct, kw_only=True):
     base_url: str
     api_key: str | None
     headers: dict[str, str]
+    stream_upstream: bool = True
     unusable_reason: str | None = None
 
 
@@ -62,7 +63,7 @@ def make_targets(providers: Mapping[str, Provider]) -> dict[str, Target]:
             out[name] = Target(
                 name=name, provider=pname, model=mname, spec=spec, adapter=adapter_for(p.protocol),
                 base_url=p.base_url, api_key=p.api_key, headers=p.headers,
-                unusable_reason=p.unusable_reason,
+                stream_upstream=p.stream_upstream, unusable_reason=p.unusable_reason,
             )
     return out
 

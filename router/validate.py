@@ -18,13 +18,16 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}")
 
 def warnings(config: RoutingConfig, text: str, env: Mapping[str, str]) -> list[str]:
     """Environment variables referenced but unset (and without a default), models without a
-    price, chains whose targets all share one provider (no real fallback), and, when tenants exist,
+    price, providers that do not stream upstream, chains whose targets all share one provider (no real fallback), and, when tenants exist,
     tasks no tenant may use."""
     out = []
     for m in _VAR.finditer(text):
         if not env.get(m.group(1)) and m.group(2) is None:
             out.append(f"environment variable {m.group(1)} is referenced but not set")
     for pname, p in config.providers.items():
+        if not p.stream_upstream:
+            out.append(f"providers.{pname}.stream_upstream: false; its non-streamed calls have no first-token "
+                       "or idle timeout and no hedge, only timeouts.total")
         for mname, spec in p.models.items():
             if spec.price is None:
                 out.append(f"providers.{pname}.models.{mname}: no price; its cost will be reported as 0")

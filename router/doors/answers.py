@@ -64,12 +64,14 @@ class CompletionUsage(msgspec.Struct):
 
 
 class RouterInfo(msgspec.Struct):
-    """Ours: the provider and model that answered, whether from the cache, and every attempt."""
+    """Ours: the provider and model that answered, whether from the cache, every attempt, and
+    the task that routed it."""
 
     provider: str
     model: str
     cached: bool
     attempts: list[AttemptRecord]
+    task: str = ""
 
 
 class ChatCompletion(msgspec.Struct):
@@ -153,12 +155,16 @@ class AnthropicErrorBody(msgspec.Struct):
 
 
 class NativeError(msgspec.Struct, omit_defaults=True):
-    """DESIGN.md's error: ``path`` names the offending field; ``attempts`` how each target failed."""
+    """DESIGN.md's error: ``path`` names the offending field; ``attempts`` how each target failed;
+    ``code`` and ``provider``: an upstream's error code (``"1301"``) and who sent it, when the
+    answer is one upstream's failure (a content-filter refusal, a failure after the answer began)."""
 
     type: str
     message: str
     path: str | None = None
     attempts: list[AttemptRecord] | None = None
+    code: str | None = None
+    provider: str | None = None
 
 
 class NativeErrorBody(msgspec.Struct):

@@ -179,6 +179,7 @@ class AnthropicDoor:
     """``POST /v1/messages`` (see the module docstring)."""
 
     media_type = "application/json"
+    restarts = False
 
     def __init__(self, max_body_bytes: int) -> None:
         self.max_body_bytes = max_body_bytes
@@ -248,10 +249,10 @@ class AnthropicDoor:
                     yield event("content_block_delta", {"index": index, "delta": {"type": "input_json_delta", "partial_json": a}})
                 case ToolCallEnd():
                     yield close()
-                case Start(id=rid):
+                case Start(id=rid, model=model):
                     yield event("message_start", {"message": {
                         "id": "msg_" + rid.removeprefix("req_"), "type": "message", "role": "assistant",
-                        "model": opts.model, "content": [], "stop_reason": None, "stop_sequence": None,
+                        "model": model or opts.model, "content": [], "stop_reason": None, "stop_sequence": None,
                         "usage": {"input_tokens": 0, "output_tokens": 0}}}) + b'event: ping\ndata: {"type": "ping"}\n\n'
                 case Usage():
                     usage = ev
@@ -277,7 +278,7 @@ class AnthropicDoor:
                                         input=json.loads(t.function["arguments"] or "{}")))
         u = answer.usage
         return _enc.encode(MessageResponse(
-            id="msg_" + answer.id.removeprefix("req_"), model=opts.model, content=content,
+            id="msg_" + answer.id.removeprefix("req_"), model=answer.model or opts.model, content=content,
             stop_reason=STOP_REASONS.get(answer.finish_reason, "end_turn"),
             usage=AnthropicUsage(input_tokens=u.input_tokens - u.cached_tokens, output_tokens=u.output_tokens,
                                  cache_read_input_tokens=u.cached_tokens)))

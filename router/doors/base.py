@@ -27,6 +27,10 @@ class Door(Protocol):
     """One client protocol."""
 
     media_type: str  # of non-streamed answers and errors
+    # whether its stream can tell the caller that the answer starts over (a second ``start``);
+    # where it cannot, a task's ``midstream: restart`` acts as ``error``: two answers are never
+    # spliced into one
+    restarts: bool
 
     def decode(self, body: bytes, headers: Mapping[str, str]) -> tuple[TaskRequest, Any]:
         """The canonical request and door options; raises ``RequestError``/``PayloadTooLarge``."""
@@ -50,10 +54,12 @@ class Door(Protocol):
 
 
 def error_headers(err: RouterError) -> dict[str, str]:
-    """Headers every door sends with an error: ``Retry-After`` on 429, the rate-limit headers."""
+    """Headers every door sends with an error: ``Retry-After`` on 429 (always) and on 503 (when
+    the moment is known: a chain cooling down), the rate-limit headers."""
     out: dict[str, str] = dict(getattr(err, "headers", {}) or {})
-    if err.status == 429:
-        out["retry-after"] = str(max(1, math.ceil(getattr(err, "retry_after", None) or 1)))
+    wait = getattr(err, "retry_after", None)
+    if err.status == 429 or (err.status == 503 and wait is not None):
+        out["retry-after"] = str(max(1, math.ceil(wait or 1)))
     return out
 
 

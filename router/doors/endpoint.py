@@ -49,6 +49,8 @@ async def serve_door(door: Door, scope: Any, receive: Any, send: Any) -> None:
     tenant = router.auth.identify(headers)
     req, opts = door.decode(body, headers)
     plan = router.plan(req)
+    if req.stream and not door.restarts:
+        plan.midstream = "error"  # this door's stream cannot say an answer starts over
     router.auth.allow(tenant, plan.task)
     cc = headers.get("cache-control", "").lower()
     client = scope.get("client")

@@ -16,6 +16,7 @@ class NativeDoor:
     """DESIGN.md's own contract: SSE of unified events, or the folded ``Answer``."""
 
     media_type = "application/json"
+    restarts = True
 
     def __init__(self, max_body_bytes: int) -> None:
         self.max_body_bytes = max_body_bytes

@@ -4,7 +4,8 @@ Wire facts: https://platform.openai.com/docs/api-reference/chat (request, comple
 object, ``stream_options.include_usage`` usage chunk with ``choices: []``, ``data: [DONE]``, the
 error envelope ``{"error": {"message", "type", "param", "code"}}``). GLM conventions kept:
 ``reasoning_content`` in deltas and messages, ``thinking: {"type": "enabled"|"disabled"}`` in the
-request. ``model`` names a task or a pinned ``provider/model``. Our extension: assistant
+request. ``model`` names a task or a pinned ``provider/model``; answers and chunks name the model
+that served them (after a fallback, the fallback's). Our extension: assistant
 ``reasoning_signature`` (a Claude thinking signature), sent in answers and accepted back in
 history, so multi-turn thinking conversations with Claude work through this door.
 """
@@ -163,7 +164,8 @@ def _usage(u: Usage | TokenUsage) -> CompletionUsage:
 
 
 def completion_json(answer: Answer, model: str) -> ChatCompletion:
-    """A complete answer as an OpenAI ``chat.completion`` object (``model``: the name asked for)."""
+    """A complete answer as an OpenAI ``chat.completion`` object (``model``: the model that
+    answered)."""
     msg = CompletionMessage(role="assistant", content=answer.text or (None if answer.tool_calls else ""),
                             reasoning_content=answer.reasoning or None,
                             reasoning_signature=answer.reasoning_signature or None,
@@ -173,7 +175,7 @@ def completion_json(answer: Answer, model: str) -> ChatCompletion:
                           choices=[CompletionChoice(index=0, message=msg, finish_reason=answer.finish_reason)],
                           usage=_usage(answer.usage),
                           router=RouterInfo(provider=answer.provider, model=answer.model, cached=answer.cached,
-                                            attempts=answer.attempts))
+                                            attempts=answer.attempts, task=answer.task))
 
 
 def _error_chunk(message: str, code: str) -> bytes:
@@ -186,6 +188,7 @@ class OpenAIDoor:
     """``POST /v1/chat/completions`` (see the module docstring)."""
 
     media_type = "application/json"
+    restarts = False
 
     def __init__(self, max_body_bytes: int) -> None:
         self.max_body_bytes = max_body_bytes
@@ -214,8 +217,12 @@ class OpenAIDoor:
 
     async def stream(self, events: AsyncIterator[Event], req: TaskRequest, opts: OpenAIOptions) -> AsyncIterator[bytes]:
         cid, created = "chatcmpl-" + secrets.token_hex(12), int(time.time())
-        head = b'{"id":"' + cid.encode() + b'","object":"chat.completion.chunk","created":' + str(created).encode() + \
-            b',"model":' + _enc.encode(opts.model) + b',"choices":'
+        prefix = b'{"id":"' + cid.encode() + b'","object":"chat.completion.chunk","created":' + str(created).encode()
+
+        def head_for(model: str) -> bytes:  # every chunk names the model that serves it
+            return prefix + b',"model":' + _enc.encode(model) + b',"choices":'
+
+        head = head_for(opts.model)
         usage: Usage | None = None
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -239,7 +246,8 @@ class OpenAIDoor:
                                                  "function": {"name": name, "arguments": ""}}]})
                 case ToolCallDelta(index=i, arguments=a):
                     yield chunk({"tool_calls": [{"index": i, "function": {"arguments": a}}]})
-                case Start():
+                case Start(model=model):
+                    head = head_for(model or opts.model)
                     yield chunk({"role": "assistant", "content": ""})
                 case Usage():
                     usage = ev
@@ -254,7 +262,7 @@ class OpenAIDoor:
                     yield _error_chunk(message, code)
 
     def answer(self, answer: Answer, req: TaskRequest, opts: OpenAIOptions) -> bytes:
-        return _enc.encode(completion_json(answer, opts.model))
+        return _enc.encode(completion_json(answer, answer.model or opts.model))
 
     def error(self, err: RouterError) -> tuple[int, bytes]:
         body = OpenAIError(message=err.message, type=openai_error_type(err.status), param=getattr(err, "path", None),

@@ -6,8 +6,8 @@ max_tokens?}``. A streamed answer is ``data: <json>`` lines of
 ``json.dumps`` (spaces after ``:`` and ``,``), ended by ``data: {"data": "[DONE]"}``; a failure
 mid-stream is ``data: {"error": {"message", "type": "streaming_error"}}``. A non-streamed answer is a
 chat completion object. Errors are FastAPI's ``{"detail": ...}``. The request goes to the ``chat``
-task unless ``model`` names another task (or a ``provider/model``); the chunks' ``model`` echoes the
-model asked for, as that backend did.
+task unless ``model`` names another task (or a ``provider/model``); the chunks' ``model`` is the
+model that served the answer (after a fallback, the fallback's).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from router.doors.answers import ChatBackendError
 from router.doors.base import PathMap, canonical
 from router.doors.openai import completion_json
 from router.errors import RequestError, RouterError
-from router.events import Answer, End, Error, Event, TextDelta
+from router.events import Answer, End, Error, Event, Start, TextDelta
 from router.request import TaskRequest, decode_body
 
 __all__ = ["ChatDoor", "ChatOptions"]
@@ -60,6 +60,7 @@ class ChatDoor:
     """``POST /api/chat`` (see the module docstring). ``known`` tells a task or target name."""
 
     media_type = "application/json"
+    restarts = False
 
     def __init__(self, max_body_bytes: int, known: Any) -> None:
         self.max_body_bytes = max_body_bytes
@@ -82,9 +83,12 @@ class ChatDoor:
         return canonical(obj, PathMap([f"messages[{i}]" for i, _ in kept])), ChatOptions(model=r.model or task)
 
     async def stream(self, events: AsyncIterator[Event], req: TaskRequest, opts: ChatOptions) -> AsyncIterator[bytes]:
+        model = opts.model
         async for ev in events:
-            if isinstance(ev, TextDelta):
-                chunk = {"choices": [{"delta": {"content": ev.text}}], "model": opts.model, "created": int(time.time())}
+            if isinstance(ev, Start):
+                model = ev.model or model  # the chunks name the model that serves them
+            elif isinstance(ev, TextDelta):
+                chunk = {"choices": [{"delta": {"content": ev.text}}], "model": model, "created": int(time.time())}
                 yield f"data: {json.dumps(chunk)}\n\n".encode()
             elif isinstance(ev, End):
                 yield f"data: {json.dumps({'data': '[DONE]'})}\n\n".encode()
@@ -92,7 +96,7 @@ class ChatDoor:
                 yield _error_line(ev.message)
 
     def answer(self, answer: Answer, req: TaskRequest, opts: ChatOptions) -> bytes:
-        return msgspec.json.encode(completion_json(answer, opts.model))
+        return msgspec.json.encode(completion_json(answer, answer.model or opts.model))
 
     def error(self, err: RouterError) -> tuple[int, bytes]:
         path = getattr(err, "path", None)

@@ -128,6 +128,8 @@ class Emulator:
             return "completed"
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         chunks = wire.anthropic_stream(s, model) if anthropic else wire.openai_stream(s, model, glm, include_usage)
+        if b.no_terminator:
+            chunks.pop()  # data: [DONE] / message_stop
         if b.malformed is not False:
             at = 1 if b.malformed is True else int(b.malformed)
             chunks.insert(min(at, len(chunks)), b'data: {"choices":[{"delta":{"content":"brok\n\n')

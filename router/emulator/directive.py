@@ -36,7 +36,8 @@ class Behaviour(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     byte; ``chunk_delay_ms``: between chunks; ``chunks``: how many pieces the text is cut into.
     ``cut_after``: drop the connection after N chunks (with ``error_code`` and no ``status``: send
     the provider's in-stream error event there instead); a non-streamed answer is dropped halfway. ``malformed``: send a broken chunk (after
-    chunk N when a number). ``hang``: never answer. ``replay``: send a recorded body file from the
+    chunk N when a number). ``no_terminator``: end a stream without its terminator (``data: [DONE]``,
+    ``message_stop``), after the finish and the usage. ``hang``: never answer. ``replay``: send a recorded body file from the
     ``--fixtures`` directory.
     """
 
@@ -56,6 +57,7 @@ class Behaviour(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     cut_after: int | None = None
     malformed: bool | int = False
     hang: bool = False
+    no_terminator: bool = False
     replay: str | None = None
 
 

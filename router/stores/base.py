@@ -19,7 +19,7 @@ from router.policy import EffectiveCooldown as Cooldown
 
 __all__ = ["PERIOD", "Admission", "BreakerState", "LimitResult", "LimitSpec", "Store", "StoreError"]
 
-Admission = Literal["closed", "probe", "open"]
+Admission = Literal["closed", "failing", "probe", "open"]
 PERIOD = 60.0  # seconds: limits are per minute
 
 
@@ -63,8 +63,15 @@ class Store(Protocol):
     kind: str
 
     async def breaker_admit(self, key: str, now: float, probe_lease: float) -> Admission:
-        """May a request go to target ``key``? ``probe`` means: yes, as the one half-open probe
-        (no other gets through for ``probe_lease`` seconds unless it reports back)."""
+        """May a request go to target ``key``? ``closed``: yes; ``failing``: yes, and failures are
+        being counted (report a success, it resets the count); ``probe``: yes, as the one
+        half-open probe (no other gets through for ``probe_lease`` seconds unless it reports
+        back: success, failure or ``breaker_release``); ``open``: no."""
+        ...
+
+    async def breaker_release(self, key: str) -> None:
+        """A probe ended neither in a success nor in a counted failure (a non-retryable error,
+        the caller left): give up its lease so the next request probes."""
         ...
 
     async def breaker_success(self, key: str) -> None:

@@ -14,9 +14,10 @@ __all__ = ["MemoryStore"]
 
 
 class _Breaker:
-    __slots__ = ("failures", "first_failure", "open_until", "probe_until", "trips")
+    __slots__ = ("failures", "first_failure", "open_until", "probe_until", "trips", "window")
 
     def __init__(self) -> None:
+        self.window = 0.0
         self.failures = 0
         self.first_failure = 0.0
         self.trips = 0
@@ -45,8 +46,10 @@ class MemoryStore:
     # -- circuit breakers ------------------------------------------------------------------
     async def breaker_admit(self, key: str, now: float, probe_lease: float) -> Admission:
         b = self._breakers.get(key)
-        if b is None or not b.open_until:
+        if b is None:
             return "closed"
+        if not b.open_until:
+            return "failing" if b.failures and now - b.first_failure <= b.window else "closed"
         if now < b.open_until or now < b.probe_until:
             return "open"
         b.probe_until = now + probe_lease
@@ -55,8 +58,14 @@ class MemoryStore:
     async def breaker_success(self, key: str) -> None:
         self._breakers.pop(key, None)
 
+    async def breaker_release(self, key: str) -> None:
+        b = self._breakers.get(key)
+        if b is not None:
+            b.probe_until = 0.0
+
     async def breaker_failure(self, key: str, now: float, cfg: Cooldown) -> bool:
         b = self._breakers.setdefault(key, _Breaker())
+        b.window = cfg.window
         if b.open_until:  # a failed probe (or a straggler while open): trip again, longer
             if now < b.open_until:
                 return False
@@ -70,7 +79,7 @@ class MemoryStore:
             if b.failures < cfg.failures:
                 return False
             b.trips = 1
-        b.open_until = now + min(cfg.max_duration, cfg.duration * 2 ** (b.trips - 1))
+        b.open_until = now + min(cfg.max_duration, cfg.duration * cfg.backoff ** (b.trips - 1))
         b.probe_until = 0.0
         b.failures = 0
         return True

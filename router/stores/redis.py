@@ -80,20 +80,23 @@ return 1
 
 # KEYS[1]; ARGV: now, probe lease (seconds).
 _ADMIT = """
-local v = redis.call('HMGET', KEYS[1], 'ou', 'pu')
+local v = redis.call('HMGET', KEYS[1], 'ou', 'pu', 'f')
 local ou, pu = tonumber(v[1] or '0'), tonumber(v[2] or '0')
-if ou == 0 then return 'closed' end
+if ou == 0 then
+  if tonumber(v[3] or '0') > 0 then return 'failing' end
+  return 'closed'
+end
 local now = tonumber(ARGV[1])
 if now < ou or now < pu then return 'open' end
 redis.call('HSET', KEYS[1], 'pu', now + tonumber(ARGV[2]))
 return 'probe'
 """
 
-# KEYS[1]; ARGV: now, failures, window, duration, max_duration. Returns 1 when it tripped.
+# KEYS[1]; ARGV: now, failures, window, duration, max_duration, backoff. Returns 1 when it tripped.
 _FAILURE = """
 local k = KEYS[1]
 local now, n, window = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local duration, maxd = tonumber(ARGV[4]), tonumber(ARGV[5])
+local duration, maxd, backoff = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local v = redis.call('HMGET', k, 'f', 'ff', 'tr', 'ou')
 local f, ff, tr, ou = tonumber(v[1] or '0'), tonumber(v[2] or '0'), tonumber(v[3] or '0'), tonumber(v[4] or '0')
 if ou > 0 then
@@ -110,10 +113,16 @@ else
   end
   tr = 1
 end
-local dur = math.min(maxd, duration * 2 ^ (tr - 1))
+local dur = math.min(maxd, duration * backoff ^ (tr - 1))
 redis.call('HSET', k, 'f', 0, 'ff', 0, 'tr', tr, 'ou', now + dur, 'pu', 0)
 redis.call('EXPIRE', k, math.ceil(dur + 2 * maxd + window))
 return 1
+"""
+
+# KEYS[1]: a probe's lease ends (the breaker, when it still exists, lets the next request probe).
+_RELEASE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'pu', 0) end
+return 0
 """
 
 # The cache entry, or else its lock: KEYS[1] the entry, KEYS[2] its lock (one hash slot);
@@ -154,6 +163,7 @@ class RedisStore:
         self._adjust = self.client.register_script(_ADJUST)
         self._admit = self.client.register_script(_ADMIT)
         self._failure = self.client.register_script(_FAILURE)
+        self._release = self.client.register_script(_RELEASE)
         self._get_or_lock = self.client.register_script(_GET_OR_LOCK)
 
     async def _call(self, coro: Any) -> Any:
@@ -175,9 +185,12 @@ class RedisStore:
     async def breaker_success(self, key: str) -> None:
         await self._call(self.client.delete(self._cb(key)))
 
+    async def breaker_release(self, key: str) -> None:
+        await self._call(self._release(keys=[self._cb(key)]))
+
     async def breaker_failure(self, key: str, now: float, cfg: Cooldown) -> bool:
         got = await self._call(self._failure(keys=[self._cb(key)], args=[
-            now, cfg.failures, cfg.window, cfg.duration, cfg.max_duration]))
+            now, cfg.failures, cfg.window, cfg.duration, cfg.max_duration, cfg.backoff]))
         return bool(int(got))
 
     async def breaker_states(self, keys: list[str], now: float) -> dict[str, BreakerState]:

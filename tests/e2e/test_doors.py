@@ -46,7 +46,7 @@ def test_openai_door_non_stream_and_stream(oai: openai.OpenAI, task: str) -> Non
     spec = {"text": "Four.", "reasoning": "Two plus two.", "input_tokens": 12, "output_tokens": 7}
     r = oai.chat.completions.create(model=task, messages=[{"role": "user", "content": say(spec)}])
     msg = r.choices[0].message
-    assert msg.content == "Four." and r.choices[0].finish_reason == "stop" and r.model == task
+    assert msg.content == "Four." and r.choices[0].finish_reason == "stop" and r.model == BACKENDS[task]
     assert msg.model_extra["reasoning_content"] == "Two plus two."
     assert r.usage is not None and (r.usage.prompt_tokens, r.usage.completion_tokens) == (12, 7)
     chunks = list(oai.chat.completions.create(model=task, messages=[{"role": "user", "content": say(spec)}],
@@ -56,6 +56,7 @@ def test_openai_door_non_stream_and_stream(oai: openai.OpenAI, task: str) -> Non
                    for c in chunks if c.choices) == "Two plus two."
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 7
+    assert {c.model for c in chunks} == {BACKENDS[task]}  # who answered, on every chunk
 
 
 @pytest.mark.parametrize("task", sorted(BACKENDS))
@@ -181,7 +182,7 @@ def test_api_chat_contract(router: str) -> None:
         assert lines[-1] == 'data: {"data": "[DONE]"}'
         chunks = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
         assert "".join(ch["choices"][0]["delta"]["content"] for ch in chunks) == "a b c"
-        assert all(set(ch) == {"choices", "model", "created"} and ch["model"] == "chat" for ch in chunks)
+        assert all(set(ch) == {"choices", "model", "created"} and ch["model"] == "glm-4.6" for ch in chunks)
         assert lines[0].startswith('data: {"choices": [{"delta": {"content": ')  # json.dumps spacing, as the backend
         whole = c.post(router + "/api/chat", json={"stream": False, "model": "claude_task",
                                                    "messages": [{"role": "user", "content": say({"text": "x"})}]})

@@ -94,7 +94,7 @@ def test_openai_request_history_and_params_reach_glm_translated() -> None:
         assert (sent["temperature"], sent["top_p"], sent["max_tokens"], sent["stop"]) == (0.5, 0.9, 70, ["END"])
         assert sent["thinking"] == {"type": "disabled"}
         body = r.json()
-        assert body["object"] == "chat.completion" and body["model"] == "chat"
+        assert body["object"] == "chat.completion" and body["model"] == GLM  # who answered, not the task
         assert body["id"].startswith("chatcmpl-") and body["choices"][0]["finish_reason"] == "stop"
         assert body["choices"][0]["message"]["content"] == "You are welcome."
         assert set(body["choices"][0]["message"]) <= {"content", "role"}  # no reasoning, no tool calls
@@ -142,7 +142,7 @@ def test_openai_assistant_reasoning_signature_and_redacted_reach_claude() -> Non
         r = await a.client.post("/v1/chat/completions", json={"model": PIN_CLAUDE, "messages": messages,
                                                              "tools": [WEATHER_TOOL], "tool_choice": "required"})
         assert r.status_code == 200, r.text
-        assert r.json()["model"] == PIN_CLAUDE and r.json()["router"]["provider"] == "claude"
+        assert r.json()["model"] == CLAUDE and r.json()["router"]["provider"] == "claude"
         sent = upstream(a, CLAUDE)
         assert sent["system"] == "sys" and sent["tool_choice"] == {"type": "any"}
         assistant = sent["messages"][1]
@@ -186,7 +186,7 @@ def test_openai_stream_of_glm_reasoning_and_tool_calls_with_the_usage_chunk() ->
         chunks = data_lines(r.text)
         assert chunks[-1] == "[DONE]"
         body = chunks[:-1]
-        assert all(c["object"] == "chat.completion.chunk" and c["model"] == "chat" for c in body)
+        assert all(c["object"] == "chat.completion.chunk" and c["model"] == GLM for c in body)
         assert len({c["id"] for c in body}) == 1
         assert body[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
         deltas = [c["choices"][0]["delta"] for c in body if c["choices"]]
@@ -279,7 +279,7 @@ def test_anthropic_request_blocks_become_the_canonical_history() -> None:
             {"type": "tool_result", "tool_use_id": "toolu_A", "content": "cold and dark"},
             {"type": "text", "text": "so?\n" + directive({"*": {"text": "wear a coat"}})}]
         body = r.json()
-        assert body["type"] == "message" and body["role"] == "assistant" and body["model"] == PIN_CLAUDE
+        assert body["type"] == "message" and body["role"] == "assistant" and body["model"] == CLAUDE
         assert body["id"].startswith("msg_") and body["content"] == [{"type": "text", "text": "wear a coat"}]
         assert body["stop_reason"] == "end_turn" and body["stop_sequence"] is None
 
@@ -374,7 +374,7 @@ def test_anthropic_stream_of_claude_thinking_text_and_tool_use() -> None:
         kinds = [e["type"] for e in evs]
         assert kinds[:2] == ["message_start", "ping"] and kinds[-2:] == ["message_delta", "message_stop"]
         start = evs[0]["message"]
-        assert start["model"] == PIN_CLAUDE and start["id"].startswith("msg_") and start["content"] == []
+        assert start["model"] == CLAUDE and start["id"].startswith("msg_") and start["content"] == []
         blocks = [e for e in evs if e["type"] == "content_block_start"]
         assert [b["index"] for b in blocks] == [0, 1, 2]
         assert blocks[0]["content_block"] == {"type": "thinking", "thinking": "", "signature": ""}
@@ -484,7 +484,7 @@ def test_zchat_streams_in_the_backends_exact_format() -> None:
                                                    say({"*": {"text": "one two"}})})
         assert r.status_code == 200
         lines = [b for b in r.text.split("\n\n") if b]
-        assert lines[0].startswith('data: {"choices": [{"delta": {"content": "one "}}], "model": "glm-4-plus", "created": ')
+        assert lines[0].startswith('data: {"choices": [{"delta": {"content": "one "}}], "model": "glm-4.6", "created": ')  # the model that served
         assert lines[-1] == 'data: {"data": "[DONE]"}'
         assert "".join(json.loads(x.removeprefix("data: "))["choices"][0]["delta"]["content"] for x in lines[:-1]) == "one two"
         sent = upstream(a, GLM)  # unknown model: the chat task; the empty system message is dropped
@@ -498,13 +498,13 @@ def test_zchat_model_naming_a_task_or_target_is_used() -> None:
     async def t(a: InProcess) -> None:
         r = await a.client.post("/api/chat", json={"model": PIN_CLAUDE, "stream": False, "messages": say()})
         body = r.json()
-        assert body["object"] == "chat.completion" and body["model"] == PIN_CLAUDE
+        assert body["object"] == "chat.completion" and body["model"] == CLAUDE
         assert body["router"]["provider"] == "claude" and body["choices"][0]["message"]["content"]
         r = await a.client.post("/api/chat", json={"model": "quick_summary", "stream": False,
                                                    "messages": say({GLM: {"status": 400}, "*": {"text": "claude"}})})
         assert r.json()["choices"][0]["message"]["content"] == "claude"  # the task's fallback chain ran
         r = await a.client.post("/api/chat", json={"stream": False, "messages": say()})
-        assert r.json()["model"] == "chat"
+        assert r.json()["model"] == GLM and r.json()["router"]["task"] == "chat"
 
     run(t)
 
@@ -596,17 +596,28 @@ def test_redacted_thinking_streams_through_both_doors(tmp_path: Path) -> None:
 
 
 def test_redacted_thinking_in_folded_answers_of_both_doors(tmp_path: Path) -> None:
-    async def t(a: Local) -> None:
-        msgs = say({"*": {"replay": "redacted.json"}})
-        r = await a.client.post("/v1/messages", json={"model": PIN_CLAUDE, "max_tokens": 100, "messages": msgs})
-        assert r.json()["content"] == [{"type": "redacted_thinking", "data": "opaque-data-1"},
-                                       {"type": "text", "text": "visible answer"}]
-        r = await a.client.post("/v1/chat/completions", json={"model": PIN_CLAUDE, "messages": msgs})
-        msg = r.json()["choices"][0]["message"]
-        assert msg["reasoning_redacted"] == ["opaque-data-1"] and msg["content"] == "visible answer"
-        assert "reasoning_signature" not in msg and "reasoning_content" not in msg
+    """Folded from the upstream stream (the default) and from a non-streamed upstream answer
+    (``stream_upstream: false``)."""
+    recorded = _recorded_redacted()
 
-    run_local(t, fixtures=_fixtures(tmp_path))
+    def check(replay: str, redacted: list[str], text: str) -> Callable[[Local], Awaitable[None]]:
+        async def t(a: Local) -> None:
+            msgs = say({"*": {"replay": replay}})
+            r = await a.client.post("/v1/messages", json={"model": PIN_CLAUDE, "max_tokens": 100, "messages": msgs})
+            content = r.json()["content"]
+            assert content[:-1] == [{"type": "redacted_thinking", "data": d} for d in redacted]
+            assert content[-1]["type"] == "text" and content[-1]["text"].startswith(text)
+            r = await a.client.post("/v1/chat/completions", json={"model": PIN_CLAUDE, "messages": msgs})
+            msg = r.json()["choices"][0]["message"]
+            assert msg["reasoning_redacted"] == redacted and msg["content"].startswith(text)
+            assert "reasoning_signature" not in msg and "reasoning_content" not in msg
+
+        return t
+
+    run_local(check("redacted.sse", recorded, "I notice that you've sent what"), fixtures=_fixtures(tmp_path))
+    no_stream = YAML.replace("  claude:\n", "  claude:\n    stream_upstream: false\n", 1)
+    assert no_stream != YAML
+    run_local(check("redacted.json", ["opaque-data-1"], "visible answer"), no_stream, fixtures=_fixtures(tmp_path))
 
 
 # -- error shapes ------------------------------------------------------------------------------

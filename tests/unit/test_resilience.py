@@ -209,8 +209,12 @@ def test_idle_stall_after_commit_is_a_terminal_error() -> None:
     run(t)
 
 
-def test_cooldown_skip_then_half_open_probe() -> None:
+@pytest.mark.parametrize("backoff", [None, 2])
+def test_cooldown_skip_then_half_open_probe(backoff: float | None) -> None:
+    """A failed probe re-opens the circuit for ``duration`` (10 s), or ``duration x backoff``
+    (20 s) when the provider asks for growth."""
     failing = {"glm-a": {"status": 503}}
+    reopen = 10 * (backoff or 1)
 
     async def t(a: InProcess) -> None:
         for _ in range(3):
@@ -226,17 +230,18 @@ def test_cooldown_skip_then_half_open_probe() -> None:
         assert stats(a)["glm-a"]["requests"] == 3  # not called
         a.clock.advance(11)  # past the 10 s cooldown: one probe goes through
         assert (await a.client.get("/v1/routes")).json()["targets"]["glm/glm-a"]["state"] == "half_open"
-        assert (await post(a, "t", failing)).json()["model"] == "claude-a"  # the probe fails: open again, longer
+        assert (await post(a, "t", failing)).json()["model"] == "claude-a"  # the probe fails: open again
         assert (await a.client.get("/v1/routes")).json()["targets"]["glm/glm-a"]["trips"] == 2
-        a.clock.advance(11)
-        assert (await post(a, "t", {})).json()["model"] == "claude-a"  # 20 s now: still cooling
-        a.clock.advance(10)
+        a.clock.advance(reopen - 1)
+        assert (await post(a, "t", {})).json()["model"] == "claude-a"  # still cooling
+        a.clock.advance(2)
         probe = await post(a, "t", {})
-        assert probe.json()["model"] == "glm-a", (probe.json()["attempts"], a.clock.wall(), (await a.client.get("/v1/routes")).json()["targets"]["glm/glm-a"])
+        assert probe.json()["model"] == "glm-a", probe.json()["attempts"]
         assert (await a.client.get("/v1/routes")).json()["targets"]["glm/glm-a"]["state"] == "closed"
         assert stats(a)["glm-a"]["requests"] == 5
 
-    run(t, config(retry="{attempts: 1}"))
+    growth = f", backoff: {backoff}" if backoff else ""
+    run(t, config(retry="{attempts: 1}", cooldown="{failures: 3, window: 60, duration: 10, max_duration: 40" + growth + "}"))
 
 
 @pytest.mark.parametrize(("spec", "status"), [

@@ -139,14 +139,14 @@ def test_on_failure_hears_every_retryable_failure_only() -> None:
     assert tried.error is not None and heard == ["503", "502"]
 
 
-CFG = EffectiveCooldown(failures=3, window=30, duration=10, max_duration=25)
+CFG = EffectiveCooldown(failures=3, window=30, duration=10, max_duration=25, backoff=2)
 
 
 def test_breaker_trips_after_n_failures_within_the_window() -> None:
     async def go() -> None:
         s = MemoryStore()
         assert [await s.breaker_failure("t", t, CFG) for t in (0, 1)] == [False, False]
-        assert await s.breaker_admit("t", 2, 5) == "closed"
+        assert await s.breaker_admit("t", 2, 5) == "failing"
         assert await s.breaker_failure("t", 2, CFG) is True
         assert await s.breaker_admit("t", 5, 5) == "open"
         assert (await s.breaker_states(["t"], 5))["t"].state == "open"
@@ -154,7 +154,7 @@ def test_breaker_trips_after_n_failures_within_the_window() -> None:
         assert await s.breaker_admit("t", 12.5, 5) == "probe"
         assert await s.breaker_admit("t", 12.6, 5) == "open"
         assert await s.breaker_admit("t", 18, 5) == "probe"  # the first probe's lease ran out
-        assert await s.breaker_failure("t", 18, CFG) is True  # failed probe: 20 s now
+        assert await s.breaker_failure("t", 18, CFG) is True  # failed probe: 20 s now (backoff 2)
         assert await s.breaker_admit("t", 37, 5) == "open"
         assert await s.breaker_admit("t", 38.5, 5) == "probe"
         assert await s.breaker_failure("t", 38.5, CFG) is True  # 40 s capped at 25
@@ -180,7 +180,8 @@ def test_breaker_window_expires_old_failures() -> None:
 
 def test_default_cooldown_is_complete() -> None:
     assert None not in (DEFAULT_COOLDOWN.failures, DEFAULT_COOLDOWN.window, DEFAULT_COOLDOWN.duration,
-                        DEFAULT_COOLDOWN.max_duration)
+                        DEFAULT_COOLDOWN.max_duration, DEFAULT_COOLDOWN.backoff)
+    assert DEFAULT_COOLDOWN.backoff == 1  # a failed probe re-opens for `duration`: no growth unless asked
 
 
 def test_a_closed_verdict_is_reused_briefly_and_forgotten_on_a_local_failure() -> None:

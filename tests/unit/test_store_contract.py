@@ -109,20 +109,42 @@ def test_cache_get_or_lock_and_set_unlock(make_store) -> None:  # type: ignore[n
 
 
 def test_breaker(make_store) -> None:  # type: ignore[no-untyped-def]
-    cfg = Cooldown(failures=2, window=30, duration=10, max_duration=25)
+    cfg = Cooldown(failures=2, window=30, duration=10, max_duration=25, backoff=2)
 
     async def body(s):  # type: ignore[no-untyped-def]
         out = [await s.breaker_admit("glm/x", 1000, 5), await s.breaker_failure("glm/x", 1000, cfg),
+               await s.breaker_admit("glm/x", 1000.5, 5),  # failures counted: a success must report
                await s.breaker_failure("glm/x", 1001, cfg), await s.breaker_admit("glm/x", 1002, 5),
                (await s.breaker_states(["glm/x"], 1002))["glm/x"].state,
                await s.breaker_admit("glm/x", 1012, 5), await s.breaker_admit("glm/x", 1012.5, 5),
-               await s.breaker_failure("glm/x", 1013, cfg),
+               await s.breaker_failure("glm/x", 1013, cfg),  # a failed probe: 10 s x backoff 2
                (await s.breaker_states(["glm/x"], 1013))["glm/x"].open_until]
         await s.breaker_success("glm/x")
         out.append(await s.breaker_admit("glm/x", 1014, 5))
         return out
 
-    assert run(make_store, body) == ["closed", False, True, "open", "open", "probe", "open", True, 1033.0, "closed"]
+    assert run(make_store, body) == ["closed", False, "failing", True, "open", "open", "probe", "open", True, 1033.0,
+                                     "closed"]
+
+
+def test_breaker_probe_release_and_no_growth_by_default(make_store) -> None:  # type: ignore[no-untyped-def]
+    """A released probe lets the next request probe at once; without ``backoff`` a failed probe
+    re-opens for ``duration`` again; a success resets the failure count."""
+    cfg = Cooldown(failures=2, window=30, duration=10, max_duration=300)
+
+    async def body(s):  # type: ignore[no-untyped-def]
+        await s.breaker_failure("glm/y", 1000, cfg)
+        await s.breaker_success("glm/y")  # a success in between: the count starts again
+        out = [await s.breaker_failure("glm/y", 1001, cfg), await s.breaker_failure("glm/y", 1002, cfg),
+               await s.breaker_admit("glm/y", 1012, 600), await s.breaker_admit("glm/y", 1013, 600)]
+        await s.breaker_release("glm/y")  # the probe ended without a verdict
+        out += [await s.breaker_admit("glm/y", 1014, 600), await s.breaker_failure("glm/y", 1015, cfg),
+                (await s.breaker_states(["glm/y"], 1015))["glm/y"].open_until]
+        await s.breaker_release("glm/z")  # no breaker: nothing is made
+        out.append((await s.breaker_states(["glm/z"], 1015))["glm/z"].state)
+        return out
+
+    assert run(make_store, body) == [False, True, "probe", "open", "probe", True, 1025.0, "closed"]
 
 
 def test_unreachable_redis_raises_store_error() -> None:

@@ -5,6 +5,7 @@ so a clone in any directory runs these tests."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from providers import adapter_for
@@ -26,3 +27,15 @@ def decode_stream(protocol: str, body: bytes) -> list[Event]:
     for event, data in sse_messages(body):
         out += dec.feed(event, data)
     return out + dec.finish()
+
+
+def finishing(protocol: str, event: str, data: str) -> bool:
+    """Whether this SSE message delivers the answer's finish: an OpenAI chunk with a
+    ``finish_reason``, an Anthropic ``message_delta`` with a ``stop_reason``. A stream is complete
+    from this message on, its terminator (``[DONE]``, ``message_stop``) or not."""
+    if data == "[DONE]" or not data.startswith("{"):
+        return False
+    obj = json.loads(data)
+    if protocol == "anthropic":
+        return obj.get("type") == "message_delta" and bool((obj.get("delta") or {}).get("stop_reason"))
+    return any(c.get("finish_reason") for c in obj.get("choices") or ())

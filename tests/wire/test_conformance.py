@@ -13,7 +13,7 @@ from router.emulator import wire
 from router.emulator.directive import Behaviour, ToolCallSpec
 from router.errors import UpstreamStreamError
 from router.events import End, fold
-from tests.wire._sse import decode_stream
+from tests.wire._sse import decode_stream, finishing, sse_messages
 
 FLAVOURS = ["glm", "openai", "anthropic"]
 
@@ -118,15 +118,24 @@ def test_in_stream_error_event_is_an_error(flavour: str) -> None:
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_every_stream_prefix_is_an_error_or_complete(flavour: str) -> None:
-    """Cut the stream after each message: it is complete only when cut after the terminator."""
+    """Cut the stream after each message: complete (the whole stream's answer) once the finish
+    arrived (``finish_reason`` / ``message_delta``'s ``stop_reason``), terminator or not; cut
+    before it always ``stream_truncated``, never ``End``."""
     protocol, stream, _ = _bodies(flavour, SCENARIOS["text_then_tool"])
     parts = [p for p in stream.split(b"\n\n") if p]
+    whole = fold(decode_stream(protocol, stream))
+    finished_at = next(i for i, p in enumerate(parts)
+                       if any(finishing(protocol, e, d) for e, d in sse_messages(p + b"\n\n")))
     for n in range(len(parts)):
         body = b"\n\n".join(parts[:n]) + b"\n\n" if n else b""
-        try:
-            events = decode_stream(protocol, body)
-        except UpstreamStreamError as e:
-            assert e.code == "stream_truncated"
-        else:  # pragma: no cover - a prefix must never decode as complete
-            pytest.fail(f"prefix of {n} messages decoded as {events[-1]}")
-    assert isinstance(decode_stream(protocol, stream)[-1], End)
+        if n <= finished_at:
+            with pytest.raises(UpstreamStreamError) as info:
+                decode_stream(protocol, body)
+            assert info.value.code == "stream_truncated"
+            continue
+        events = decode_stream(protocol, body)
+        assert isinstance(events[-1], End)
+        answer = fold(events)
+        if flavour == "openai" and n == finished_at + 1:  # OpenAI's usage chunk follows the finish
+            answer.usage = whole.usage
+        assert _normal(answer) == _normal(whole)

@@ -20,7 +20,7 @@ from router.events import (
     ToolCallStart,
     fold,
 )
-from tests.wire._sse import WIRE, decode_stream, sse_messages
+from tests.wire._sse import WIRE, decode_stream, finishing, sse_messages
 
 PROTOCOL = {"anthropic": "anthropic", "zai": "openai", "openai": "openai"}
 
@@ -131,18 +131,34 @@ def test_recorded_stream(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(STREAMS))
-def test_recorded_stream_cut_before_its_terminator_is_an_error(name: str) -> None:
-    """Drop the last SSE message ([DONE] / message_stop): never reported as End."""
+def test_recorded_stream_cut_before_its_finish_is_an_error(name: str) -> None:
+    """Drop every message from the one that delivers the finish (``finish_reason`` /
+    ``message_delta``'s ``stop_reason``) on: never reported as End."""
     protocol = PROTOCOL[name.split("/")[0]]
     messages = sse_messages((WIRE / name).read_bytes())
+    cut = next(i for i, (e, d) in enumerate(messages) if finishing(protocol, e, d))
     dec = adapter_for(protocol).stream_decoder()
     events = []
     with pytest.raises(UpstreamStreamError) as info:
-        for event, data in messages[:-1]:
+        for event, data in messages[:cut]:
             events += dec.feed(event, data)
         dec.finish()
     assert info.value.code == "stream_truncated" and info.value.retryable
     assert not any(isinstance(e, End) for e in events)
+
+
+@pytest.mark.parametrize("name", sorted(STREAMS))
+def test_recorded_stream_without_its_terminator_is_complete(name: str) -> None:
+    """Drop only the terminator ([DONE] / message_stop): the finish and the usage were sent, so
+    the answer is the whole stream's."""
+    protocol = PROTOCOL[name.split("/")[0]]
+    body = (WIRE / name).read_bytes()
+    messages = [m for m in sse_messages(body) if m[1] != "[DONE]" and m[0] != "message_stop"]
+    assert len(messages) == len(sse_messages(body)) - 1
+    dec = adapter_for(protocol).stream_decoder()
+    events = [ev for event, data in messages for ev in dec.feed(event, data)] + dec.finish()
+    assert isinstance(events[-1], End)
+    assert fold(events) == fold(decode_stream(protocol, body))
 
 
 @pytest.mark.parametrize("name", sorted(RESPONSES))

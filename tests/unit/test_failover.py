@@ -1,0 +1,227 @@
+"""Failover against faults the first wave did not script (the failover issue), in process on the
+fake transport and clock: silent targets, complete streams without their terminator, who answered,
+recovery of a cooled-down target, content filters, restarts that cannot be told, and when to
+come back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from tests.unit._app import InProcess, app
+from tests.unit.test_resilience import config, post, settle, stats
+
+
+def run(test: Any, yaml_text: str | None = None) -> None:
+    async def go() -> None:
+        async with app(yaml_text or config()) as a:
+            await test(a)
+
+    asyncio.run(go())
+
+
+def openai_chunks(body: str) -> list[dict[str, Any]]:
+    return [json.loads(line[6:]) for line in body.split("\n") if line.startswith("data: {")]
+
+
+# -- 1 and 3: a silent target is not retried, and non-streamed callers are protected too -------
+
+def test_a_silent_target_is_not_retried_streamed_or_not() -> None:
+    """``first_token: 0.4`` and 3 attempts: a hung primary costs one first-token timeout, then
+    the fallback answers; the same for a non-streamed caller (the upstream call streams)."""
+    async def t(a: InProcess) -> None:
+        for stream in (True, False):
+            c0 = a.clock.now()
+            r = await post(a, "t", {"glm-a": {"hang": True}, "claude-a": {"text": "fallback"}}, stream=stream)
+            assert r.status_code == 200
+            assert 0.4 - 1e-9 <= a.clock.now() - c0 < 0.5  # one timeout, no retry, no backoff sleep
+            if not stream:
+                body = r.json()
+                assert body["text"] == "fallback" and body["model"] == "claude-a"
+                assert (body["attempts"][0]["code"], body["attempts"][0]["retries"]) == ("first_token_timeout", 0)
+        assert a.clock.sleeps == []
+        await settle(lambda: stats(a)["glm-a"]["aborted"] == 2)  # one call each, closed
+
+    run(t)
+
+
+def test_connect_timeout_moves_on_without_a_retry() -> None:
+    from router.inproc import Reply, ScriptedTransport
+
+    calls: list[str] = []
+
+    def slow(request: Any) -> Reply:
+        calls.append(request.url)
+        return Reply(body=[TimeoutError()])  # what aiohttp raises when `connect` runs out
+
+    async def go() -> None:
+        async with app(config(), transports={"dead": ScriptedTransport(slow)}) as a:
+            r = await post(a, "dead_first", {})
+            assert r.status_code == 200 and r.json()["model"] == "glm-a"
+            assert r.json()["attempts"][0]["code"] == "connect_timeout" and len(calls) == 1
+
+    asyncio.run(go())
+
+
+def test_a_non_streamed_caller_is_asked_for_a_stream_upstream_unless_the_provider_opts_out() -> None:
+    async def t(a: InProcess) -> None:
+        r = await post(a, "only_glm", {"glm-a": {"text": "one two three"}})
+        assert r.status_code == 200 and r.json()["text"] == "one two three"
+        assert a.emulator.last["glm-a"]["body"]["stream"] is True
+
+    async def opted_out(a: InProcess) -> None:
+        r = await post(a, "only_glm", {"glm-a": {"text": "one two three"}})
+        assert r.status_code == 200 and r.json()["text"] == "one two three"
+        assert a.emulator.last["glm-a"]["body"].get("stream") in (None, False)
+
+    run(t)
+    run(opted_out, config().replace("    retry: {attempts: 3", "    stream_upstream: false\n    retry: {attempts: 3", 1))
+
+
+# -- 5: complete means complete ------------------------------------------------------------
+
+def test_a_stream_without_its_terminator_after_its_finish_is_complete() -> None:
+    async def t(a: InProcess) -> None:
+        for target, task in (("glm-a", "only_glm"), ("claude-a", "t")):
+            spec = {target: {"text": "all of it", "no_terminator": True, "input_tokens": 5, "output_tokens": 3},
+                    "glm-a" if target == "claude-a" else "x": {"status": 503}}
+            r = await post(a, task, spec, stream=True)
+            assert r.status_code == 200 and '"type":"end"' in r.text and '"type":"error"' not in r.text
+            done = await post(a, task, spec)
+            assert done.status_code == 200 and done.json()["text"] == "all of it"
+            assert done.json()["usage"]["input_tokens"] == 5 and done.json()["usage"]["output_tokens"] == 3
+
+    run(t)
+
+
+# -- 6: report who answered ----------------------------------------------------------------
+
+def test_every_door_names_the_model_that_answered() -> None:
+    spec = {"glm-a": {"status": 400}, "claude-a": {"text": "from claude"}}
+    msgs = [{"role": "user", "content": "hi\nemulate: " + json.dumps(spec)}]
+
+    async def t(a: InProcess) -> None:
+        r = await a.client.post("/v1/chat/completions", json={"model": "t", "messages": msgs, "stream": True})
+        chunks = openai_chunks(r.text)
+        assert chunks and {c["model"] for c in chunks} == {"claude-a"}
+        r = await a.client.post("/v1/chat/completions", json={"model": "t", "messages": msgs})
+        assert r.json()["model"] == "claude-a"
+        r = await a.client.post("/v1/messages", json={"model": "t", "messages": msgs, "max_tokens": 50})
+        assert r.json()["model"] == "claude-a"
+        r = await a.client.post("/v1/messages", json={"model": "t", "messages": msgs, "max_tokens": 50, "stream": True})
+        start = next(json.loads(line[6:]) for line in r.text.split("\n") if '"message_start"' in line)
+        assert start["message"]["model"] == "claude-a"
+        r = await a.client.post("/v1/tasks", json={"task": "t", "messages": msgs})
+        assert r.json()["task"] == "t" and r.json()["model"] == "claude-a"
+
+    run(t)
+
+
+# -- 7: recovery ---------------------------------------------------------------------------
+
+def test_a_recovered_target_gets_traffic_back_within_the_cooldown() -> None:
+    """Trip the primary, let its probe fail, then recover it: the probe after one more
+    ``duration`` (10 s, not 20) serves, and the primary takes the next requests."""
+    async def t(a: InProcess) -> None:
+        down = {"glm-a": {"status": 503}, "claude-a": {"text": "fallback"}}
+        await post(a, "t", down)  # 3 tries, 3 failures: tripped
+        assert (await a.client.get("/v1/routes")).json()["targets"]["glm/glm-a"]["state"] == "open"
+        a.clock.advance(10.5)
+        probe = await post(a, "t", down)  # the probe fails: open again for `duration`
+        assert probe.json()["attempts"][0]["outcome"] == "error" and probe.json()["model"] == "claude-a"
+        a.clock.advance(10.5)
+        healed = await post(a, "t", {"claude-a": {"text": "fallback"}})
+        assert healed.json()["model"] == "glm-a"
+        after = [(await post(a, "t", {})).json()["model"] for _ in range(3)]
+        assert after == ["glm-a"] * 3
+
+    run(t, config(retry="{attempts: 3, initial_wait: 0.1, max_wait: 1, max_total_wait: 8}"))
+
+
+def test_a_probe_that_ends_without_a_verdict_releases_its_lease() -> None:
+    """A probe answered with a non-retryable 400 neither closes nor re-opens the circuit; the
+    next request probes at once instead of waiting ``timeouts.total``."""
+    async def t(a: InProcess) -> None:
+        await post(a, "t", {"glm-a": {"status": 503}})
+        a.clock.advance(10.5)
+        first = await post(a, "t", {"glm-a": {"status": 400}})
+        assert first.json()["attempts"][0]["code"] == "400"
+        second = await post(a, "t", {})
+        assert second.json()["model"] == "glm-a"  # probed at once, and it served
+
+    run(t, config(retry="{attempts: 3, initial_wait: 0.1, max_wait: 1, max_total_wait: 8}"))
+
+
+def test_a_success_resets_the_failure_count() -> None:
+    """Three failures each followed by a success never trip ``failures: 3``."""
+    async def t(a: InProcess) -> None:
+        for _ in range(3):
+            assert (await post(a, "only_glm", {"glm-a": {"status": 500}})).status_code == 502
+            assert (await post(a, "only_glm", {})).status_code == 200
+        assert (await a.client.get("/v1/routes")).json()["targets"]["glm/glm-a"]["state"] == "closed"
+
+    run(t, config(retry="{attempts: 1}"))
+
+
+# -- 8: content filters --------------------------------------------------------------------
+
+def test_a_content_filter_refusal_goes_back_to_the_caller_unless_the_task_opts_in() -> None:
+    spec = {"glm-a": {"status": 400, "error_code": "1301"}, "claude-a": {"text": "someone else's answer"}}
+
+    async def t(a: InProcess) -> None:
+        r = await post(a, "t", spec)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "1301"
+        assert r.json()["error"]["type"] == "content_filter"
+        s = await post(a, "t", spec, stream=True)
+        assert '"code":"1301"' in s.text and "someone else" not in s.text
+        assert "claude-a" not in stats(a)
+
+    async def opted_in(a: InProcess) -> None:
+        r = await post(a, "t", spec)
+        assert r.status_code == 200 and r.json()["text"] == "someone else's answer"
+
+    run(t)
+    run(opted_in, config().replace("    midstream: error\n", "    midstream: error\n    fallback_on: [content_filter]\n", 1))
+
+
+# -- 9: a restart only where the door can tell ---------------------------------------------
+
+def test_midstream_restart_never_splices_two_answers() -> None:
+    spec = {"glm-a": {"text": "one two three four five six", "cut_after": 3}, "claude-a": {"text": "whole answer"}}
+    msgs = [{"role": "user", "content": "hi\nemulate: " + json.dumps(spec)}]
+
+    async def t(a: InProcess) -> None:
+        streamed = await a.client.post("/v1/chat/completions", json={"model": "t", "messages": msgs, "stream": True})
+        assert '"code":"stream_truncated"' in streamed.text and "whole answer" not in streamed.text
+        assert "claude-a" not in stats(a)
+        whole = await a.client.post("/v1/chat/completions", json={"model": "t", "messages": msgs})
+        assert whole.status_code == 200
+        assert whole.json()["choices"][0]["message"]["content"] == "whole answer"  # the second answer only
+        native = await a.client.post("/v1/tasks", json={"task": "t", "messages": msgs})
+        assert native.json()["text"] == "whole answer"
+
+    run(t, config(midstream="restart"))
+
+
+# -- 16: come back later, and when ---------------------------------------------------------
+
+def test_every_target_cooling_down_is_503_with_retry_after() -> None:
+    async def t(a: InProcess) -> None:
+        await post(a, "two_glm", {"glm-a": {"status": 503}, "glm-b": {"status": 503}})
+        a.clock.advance(4)
+        r = await post(a, "two_glm", {})
+        assert r.status_code == 503 and r.json()["error"]["type"] == "all_targets_failed"
+        assert r.headers["retry-after"] == "6"  # the breaker re-opens 10 s after it tripped
+
+    run(t, config(retry="{attempts: 3, initial_wait: 0.1, max_wait: 1, max_total_wait: 8}",
+                  cooldown="{failures: 3, window: 60, duration: 10, max_duration: 40}"))
+
+
+def test_a_rate_limit_beside_a_cooldown_is_429_with_the_earliest_retry_after() -> None:
+    async def t(a: InProcess) -> None:
+        await post(a, "only_glm", {"glm-a": {"status": 503}})  # glm-a cools down for 10 s
+        r = await post(a, "t", {"claude-a": {"status": 429, "retry_after": 3}})
+        assert r.status_code == 429 and r.headers["retry-after"] == "3"
+
+    run(t, config(retry="{attempts: 3, initial_wait: 0.1, max_wait: 1, max_total_wait: 1}"))
