@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, Self
 
 from router.errors import PayloadTooLarge, RouterError
 
 log = logging.getLogger("llm_router")
 
-__all__ = ["CallerLeft", "Receive", "Scope", "Send", "read_body", "respond", "stream_sse"]
+__all__ = ["CallerLeft", "CallerWatch", "Receive", "Scope", "Send", "read_body", "respond", "stream_sse"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -59,29 +59,49 @@ async def respond(send: Send, status: int, body: bytes, media_type: str, headers
     await send({"type": "http.response.body", "body": body})
 
 
-async def stream_sse(send: Send, receive: Receive, chunks: AsyncIterator[bytes], headers: Mapping[str, str],
-                     on_error: Callable[[RouterError], bytes], done: Callable[[], bool] = lambda: False) -> None:
+class CallerWatch:
+    """``async with``: while the block runs, a caller that disconnects (``receive()`` answers
+    ``http.disconnect``; call only once the request body is read) cancels the block's task, unless
+    ``done()`` says the answer is already complete; the block then ends quietly (``left`` is
+    True). Upstream calls inside the block are closed by that cancellation, so a caller who leaves
+    stops the work done for it, streamed or not."""
+
+    __slots__ = ("done", "left", "receive", "task", "watcher")
+
+    def __init__(self, receive: Receive, done: Callable[[], bool] = lambda: False) -> None:
+        self.receive, self.done, self.left = receive, done, False
+        self.task: asyncio.Task[Any] | None = None
+        self.watcher: asyncio.Future[None] | None = None
+
+    async def _watch(self) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+        if not self.done() and self.task is not None:
+            self.left = True
+            self.task.cancel()
+
+    async def __aenter__(self) -> Self:
+        self.task = asyncio.current_task()
+        self.watcher = asyncio.ensure_future(self._watch())
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        assert self.watcher is not None and self.task is not None
+        self.watcher.cancel()
+        if self.left and kind is not None and issubclass(kind, asyncio.CancelledError):
+            self.task.uncancel()  # the caller went away: nothing is left to answer
+            return True
+        return False
+
+
+async def stream_sse(send: Send, chunks: AsyncIterator[bytes], headers: Mapping[str, str],
+                     on_error: Callable[[RouterError], bytes]) -> None:
     """Send ``chunks`` as a ``text/event-stream`` response, each one as soon as it is made (one
-    ``http.response.body`` message per chunk: never batched). If the caller disconnects before
-    ``done()`` (the terminal event has left), the task is cancelled (in ``chunks``, whose
-    generators then close the upstream call, or in ``send``) and this returns normally; after it,
-    the generators finish their bookkeeping undisturbed. ``chunks`` is always closed. If
+    ``http.response.body`` message per chunk: never batched). ``chunks`` is always closed. If
     ``chunks`` raises after the response began, the stream ends with ``on_error(error)`` (the
     door's terminal error event), never a second response start: a stream is never left looking
-    complete. A failing ``send`` (the connection is gone) propagates."""
-    task = asyncio.current_task()
-    assert task is not None
-    finished = left = False
-
-    async def watch() -> None:  # the request body is read, so receive() now waits for the disconnect
-        nonlocal left
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        if not finished and not done():
-            left = True
-            task.cancel()
-
-    watcher = asyncio.ensure_future(watch())
+    complete. A failing ``send`` (the connection is gone) propagates; a caller who leaves is seen
+    by the ``CallerWatch`` around this."""
     raw = _raw(headers)
     raw.append((b"content-type", b"text/event-stream; charset=utf-8"))
     try:
@@ -98,13 +118,6 @@ async def stream_sse(send: Send, receive: Receive, chunks: AsyncIterator[bytes],
                 await send({"type": "http.response.body", "body": on_error(err), "more_body": True})
                 break
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        finished = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-    except asyncio.CancelledError:
-        if not left:
-            raise
-        task.uncancel()  # the caller went away: nothing is left to answer
     finally:
-        finished = True
-        watcher.cancel()
         await chunks.aclose()  # type: ignore[attr-defined]

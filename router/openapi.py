@@ -69,11 +69,14 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
 def _headers(status: int) -> dict[str, Any]:
     out: dict[str, Any] = {"X-Request-ID": {**_HEADER, "description": "This request's id (the caller's, when valid)"}}
     if status == 200:
+        out["X-LLM-Router-Target"] = {**_HEADER, "description": "The provider/model that served the answer"}
+        out["X-LLM-Router-Task"] = {**_HEADER, "description": "The task that routed it"}
         for name in ("Limit", "Remaining", "Reset"):
             for suffix in ("", "-Tokens"):
                 out[f"X-RateLimit-{name}{suffix}"] = {**_HEADER, "description": "The tightest caller limit (when limited)"}
-    if status == 429:
-        out["Retry-After"] = {**_HEADER, "description": "Seconds until the request would fit"}
+    if status in (429, 503):
+        out["Retry-After"] = {**_HEADER, "description": "Seconds until the request would fit (503: until a "
+                                                        "cooling target may serve again, when known)"}
     return out
 
 

@@ -9,6 +9,7 @@ with the door's terminal error event (``router.asgi.stream_sse``).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -17,14 +18,16 @@ from litestar.exceptions import MethodNotAllowedException
 from litestar.handlers import ASGIRouteHandler
 from litestar.types import Receive, Scope, Send
 
-from router.asgi import CallerLeft, read_body, respond, stream_sse
+from router.asgi import CallerLeft, CallerWatch, read_body, respond, stream_sse
 from router.doors.base import Door
 from router.engine import RequestContext, Router
 from router.errors import RateLimited
+from router.events import Error, Event, Start
 from router.limits import caller_id
 from router.requestid import DOOR_OPT, request_id_of
+from router.run import Run
 
-__all__ = ["SSE_HEADERS", "door_route"]
+__all__ = ["SSE_HEADERS", "door_route", "served_by", "until_commit"]
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -35,8 +38,11 @@ def _current(scope: Scope) -> tuple[Router, Any, int]:
 
 
 async def serve_door(door: Door, scope: Any, receive: Any, send: Any) -> None:
-    """Authenticate, decode, plan, admit, then stream or fold. Raises ``RouterError`` (and
-    Litestar's ``HTTPException``) before anything is sent; never after."""
+    """Authenticate, decode, plan, admit, then fold or stream. Raises ``RouterError`` (and
+    Litestar's ``HTTPException``) before anything is sent; never after. A stream's status and
+    headers wait for its commit (the first target's first event, or a cached answer): when every
+    target fails before that, the caller gets the failure's status and the door's error body.
+    A caller who leaves, streamed or not, cancels the upstream work (``CallerWatch``)."""
     if scope["method"] != "POST":
         raise MethodNotAllowedException(headers={"allow": "POST"})
     router, telemetry, max_body = _current(scope)  # this request keeps this router to its end
@@ -63,19 +69,63 @@ async def serve_door(door: Door, scope: Any, receive: Any, send: Any) -> None:
             run = router.run(req, plan, ctx)
             out = {**ticket.headers(), "x-request-id": rid}
             scope["state"]["ratelimit_headers"] = out  # an error answer carries them too
-            if not req.stream:
-                answer = await router.complete(req, plan, run, rid, ctx, ticket)
-                await respond(send, 200, door.answer(answer, req, opts), door.media_type, out)
-                return
-            # closed before the admission settles, however the stream ends: the run's facts
-            # (served, used) reach the ticket first
-            async with aclosing(router.stream(req, plan, run, rid, ctx, ticket)) as events:
-                await stream_sse(send, receive, door.stream(events, req, opts), {**SSE_HEADERS, **out},
-                                 lambda err: door.error_event(err, run.count), done=lambda: run.over)
+            async with CallerWatch(receive, done=lambda: run.over):
+                if not req.stream:
+                    answer = await router.complete(req, plan, run, rid, ctx, ticket)
+                    await respond(send, 200, door.answer(answer, req, opts), door.media_type,
+                                  {**out, **served_by(answer.provider, answer.model, plan.task)})
+                    return
+                # closed before the admission settles, however the stream ends: the run's facts
+                # (served, used) reach the ticket first
+                async with aclosing(router.stream(req, plan, run, rid, ctx, ticket)) as events:
+                    head = await until_commit(events, run)
+                    start = head[-1]
+                    target = served_by(start.provider, start.model, plan.task) if type(start) is Start else {}
+                    await stream_sse(send, door.stream(_Replay(head, events), req, opts),
+                                     {**SSE_HEADERS, **out, **target}, lambda err: door.error_event(err, run.count))
     except RateLimited:
         if "ratelimit_headers" not in scope["state"]:  # refused at admission, not by an upstream
             telemetry.rate_limited(plan.task, "caller")
         raise
+
+
+def served_by(provider: str, model: str, task: str) -> dict[str, str]:
+    """The headers that name who served an answer: ``x-llm-router-target`` (provider/model) and
+    ``x-llm-router-task``."""
+    return {"x-llm-router-target": f"{provider}/{model}", "x-llm-router-task": task}
+
+
+async def until_commit(events: AsyncIterator[Event], run: Run) -> list[Event]:
+    """The events up to the commit (``start``: a target's first event, or a cached answer),
+    fallbacks included. Raises the run's error when the request failed before anything was
+    committed (every target failed; a content-filter refusal), so it is answered with its own
+    status and the door's error body instead of a 200 stream that only says so."""
+    head: list[Event] = []
+    async for ev in events:
+        head.append(ev)
+        if type(ev) is Start:
+            break
+        if type(ev) is Error and run.error is not None:
+            raise run.error
+    return head
+
+
+class _Replay:
+    """The events read before the commit, then the rest of the stream (an async iterator, one
+    frame per event)."""
+
+    __slots__ = ("head", "rest")
+
+    def __init__(self, head: list[Event], rest: AsyncIterator[Event]) -> None:
+        self.head, self.rest = head, rest
+
+    def __aiter__(self) -> _Replay:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self.head:
+            return self.head.pop(0)
+        return await self.rest.__anext__()
 
 
 def door_route(path: str, door: Door, *, summary: str) -> ASGIRouteHandler:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from openapi_spec_validator import validate
 
-from router.asgi import CallerLeft, read_body, stream_sse
+from router.asgi import CallerLeft, CallerWatch, read_body, stream_sse
 from router.errors import PayloadTooLarge, RouterError
 from router.settings import DEFAULT_MAX_BODY_BYTES, Settings
 from tests.unit._app import app
@@ -66,7 +66,9 @@ def test_a_caller_that_leaves_mid_stream_stops_the_chunks_and_nothing_more_is_se
             finally:
                 closed.append(True)
 
-        await stream_sse(send, receive, chunks(), {"x-a": "1"}, lambda err: b"never")
+        async with CallerWatch(receive) as watch:
+            await stream_sse(send, chunks(), {"x-a": "1"}, lambda err: b"never")
+        assert watch.left
         assert sent[0]["type"] == "http.response.start" and (b"x-a", b"1") in sent[0]["headers"]
         assert 3 <= len(sent) < 10 and closed == [True]
         assert not any(m.get("more_body") is False for m in sent)  # never reported complete
@@ -89,7 +91,7 @@ def test_a_router_error_after_the_start_is_the_doors_terminal_event() -> None:
             yield b"data: 1\n\n"
             raise RouterError("upstream broke")
 
-        await stream_sse(send, receive, chunks(), {}, lambda err: f"data: {err.message}\n\n".encode())
+        await stream_sse(send, chunks(), {}, lambda err: f"data: {err.message}\n\n".encode())
         assert [m["type"] for m in sent].count("http.response.start") == 1
         assert sent[-2]["body"] == b"data: upstream broke\n\n" and sent[-1] == {
             "type": "http.response.body", "body": b"", "more_body": False}

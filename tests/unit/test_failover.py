@@ -225,3 +225,57 @@ def test_a_rate_limit_beside_a_cooldown_is_429_with_the_earliest_retry_after() -
         assert r.status_code == 429 and r.headers["retry-after"] == "3"
 
     run(t, config(retry="{attempts: 3, initial_wait: 0.1, max_wait: 1, max_total_wait: 1}"))
+
+
+# -- 2: response headers wait for the commit -----------------------------------------------
+
+def test_a_streams_headers_wait_for_the_commit_and_name_who_served() -> None:
+    async def t(a: InProcess) -> None:
+        r = await post(a, "t", {"glm-a": {"status": 503}, "claude-a": {"text": "fallback"}}, stream=True)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        assert (r.headers["x-llm-router-target"], r.headers["x-llm-router-task"]) == ("claude/claude-a", "t")
+        assert '"type":"fallback"' in r.text  # the events before the commit still reach the caller
+        whole = await post(a, "t", {})
+        assert whole.headers["x-llm-router-target"] == "glm/glm-a" and whole.headers["x-llm-router-task"] == "t"
+        failed = await post(a, "t", {"glm-a": {"status": 503}, "claude-a": {"status": 503}}, stream=True)
+        assert failed.status_code == 502 and failed.json()["error"]["type"] == "all_targets_failed"
+        oai = await a.client.post("/v1/chat/completions", json={"model": "t", "stream": True, "messages": [
+            {"role": "user", "content": "x\nemulate: " + json.dumps({"*": {"status": 429, "retry_after": 4}})}]})
+        assert oai.status_code == 429 and oai.json()["error"]["type"] == "rate_limit_error"
+        assert oai.headers["retry-after"] == "4"
+
+    run(t, config(retry="{attempts: 1}"))
+
+
+# -- 12: a caller who leaves stops the upstream work -------------------------------------------
+
+def test_a_non_streamed_caller_who_leaves_cancels_its_upstream_call() -> None:
+    async def t(a: InProcess) -> None:
+        body = json.dumps({"task": "only_glm", "messages": [
+            {"role": "user", "content": "x\nemulate: " + json.dumps({"glm-a": {"hang": True}})}]}).encode()
+        incoming = [{"type": "http.request", "body": body, "more_body": False}]
+        gone = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            if incoming:
+                return incoming.pop(0)
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/v1/tasks", "raw_path": b"/v1/tasks", "query_string": b"",
+                 "root_path": "", "headers": [(b"host", b"router"), (b"content-type", b"application/json")],
+                 "client": ("127.0.0.1", 5000), "server": ("router", 80), "state": {}}
+        call = asyncio.ensure_future(a.app(scope, receive, send))
+        await settle(lambda: stats(a).get("glm-a", {}).get("requests") == 1)
+        gone.set()
+        await call
+        await settle(lambda: stats(a)["glm-a"]["aborted"] == 1)  # the upstream saw its call closed
+        assert sent == []  # nothing is answered to a caller who is gone
+
+    run(t, config(timeouts="{first_token: 300, idle: 300, total: 600}"))
