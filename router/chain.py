@@ -14,6 +14,7 @@ each provider quota is held in ``Limiter.quota`` and settled exactly once when i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable, Mapping
 from functools import partial
@@ -28,6 +29,7 @@ from router.errors import (
     UpstreamStreamError,
 )
 from router.events import AttemptRecord, End, Error, Event, Fallback, Start, Usage
+from router.hedge import First, Try, race
 from router.limits import Limiter, Ticket
 from router.plan import Plan
 from router.policy import Policy
@@ -120,7 +122,7 @@ class _Walk:
     waits spent, the tokens needed and the smallest window still worth trying, the targets called
     and those that failed retryably."""
 
-    __slots__ = ("budget", "called", "errors", "failed_here", "failure", "min_window", "need", "run")
+    __slots__ = ("budget", "called", "errors", "failed_here", "failure", "hedged", "min_window", "need", "run")
 
     def __init__(self, plan: Plan, run: Run) -> None:
         self.run = run
@@ -131,6 +133,7 @@ class _Walk:
         self.called = 0
         self.failed_here: set[str] = set()
         self.failure: UpstreamError | None = None  # the committed target's failure after its first event
+        self.hedged = False  # at most one hedge per request
 
 
 class Chain:
@@ -177,58 +180,110 @@ class Chain:
         """The events of the plan's chain (not yet numbered), ending with ``End`` or ``Error``."""
         walk = _Walk(plan, run)
         chain = plan.chain
-        for i, target in enumerate(chain):
-            nxt = chain[i + 1].name if i + 1 < len(chain) else None
-            policy = plan.policies[target.name]
-            admitted = await self._admit(target, plan, policy, walk)
+        i = 0
+        while i < len(chain):
+            target = chain[i]
+            admitted = await self._admit(target, plan, plan.policies[target.name], walk)
             if admitted is None:
-                if nxt:
-                    yield Fallback(from_=target.name, to=nxt, reason=walk.run.attempts[-1].code or "skipped")
+                if i + 1 < len(chain):
+                    yield Fallback(from_=target.name, to=chain[i + 1].name, reason=walk.run.attempts[-1].code or "skipped")
+                i += 1
                 continue
-            quota, admission = admitted
-            probing = admission == "probe"
             walk.called += 1
             walk.failure = None
+            primary = Try(i, target, plan.policies[target.name], *admitted, self.clock.now())
+            tries = [primary]
             try:
-                async with self.limiter.quota(quota) as held:
-                    t0 = self.clock.now()
-                    tried = await self._first(target, req, plan, policy, admission != "closed", walk, t0)
-                    if tried.value is None:
-                        assert tried.error is not None
-                        if _final(tried.error, plan):  # the caller's answer, not the next target's
-                            run.fail(tried.error)
-                            yield _error(tried.error, target, run)
-                            return
-                        if nxt:
-                            yield Fallback(from_=target.name, to=nxt, reason=tried.error.code)
-                        continue
-                    held.served = run.committed = True  # upstream did the work: the charge stands
-                    async for ev in self._serve(target, tried, held, walk, plan, request_id, t0):
-                        yield ev
+                won, tries = await race(primary, partial(self._first_of, req, plan, walk), self.clock,
+                                        may_hedge=not walk.hedged and i + 1 < len(chain),
+                                        start_hedge=partial(self._hedge, i + 1, req, plan, walk))
+                if len(tries) > 1:
+                    walk.hedged = True
+                    run.hedge = "won" if won is tries[1] else "lost" if won is primary else "failed"
+                for t in tries:
+                    if t is not won:
+                        await self._close(t, walk)  # a loser stops at once; its quota is settled now
+                if won is None:  # every try failed before its first event
+                    last = tries[-1]
+                    error = next((t.tried.error for t in tries if t.tried and t.tried.error and _final(t.tried.error, plan)),
+                                 last.tried.error if last.tried else None)
+                    assert error is not None
+                    if _final(error, plan):  # the caller's answer, not the next target's
+                        run.fail(error)
+                        yield _error(error, last.target, run)
+                        return
+                    i = last.index + 1
+                    if i < len(chain):
+                        yield Fallback(from_=last.target.name, to=chain[i].name, reason=error.code)
+                    continue
+                if won is not primary:
+                    reason = "hedge" if primary.tried is None or primary.tried.error is None else primary.tried.error.code
+                    yield Fallback(from_=primary.target.name, to=won.target.name, reason=reason)
+                won.ticket.served = run.committed = True  # upstream did the work: the charge stands
+                async for ev in self._serve(won, walk, plan, request_id):
+                    yield ev
                 failure = walk.failure
                 if failure is None:
                     return
-                if failure.retryable and await self.circuits.failure(target.name, policy.cooldown):
-                    run.trip(target.name)
+                if failure.retryable and await self.circuits.failure(won.target.name, won.policy.cooldown):
+                    run.trip(won.target.name)
             finally:
-                if probing:  # a probe's lease ends with the probe, whatever its outcome
-                    await self.circuits.release(target.name)
-            if plan.midstream == "restart" and nxt and not _final(failure, plan):
-                yield Fallback(from_=target.name, to=nxt, reason=failure.code)
+                for t in tries:
+                    await self._close(t, walk)
+            i = won.index + 1
+            if plan.midstream == "restart" and i < len(chain) and not _final(failure, plan):
+                yield Fallback(from_=won.target.name, to=chain[i].name, reason=failure.code)
                 continue
             run.fail(failure)
-            yield _error(failure, target, run)
+            yield _error(failure, won.target, run)
             return
         failed = all_failed(run.attempts, walk.errors)
         run.fail(failed)
         yield Error(code="all_targets_failed", message=failed.message,
                     retryable=failed.status in (429, 503, 504), attempts=run.attempts)
 
-    async def _serve(self, target: Target, tried: Tried[tuple[Event, AsyncGenerator[Event, None]]], held: Ticket,
-                     walk: _Walk, plan: Plan, request_id: str, t0: float) -> AsyncGenerator[Event, None]:
+    async def _first_of(self, req: TaskRequest, plan: Plan, walk: _Walk, t: Try) -> First:
+        return await self._first(t.target, req, plan, t.policy, t.admission != "closed", walk, t.t0)
+
+    async def _hedge(self, start: int, req: TaskRequest, plan: Plan, walk: _Walk) -> Try | None:
+        """The first usable target from ``start`` on, admitted as a hedge (the skipped ones are
+        recorded); None when there is none."""
+        for j in range(start, len(plan.chain)):
+            target = plan.chain[j]
+            admitted = await self._admit(target, plan, plan.policies[target.name], walk)
+            if admitted is not None:
+                walk.called += 1
+                return Try(j, target, plan.policies[target.name], *admitted, self.clock.now(), hedge=True)
+        return None
+
+    async def _close(self, t: Try, walk: _Walk) -> None:
+        """End a try once: a hedge race's loser is cancelled (its call closed, recorded as
+        ``cancelled``); its quota is settled from what it used; a probe's lease is released."""
+        if t.closed:
+            return
+        t.closed = True
+        try:
+            task = t.task
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.wait([task])
+                walk.run.attempt(AttemptRecord(t.target.name, "cancelled", code="hedged",
+                                               latency_ms=round((self.clock.now() - t.t0) * 1e3, 3)))
+            elif (task is not None and not task.cancelled() and task.exception() is None
+                  and (late := task.result().value) is not None and not t.ticket.served):
+                await late[1].aclose()  # answered, but too late to win: close its call
+                walk.run.attempt(AttemptRecord(t.target.name, "cancelled", code="hedged",
+                                               latency_ms=round((self.clock.now() - t.t0) * 1e3, 3)))
+        finally:
+            await self.limiter.settle(t.ticket, t.ticket.used, t.ticket.served)
+            if t.admission == "probe":  # a probe's lease ends with the probe, whatever its outcome
+                await self.circuits.release(t.target.name)
+
+    async def _serve(self, won: Try, walk: _Walk, plan: Plan, request_id: str) -> AsyncGenerator[Event, None]:
         """The committed target's answer: ``Start``, then its events to ``End``; a failure after
         the commit is kept in ``walk.failure`` (the walk decides what follows)."""
-        assert tried.value is not None
+        target, tried, held, t0 = won.target, won.tried, won.ticket, won.t0
+        assert tried is not None and tried.value is not None
         first, upstream = tried.value
         latency = round((self.clock.now() - t0) * 1e3, 3)
         failure: UpstreamError | None = None

@@ -104,6 +104,15 @@ class Timeouts(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 DEFAULT_TIMEOUTS = Timeouts(connect=5, first_token=60, idle=30, total=600)
 
 
+class Hedge(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Hedged first token: when the target being tried has produced no first event ``after``
+    seconds from its first send, the next usable target of the chain is started as well; the
+    first of the two to produce an event serves and the other call is cancelled. At most one
+    hedge per request; off unless set (on a provider, or a task, which wins)."""
+
+    after: Seconds
+
+
 class Retry(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Retries of one target. ``attempts``: tries per target (1 = no retry). Seconds:
     ``initial_wait`` (first backoff, doubled per retry, plus jitter), ``max_wait`` (cap on one wait;
@@ -171,6 +180,7 @@ class Provider(msgspec.Struct, forbid_unknown_fields=True):
     retry: Retry | None = None
     cooldown: Cooldown | None = None
     limits: Limits | None = None
+    hedge: Hedge | None = None
     stream_upstream: bool = True
     unusable_reason: str | None = msgspec.field(default=None, name="_unusable_reason")
 
@@ -220,7 +230,8 @@ class Task(msgspec.Struct, forbid_unknown_fields=True):
     ``experiment``: weighted variants, each with its own chain. ``shadow``: background mirror traffic.
     ``fallback_on``: failures routed around that otherwise go back to the caller:
     ``content_filter`` (a provider's content filter refused the request; by default the caller
-    gets that refusal, a 400, rather than the next provider's answer).
+    gets that refusal, a 400, rather than the next provider's answer). ``hedge``: over the
+    providers' own ``hedge``.
     """
 
     chain: list[str]
@@ -233,6 +244,7 @@ class Task(msgspec.Struct, forbid_unknown_fields=True):
     experiment: Experiment | None = None
     shadow: Shadow | None = None
     fallback_on: list[Literal["content_filter"]] = []
+    hedge: Hedge | None = None
 
 
 KeyHash = Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]

@@ -57,11 +57,13 @@ class EffectiveCooldown(msgspec.Struct, frozen=True):
 
 
 class Policy(msgspec.Struct, frozen=True):
-    """A target's effective timeouts, retry and cooldown within one task."""
+    """A target's effective timeouts, retry and cooldown within one task, and ``hedge_after``:
+    seconds without a first event before the next target is started as well (None: no hedge)."""
 
     timeouts: EffectiveTimeouts
     retry: EffectiveRetry
     cooldown: EffectiveCooldown
+    hedge_after: float | None = None
 
 
 def _fields(struct: msgspec.Struct) -> list[object]:
@@ -74,5 +76,7 @@ def resolve(provider: Provider, task: Task | None = None) -> Policy:
     t: Timeouts = overlay(DEFAULT_TIMEOUTS, provider.timeouts, task.timeouts if task else None)
     r: Retry = overlay(DEFAULT_RETRY, provider.retry, task.retry if task else None)
     c: Cooldown = overlay(DEFAULT_COOLDOWN, provider.cooldown)
+    hedge = (task.hedge if task is not None and task.hedge is not None else provider.hedge)
     return Policy(timeouts=EffectiveTimeouts(*_fields(t)), retry=EffectiveRetry(*_fields(r)),  # type: ignore[arg-type]
-                  cooldown=EffectiveCooldown(*_fields(c)))  # type: ignore[arg-type]
+                  cooldown=EffectiveCooldown(*_fields(c)),  # type: ignore[arg-type]
+                  hedge_after=hedge.after if hedge is not None else None)

@@ -59,6 +59,7 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     retries: int = 0
     fallbacks: list[tuple[str, str, str]] = []  # (from, to, reason)
     cooldown_trips: list[str] = []
+    hedge: str | None = None  # a hedge was started: won (it served), lost (the primary did), failed (neither)
     cache: str | None = None  # hit | miss | None (no cache for this task, or bypassed)
     input_tokens: int = 0
     output_tokens: int = 0
@@ -82,7 +83,7 @@ class Run:
     events for the cache. ``price(provider/model)`` prices an estimated usage."""
 
     __slots__ = ("_chars", "_clock", "_events", "_text", "attempts", "cache", "committed", "count", "error", "fallbacks",
-                 "finish_reason", "model", "provider", "start", "start_ns", "stopped", "trips", "ttft",
+                 "finish_reason", "hedge", "model", "provider", "start", "start_ns", "stopped", "trips", "ttft",
                  "upstream_time", "usage")
 
     def __init__(self, clock: Callable[[], float], start_ns: int, *, keep_text: bool = False,
@@ -96,6 +97,7 @@ class Run:
         self.fallbacks: list[tuple[str, str, str]] = []
         self.attempts: list[AttemptRecord] = []
         self.trips: list[str] = []
+        self.hedge: str | None = None  # set by the chain walk when it hedged
         self.upstream_time = 0.0
         self.error: Exception | None = None
         self.committed = False  # a target did upstream work: its token charge stands
@@ -199,7 +201,7 @@ class Run:
         rec = RequestRecord(request_id=request_id, task=task, caller=caller, variant=variant, stream=stream,
                             provider=self.provider, model=self.model, start_ns=self.start_ns,
                             duration=self.stop(), ttft=self.ttft, attempts=self.attempts,
-                            fallbacks=self.fallbacks, cooldown_trips=self.trips, cache=self.cache,
+                            fallbacks=self.fallbacks, cooldown_trips=self.trips, hedge=self.hedge, cache=self.cache,
                             max_tokens=max_tokens, finish_reason=self.finish_reason, trace=trace)
         if self.cache == "hit":
             rec.outcome = "cached"

@@ -71,6 +71,8 @@ class _Prometheus:
         self.limited = Counter("llm_router_rate_limited", "Rate-limit rejections (scope: caller, target)", ["task", "scope"],
                                registry=reg)
         self.trips = Counter("llm_router_cooldown_trips", "Circuits opened", ["target"], registry=reg)
+        self.hedges = Counter("llm_router_hedges", "Hedged first tokens (outcome: won, lost, failed)",
+                              ["task", "outcome"], registry=reg)
         self.overhead = Histogram("llm_router_overhead_seconds", "Time spent outside upstream calls", ["task"],
                                   buckets=_OVERHEAD_BUCKETS, registry=reg)
 
@@ -196,6 +198,8 @@ class Telemetry:
             p.cache.labels(rec.task, rec.cache).inc()
         for t in rec.cooldown_trips:
             p.trips.labels(t).inc()
+        if rec.hedge:
+            p.hedges.labels(rec.task, rec.hedge).inc()
         p.overhead.labels(rec.task).observe(rec.overhead)
         if self._otel_metrics is not None:
             attrs = {"task": rec.task, "provider": rec.provider, "model": rec.model, "outcome": rec.outcome}

@@ -9,13 +9,15 @@ import asyncio
 import json
 from typing import Any
 
+from router.telemetry import Telemetry
 from tests.unit._app import InProcess, app
+from tests.unit._metrics import metric
 from tests.unit.test_resilience import config, post, settle, stats
 
 
-def run(test: Any, yaml_text: str | None = None) -> None:
+def run(test: Any, yaml_text: str | None = None, telemetry: Telemetry | None = None) -> None:
     async def go() -> None:
-        async with app(yaml_text or config()) as a:
+        async with app(yaml_text or config(), telemetry=telemetry) as a:
             await test(a)
 
     asyncio.run(go())
@@ -279,3 +281,64 @@ def test_a_non_streamed_caller_who_leaves_cancels_its_upstream_call() -> None:
         assert sent == []  # nothing is answered to a caller who is gone
 
     run(t, config(timeouts="{first_token: 300, idle: 300, total: 600}"))
+
+
+# -- 4: hedged first token -----------------------------------------------------------------
+
+HEDGED = config(timeouts="{first_token: 60, idle: 30, total: 120}").replace(
+    "  only_glm:\n", "  hedged:\n    chain: [glm/glm-a, claude/claude-a]\n    hedge: {after: 5}\n  only_glm:\n", 1)
+
+
+def test_a_slow_first_token_is_hedged_by_the_next_target() -> None:
+    """A 20 s first token with ``hedge: {after: 5}``: the next target is started at 5 s and
+    answers (its own TTFT: 0.2 s); the slow call is cancelled; the attempts show both."""
+    async def t(a: InProcess) -> None:
+        c0 = a.clock.now()
+        r = await post(a, "hedged", {"glm-a": {"delay_ms": 20000, "text": "slow"},
+                                     "claude-a": {"delay_ms": 200, "text": "hedge"}}, stream=True)
+        took = a.clock.now() - c0
+        assert r.status_code == 200 and r.headers["x-llm-router-target"] == "claude/claude-a"
+        assert 5.2 - 1e-6 <= took < 5.3
+        assert '"type":"fallback","from":"glm/glm-a","to":"claude/claude-a","reason":"hedge","seq":0' in r.text
+        end = await post(a, "hedged", {"glm-a": {"delay_ms": 20000}, "claude-a": {"text": "again"}})
+        attempts = [(x["target"], x["outcome"], x["code"]) for x in end.json()["attempts"]]
+        assert attempts == [("glm/glm-a", "cancelled", "hedged"), ("claude/claude-a", "ok", None)]
+        await settle(lambda: stats(a)["glm-a"]["aborted"] == 2)  # the slow calls were closed
+        await asyncio.sleep(0)  # telemetry is recorded on the loop's next turn
+        metrics = (await a.client.get("/metrics")).text
+        assert metric(metrics, "llm_router_hedges_total", task="hedged", outcome="won") == 2
+
+    run(t, HEDGED, Telemetry())
+
+
+def test_a_fast_target_never_hedges_and_a_primary_that_answers_first_wins() -> None:
+    async def t(a: InProcess) -> None:
+        fast = await post(a, "hedged", {"glm-a": {"delay_ms": 100, "text": "fast"}})
+        assert fast.json()["model"] == "glm-a" and len(fast.json()["attempts"]) == 1
+        assert "claude-a" not in stats(a)
+        # the primary answers at 6 s, the hedge (started at 5 s) would take 3 s: the primary wins
+        late = await post(a, "hedged", {"glm-a": {"delay_ms": 6000, "text": "primary"},
+                                        "claude-a": {"delay_ms": 3000, "text": "hedge"}})
+        assert late.json()["text"] == "primary"
+        assert [(x["target"], x["outcome"]) for x in late.json()["attempts"]] == \
+            [("claude/claude-a", "cancelled"), ("glm/glm-a", "ok")]
+        await settle(lambda: stats(a)["claude-a"]["aborted"] == 1)
+        await asyncio.sleep(0)
+        metrics = (await a.client.get("/metrics")).text
+        assert metric(metrics, "llm_router_hedges_total", task="hedged", outcome="lost") == 1
+        assert metric(metrics, "llm_router_hedges_total", task="hedged", outcome="won") == 0
+
+    run(t, HEDGED, Telemetry())
+
+
+def test_a_hedges_quota_is_settled_at_once_by_what_it_used() -> None:
+    """With an upstream RPM of 2 on claude, a lost hedge gives its slot back: two more requests
+    that need claude both fit."""
+    async def t(a: InProcess) -> None:
+        await post(a, "hedged", {"glm-a": {"delay_ms": 6000, "text": "primary"}, "claude-a": {"delay_ms": 3000}})
+        for _ in range(2):
+            r = await post(a, "hedged", {"glm-a": {"status": 400}, "claude-a": {"text": "ok"}})
+            assert r.status_code == 200 and r.json()["model"] == "claude-a"
+
+    run(t, HEDGED.replace("      claude-a: {context_window: 200000}",
+                          "      claude-a: {context_window: 200000, limits: {rpm: 2}}", 1))
