@@ -188,7 +188,7 @@ class _Decoder:
             e = _classify(ev.error, 200, None, None)
             raise UpstreamStreamError(f"upstream sent an error event ({e.code})", code=e.code,
                                       retryable=e.retryable, context_overflow=e.context_overflow,
-                                      content_filter=e.content_filter)
+                                      content_filter=e.content_filter, quota=e.quota, retry_after=e.retry_after, reset_at=e.reset_at)
         return []
 
     def _merge(self, u: _Usage) -> None:

@@ -128,8 +128,9 @@ def _error_in_body(err: _ErrorBody, status: int = 200) -> UpstreamError:
     code = safe_code(err.code if err.code is not None else err.type or "")
     e = http_error(status, code or None, err.message or "", retry_after=None)
     return UpstreamStreamError(f"upstream sent an error in the stream (code {e.code})",
-                               code=e.code, retryable=e.retryable,
-                               context_overflow=e.context_overflow, content_filter=e.content_filter)
+                               code=e.code, retryable=e.retryable, retry_after=e.retry_after,
+                               context_overflow=e.context_overflow, content_filter=e.content_filter,
+                               quota=e.quota, reset_at=e.reset_at)
 
 
 class _Decoder:

@@ -51,7 +51,8 @@ def all_failed(attempts: list[AttemptRecord], errors: list[UpstreamError]) -> Al
     failure was a rate limit (upstream, or a quota here) or a cooldown, in any mix, 429 (503 when
     only cooldowns) with ``retry_after`` the earliest moment any target can serve again; 503 when
     no target could be called; 504 when every call timed out; else 502."""
-    limited = [e for e in errors if e.code == "rate_limited" or (e.upstream_status == 429 and e.retryable)]
+    limited = [e for e in errors if e.code == "rate_limited" or (e.upstream_status == 429 and e.retryable)
+               or (e.quota and e.retry_after is not None)]
     cooling = [e for e in errors if e.code == "cooldown"]
     called = [e for e in errors if not isinstance(e, TargetUnusable)]
     status, retry_after = 502, None
@@ -67,6 +68,16 @@ def all_failed(attempts: list[AttemptRecord], errors: list[UpstreamError]) -> Al
         status = 504
     return AllTargetsFailed(f"every target of the chain failed ({len(attempts)} tried)", attempts,
                             status=status, retry_after=retry_after)
+
+
+MAX_QUOTA_HOLD = 40 * 86400.0  # seconds: a reset further away than this is not believed
+
+
+def quota_wait(e: UpstreamError, now: float) -> float | None:
+    """Seconds until a spent quota resets (``e.reset_at`` from the body, else the Retry-After),
+    when known and plausible (in the future, under 40 days)."""
+    wait = e.reset_at - now if e.reset_at is not None else e.retry_after
+    return wait if wait is not None and 0 < wait <= MAX_QUOTA_HOLD else None
 
 
 def make_call(target: Target, req: TaskRequest, plan: Plan, stream: bool) -> Call:
@@ -330,6 +341,12 @@ class Chain:
             raise
         e = tried.error
         if e is not None:
+            if e.quota:  # spent until a known reset: no use trying it before
+                wait = quota_wait(e, self.circuits.wall())
+                if wait is not None:
+                    e.retry_after = wait
+                    await self.circuits.hold(target.name, wait)
+                    walk.run.trip(target.name)
             walk.run.upstream_time += self.clock.now() - t0
             walk.errors.append(e)
             if e.context_overflow:

@@ -68,6 +68,15 @@ class Circuits:
             return None
         return max(0.0, state.open_until - self.wall()) if state.open_until else None
 
+    async def hold(self, key: str, seconds: float) -> None:
+        """Keep the target out of use for ``seconds`` (its provider said when it serves again)."""
+        self._closed_until.pop(key, None)
+        try:
+            now = self.wall()
+            await self.store.breaker_hold(key, now, now + seconds)
+        except StoreError:
+            pass
+
     async def release(self, key: str) -> None:
         """A probe is over without a verdict (a non-retryable error, the caller left): the next
         request may probe at once."""

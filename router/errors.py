@@ -145,7 +145,10 @@ class UpstreamError(RouterError):
     prompt was too long for this target (another target with a larger window may succeed);
     ``content_filter``: the provider's content filter rejected the request (Z.ai 1301, OpenAI
     ``content_policy_violation``): answered to the caller as a 400, not routed around unless the
-    task opts in. The message is ours, never the upstream body verbatim.
+    task opts in; ``quota``: the account's balance, plan or usage window at this provider is
+    spent (not retried; the target cools down until ``reset_at``, epoch seconds, when the
+    provider said, or for ``retry_after`` seconds). The message is ours, never the upstream body
+    verbatim.
     """
 
     status = 502
@@ -162,8 +165,11 @@ class UpstreamError(RouterError):
         retry_after: float | None = None,
         context_overflow: bool = False,
         content_filter: bool = False,
+        quota: bool = False,
+        reset_at: float | None = None,
     ) -> None:
         super().__init__(message)
+        self.quota, self.reset_at = quota, reset_at
         if content_filter:
             self.status, self.type = 400, "content_filter"
         self.content_filter = content_filter

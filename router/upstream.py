@@ -79,6 +79,10 @@ async def _raw_events(transport: Transport, target: Target, call: Call, connect:
                 yield ev
             return
         if response.content_type != "text/event-stream":
+            body = await response.read()
+            if response.content_type == "application/json" and b'"error"' in body:
+                # a business error in a 200 body (Z.ai sends 1305 so): an error, classified by its code
+                raise target.adapter.decode_error(response.status, response.headers, body)
             raise UpstreamStreamError(f"{target.name}: the answer is not an event stream",
                                       code="not_event_stream", retryable=True, provider=target.provider)
         decoder, parser = target.adapter.stream_decoder(), SSEParser()

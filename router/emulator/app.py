@@ -107,7 +107,7 @@ class Emulator:
             return "aborted"
         if b.delay_ms and await _wait(self.clock, disconnected, b.delay_ms):
             return "aborted"
-        failing = b.status is not None and b.status >= 400
+        failing = b.status is not None and (b.status >= 400 or (b.status == 200 and b.error_code is not None))
         if failing and b.times is not None:
             key = hashlib.sha256(path.encode() + raw).hexdigest()
             self._seen[key] += 1
@@ -187,9 +187,9 @@ async def _fail(b: Behaviour, anthropic: bool, glm: bool, send: Any) -> str:
     if anthropic:
         retry = b.status in (408, 409, 429, 500, 502, 503, 504, 529)
         headers.append((b"x-should-retry", b"true" if retry else b"false"))
-        err = wire.anthropic_error(b.status, b.error_code)
+        err = wire.anthropic_error(b.status, b.error_code, b.error_message)
     else:
-        err = wire.openai_error(b.status, b.error_code, glm)
+        err = wire.openai_error(b.status, b.error_code, glm, b.error_message)
     await _send(send, b.status, headers, err)
     return "failed"
 

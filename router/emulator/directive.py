@@ -31,8 +31,9 @@ class Behaviour(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 
     ``text``/``reasoning``/``tool_calls``: the answer. ``input_tokens``/``output_tokens``: usage
     to report (estimated from the text when absent). ``finish_reason``: the wire value to send
-    (e.g. GLM ``sensitive``). ``status``/``error_code``/``retry_after``: an HTTP error answer;
-    with ``times`` only the first N identical requests fail. ``delay_ms``: wait before the first
+    (e.g. GLM ``sensitive``). ``status``/``error_code``/``retry_after``: an HTTP error answer
+    (``status: 200`` with an ``error_code``: the error in a 200 JSON body, as Z.ai sends 1305);
+    ``error_message`` its message text; with ``times`` only the first N identical requests fail. ``delay_ms``: wait before the first
     byte; ``chunk_delay_ms``: between chunks; ``chunks``: how many pieces the text is cut into.
     ``cut_after``: drop the connection after N chunks (with ``error_code`` and no ``status``: send
     the provider's in-stream error event there instead); a non-streamed answer is dropped halfway. ``malformed``: send a broken chunk (after
@@ -49,6 +50,7 @@ class Behaviour(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     finish_reason: str | None = None
     status: int | None = None
     error_code: str | None = None
+    error_message: str | None = None
     retry_after: float | None = None
     times: int | None = None
     delay_ms: float = 0

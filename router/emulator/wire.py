@@ -34,7 +34,8 @@ _WORDS = re.compile(r"\s*\S+\s*|\s+")
 _enc = msgspec.json.Encoder()
 
 ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                         403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+                         402: "billing_error", 403: "permission_error", 404: "not_found_error",
+                         413: "request_too_large",
                          429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}
 ANTHROPIC_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                   "content_filter": "refusal"}
@@ -164,12 +165,12 @@ def openai_json(s: Scripted, model: str, glm: bool) -> bytes:
     return json.dumps(body, indent=2).encode() + b"\n"
 
 
-def openai_error(status: int, code: str | None, glm: bool) -> bytes:
+def openai_error(status: int, code: str | None, glm: bool, message: str | None = None) -> bytes:
     """An error body: GLM ``{"error": {"code", "message"}}`` or OpenAI's four-field envelope."""
+    text = message or f"emulated error {code or status}"
     if glm:
-        return _enc.encode({"error": {"code": code or str(status), "message": f"emulated error {code or status}"},
-                            "request_id": _glm_id()})
-    return json.dumps({"error": {"message": f"emulated error {code or status}", "type": "api_error",
+        return _enc.encode({"error": {"code": code or str(status), "message": text}, "request_id": _glm_id()})
+    return json.dumps({"error": {"message": text, "type": "api_error",
                                  "param": None, "code": code}}, indent=4).encode() + b"\n"
 
 
@@ -253,11 +254,11 @@ def anthropic_json(s: Scripted, model: str) -> bytes:
                         "stop_sequence": None, "usage": _anthropic_usage(s)})
 
 
-def anthropic_error(status: int, code: str | None) -> bytes:
+def anthropic_error(status: int, code: str | None, message: str | None = None) -> bytes:
     """``{"type": "error", "error": {"type", "message"}, "request_id"}``; a numeric ``code`` is
     sent the way Z.ai's Anthropic-compatible endpoint does, as ``error.code``."""
     err: dict[str, Any] = {"type": ANTHROPIC_ERROR_TYPES.get(status, "api_error"),
-                           "message": f"emulated error {code or status}"}
+                           "message": message or f"emulated error {code or status}"}
     if code and code.isdigit():
         err["code"] = code
     elif code:

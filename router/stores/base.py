@@ -69,6 +69,11 @@ class Store(Protocol):
         back: success, failure or ``breaker_release``); ``open``: no."""
         ...
 
+    async def breaker_hold(self, key: str, now: float, until: float) -> None:
+        """Open the circuit of ``key`` until ``until`` (epoch seconds) at least: its provider said
+        when it will serve again (a spent quota's reset)."""
+        ...
+
     async def breaker_release(self, key: str) -> None:
         """A probe ended neither in a success nor in a counted failure (a non-retryable error,
         the caller left): give up its lease so the next request probes."""

@@ -58,6 +58,11 @@ class MemoryStore:
     async def breaker_success(self, key: str) -> None:
         self._breakers.pop(key, None)
 
+    async def breaker_hold(self, key: str, now: float, until: float) -> None:
+        b = self._breakers.setdefault(key, _Breaker())
+        b.open_until = max(b.open_until, until)
+        b.probe_until, b.failures, b.trips = 0.0, 0, max(b.trips, 1)
+
     async def breaker_release(self, key: str) -> None:
         b = self._breakers.get(key)
         if b is not None:

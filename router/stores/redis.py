@@ -119,6 +119,18 @@ redis.call('EXPIRE', k, math.ceil(dur + 2 * maxd + window))
 return 1
 """
 
+# KEYS[1]; ARGV: now, until. The circuit stays open until `until` at least (a quota's reset).
+_HOLD = """
+local ou = tonumber(redis.call('HGET', KEYS[1], 'ou') or '0')
+local tr = tonumber(redis.call('HGET', KEYS[1], 'tr') or '0')
+local now, untl = tonumber(ARGV[1]), tonumber(ARGV[2])
+if untl > ou then ou = untl end
+if tr < 1 then tr = 1 end
+redis.call('HSET', KEYS[1], 'ou', ou, 'pu', 0, 'f', 0, 'ff', 0, 'tr', tr)
+redis.call('EXPIRE', KEYS[1], math.ceil(ou - now) + 3600)
+return 0
+"""
+
 # KEYS[1]: a probe's lease ends (the breaker, when it still exists, lets the next request probe).
 _RELEASE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'pu', 0) end
@@ -164,6 +176,7 @@ class RedisStore:
         self._admit = self.client.register_script(_ADMIT)
         self._failure = self.client.register_script(_FAILURE)
         self._release = self.client.register_script(_RELEASE)
+        self._hold = self.client.register_script(_HOLD)
         self._get_or_lock = self.client.register_script(_GET_OR_LOCK)
 
     async def _call(self, coro: Any) -> Any:
@@ -184,6 +197,9 @@ class RedisStore:
 
     async def breaker_success(self, key: str) -> None:
         await self._call(self.client.delete(self._cb(key)))
+
+    async def breaker_hold(self, key: str, now: float, until: float) -> None:
+        await self._call(self._hold(keys=[self._cb(key)], args=[now, until]))
 
     async def breaker_release(self, key: str) -> None:
         await self._call(self._release(keys=[self._cb(key)]))

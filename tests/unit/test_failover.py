@@ -342,3 +342,52 @@ def test_a_hedges_quota_is_settled_at_once_by_what_it_used() -> None:
 
     run(t, HEDGED.replace("      claude-a: {context_window: 200000}",
                           "      claude-a: {context_window: 200000, limits: {rpm: 2}}", 1))
+
+
+# -- 14: Z.ai's codes from the current list ------------------------------------------------
+
+def test_a_spent_quota_skips_the_target_without_a_retry_and_cools_it_until_the_reset() -> None:
+    """1310 with "reset at" one hour ahead (the fake wall clock starts at 2027-01-15 08:00 UTC;
+    the message's time is Z.ai's, UTC+8): no retry, the fallback answers, the target is skipped
+    until the reset and tried again after it."""
+    msg = "Weekly/Monthly Limit Exhausted. Your limit will reset at 2027-01-15 17:00:00"
+    spent = {"glm-a": {"status": 429, "error_code": "1310", "error_message": msg}, "claude-a": {"text": "fallback"}}
+
+    async def t(a: InProcess) -> None:
+        r = await post(a, "t", spent)
+        assert r.json()["model"] == "claude-a" and a.clock.sleeps == []
+        assert (r.json()["attempts"][0]["code"], r.json()["attempts"][0]["retries"]) == ("1310", 0)
+        assert stats(a)["glm-a"]["requests"] == 1
+        skipped = await post(a, "t", {})
+        assert skipped.json()["attempts"][0]["code"] == "cooldown" and stats(a)["glm-a"]["requests"] == 1
+        only = await post(a, "only_glm", {})
+        assert only.status_code == 503 and 3595 <= int(only.headers["retry-after"]) <= 3600
+        a.clock.advance(3601)
+        assert (await post(a, "t", {})).json()["model"] == "glm-a"
+
+    run(t)
+
+
+def test_zai_codes_by_kind_and_business_errors_in_a_200_body() -> None:
+    async def t(a: InProcess) -> None:
+        for code, retried in (("1302", True), ("1303", True), ("1305", True), ("1312", True),
+                              ("1113", False), ("1304", False), ("1308", False), ("1309", False),
+                              ("1311", False), ("1313", False), ("1316", False), ("1321", False)):
+            r = await post(a, "two_glm", {"glm-a": {"status": 429, "error_code": code}, "glm-b": {"text": "b"}})
+            assert r.json()["model"] == "glm-b", code
+            assert (r.json()["attempts"][0]["retries"] > 0) is retried, code
+        ok200 = await post(a, "two_glm", {"glm-a": {"status": 200, "error_code": "1305"}, "glm-b": {"text": "b"}})
+        assert ok200.json()["model"] == "glm-b" and ok200.json()["attempts"][0]["code"] == "1305"
+        assert ok200.json()["attempts"][0]["retries"] == 2  # a 1305 in a 200 body is retried like one in a 429
+
+    run(t, config(retry="{attempts: 3, initial_wait: 0.1, max_wait: 1, max_total_wait: 60}",
+                  cooldown="{failures: 100, window: 60, duration: 10, max_duration: 40}"))
+
+
+def test_anthropic_billing_error_skips_without_a_retry() -> None:
+    async def t(a: InProcess) -> None:
+        r = await post(a, "t", {"glm-a": {"status": 400}, "claude-a": {"status": 402, "error_code": "billing_error"}})
+        assert r.status_code == 502 and a.clock.sleeps == []
+        assert [(x["code"], x["retries"]) for x in r.json()["error"]["attempts"]] == [("400", 0), ("billing_error", 0)]
+
+    run(t, config(retry="{attempts: 3, initial_wait: 0.1, max_wait: 1, max_total_wait: 60}"))
