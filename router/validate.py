@@ -49,11 +49,13 @@ def warnings(config: RoutingConfig, text: str, env: Mapping[str, str]) -> list[s
 
 
 def redacted(config: RoutingConfig) -> dict[str, Any]:
-    """The effective config as builtins, API keys shown only as set/unset, tenants' key hashes
+    """The effective config as builtins, API keys shown only as set/unset, providers' extra
+    header values hidden (they carry ``${VAR}`` secrets: tokens, org ids), tenants' key hashes
     counted, not listed."""
     out = msgspec.to_builtins(config)
     for name, p in out["providers"].items():
         p["api_key"] = "<set>" if config.providers[name].api_key else "<unset>"
+        p["headers"] = {k: "<set>" for k in p.get("headers") or {}}
     for t in out.get("tenants", {}).values():
         t["keys"] = f"<{len(t['keys'])} key hash(es)>"
     if out.get("admin_keys"):

@@ -28,6 +28,10 @@ __all__ = ["Emulator", "create_emulator"]
 Scope = dict[str, Any]
 
 
+_PLAIN_HEADERS = frozenset({"host", "content-type", "content-length", "accept", "accept-encoding", "user-agent",
+                            "connection", "anthropic-version", "anthropic-beta", "x-request-id", "traceparent"})
+
+
 class _Cut(Exception):
     """Raised after a partial body to make the server drop the connection (``cut_after``)."""
 
@@ -81,6 +85,8 @@ class Emulator:
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         credential = headers.pop("x-api-key", None) or headers.pop("authorization", "").removeprefix("Bearer ")
         headers.pop("authorization", None)
+        # only protocol headers keep their values: a provider's extra headers may carry secrets
+        headers = {k: v if k in _PLAIN_HEADERS else "<redacted>" for k, v in headers.items()}
         self.last[model] = {"path": path, "body": body, "headers": headers,
                             "credential_sha256": hashlib.sha256(credential.encode()).hexdigest() if credential else None}
         stats = self.stats[model]

@@ -391,3 +391,25 @@ def test_anthropic_billing_error_skips_without_a_retry() -> None:
         assert [(x["code"], x["retries"]) for x in r.json()["error"]["attempts"]] == [("400", 0), ("billing_error", 0)]
 
     run(t, config(retry="{attempts: 3, initial_wait: 0.1, max_wait: 1, max_total_wait: 60}"))
+
+
+# -- 15: secrets in provider headers ---------------------------------------------------------
+
+def test_secret_header_values_are_redacted_in_validate_show_and_the_emulators_record() -> None:
+    from router.validate import redacted
+
+    yaml_text = config().replace("    api_key: k\n    retry: {attempts: 3",
+                                 '    api_key: k\n    headers: {x-org-token: "${ORG_TOKEN}"}\n    retry: {attempts: 3', 1)
+
+    async def go() -> None:
+        async with app(yaml_text, ORG_TOKEN="org-sekrit-123") as a:
+            r = await post(a, "only_glm", {})
+            assert r.status_code == 200
+            seen = a.emulator.last["glm-a"]["headers"]
+            assert seen["x-org-token"] == "<redacted>" and "org-sekrit-123" not in json.dumps(a.emulator.last)
+            config_shown = json.dumps(redacted(a.app.state.live.router.config))
+            assert "org-sekrit-123" not in config_shown and '"x-org-token": "<set>"' in config_shown
+            routes = (await a.client.get("/v1/routes")).text
+            assert "org-sekrit-123" not in routes
+
+    asyncio.run(go())
