@@ -54,7 +54,7 @@ __all__ = ["create_app", "to_router_error"]
 log = logging.getLogger("llm_router")
 
 _HTTP_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 405: "method_not_allowed", 413: "request_too_large",
+               404: "not_found_error", 405: "method_not_allowed", 408: "request_timeout", 413: "request_too_large",
                429: "rate_limit_error"}
 EXPOSED = ["x-request-id", "retry-after", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
            "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"]
@@ -141,7 +141,7 @@ class _Resources:
         config = self.config
         live = LiveConfig(config.source, self.load or (lambda: config), build, build(config))
         app.state.live, app.state.telemetry = live, tel
-        app.state.door = DoorState(live, tel, cfg.max_body_bytes)  # what a door request reads, in one lookup
+        app.state.door = DoorState(live, tel, cfg.max_body_bytes, cfg.read_timeout)  # what a door request reads, in one lookup
         self._startup_log(st, None if st.kind == "memory" else await st.ping())
         stop = asyncio.Event()
         watcher = None
@@ -168,12 +168,13 @@ class _Resources:
 
 class DoorState:
     """What every door request reads from the app's state: the live config (and its router), the
-    telemetry, the body limit (bytes)."""
+    telemetry, the body limit (bytes), the body's read timeout (seconds)."""
 
-    __slots__ = ("live", "max_body_bytes", "telemetry")
+    __slots__ = ("live", "max_body_bytes", "read_timeout", "telemetry")
 
-    def __init__(self, live: LiveConfig, telemetry: Telemetry, max_body_bytes: int) -> None:
+    def __init__(self, live: LiveConfig, telemetry: Telemetry, max_body_bytes: int, read_timeout: float) -> None:
         self.live, self.telemetry, self.max_body_bytes = live, telemetry, max_body_bytes
+        self.read_timeout = read_timeout
 
 
 def _cors(config: RoutingConfig) -> CORSConfig | None:

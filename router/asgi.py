@@ -14,7 +14,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Self
 
-from router.errors import PayloadTooLarge, RouterError
+from router.clock import Clock
+from router.errors import PayloadTooLarge, RequestTimeout, RouterError
 
 log = logging.getLogger("llm_router")
 
@@ -29,9 +30,34 @@ class CallerLeft(Exception):
     """The caller disconnected before its request body was complete."""
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
+async def read_body(receive: Receive, limit: int, timeout: float | None = None, clock: Clock | None = None) -> bytes:
     """The request body; raises ``PayloadTooLarge`` as soon as it passes ``limit`` bytes (the
-    rest is never buffered) and ``CallerLeft`` if the caller disconnects first."""
+    rest is never buffered), ``CallerLeft`` if the caller disconnects first, and
+    ``RequestTimeout`` (408) when it has not all arrived ``timeout`` seconds after the headers
+    (on ``clock``: a body trickled a byte at a time cannot hold a connection for long)."""
+    if timeout is None or clock is None:
+        return await _read(receive, limit)
+    task = asyncio.current_task()
+    assert task is not None
+    fired = False
+
+    def expire() -> None:
+        nonlocal fired
+        fired = True
+        task.cancel()
+
+    timer = clock.call_at(clock.now() + timeout, expire)
+    try:
+        return await _read(receive, limit)
+    except asyncio.CancelledError:
+        if fired and task.uncancel() == 0:
+            raise RequestTimeout(f"the request body did not arrive within {timeout:g} seconds") from None
+        raise
+    finally:
+        timer.cancel()
+
+
+async def _read(receive: Receive, limit: int) -> bytes:
     chunks, size, more = [], 0, True
     while more:
         msg = await receive()

@@ -82,6 +82,8 @@ def asgi_app():  # type: ignore[no-untyped-def]
     return app
 
 
+HTTP_PROTOCOL = "router.server:HeaderTimeoutProtocol"  # uvicorn's httptools protocol with a header read timeout
+
 GC_THRESHOLD_0 = 10_000  # allocations between young collections (CPython's default: 700)
 
 
@@ -140,7 +142,7 @@ def serve(config_path: str, host: str, port: int, workers: int, demo: bool) -> N
     if workers > 1 and hasattr(socket, "SO_REUSEPORT"):
         sys.exit(_supervise(host, port, workers))
     uvicorn.run("router.cli:asgi_app", factory=True, host=host, port=port, workers=workers,
-                log_config=LOG_CONFIG, access_log=False, timeout_graceful_shutdown=10)
+                log_config=LOG_CONFIG, access_log=False, timeout_graceful_shutdown=10, http=HTTP_PROTOCOL)
 
 
 def _worker(host: str, port: int) -> None:
@@ -156,7 +158,7 @@ def _worker(host: str, port: int) -> None:
     sock.bind((host, port))
     sock.listen(2048)
     config = uvicorn.Config("router.cli:asgi_app", factory=True, log_config=LOG_CONFIG, access_log=False,
-                            timeout_graceful_shutdown=10)
+                            timeout_graceful_shutdown=10, http=HTTP_PROTOCOL)
     uvicorn.Server(config).run(sockets=[sock])
 
 

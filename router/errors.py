@@ -90,6 +90,13 @@ class PayloadTooLarge(RequestError):
     type = "request_too_large"
 
 
+class RequestTimeout(RouterError):
+    """The caller did not send its request (headers or body) within the read timeout."""
+
+    status = 408
+    type = "request_timeout"
+
+
 class Unauthorized(RouterError):
     """No API key, or one that matches no tenant (the key itself is never echoed)."""
 

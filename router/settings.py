@@ -22,7 +22,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ``max_connections`` (per provider per worker, ``LLM_ROUTER_MAX_CONNECTIONS``: every open
     stream holds one, and a request beyond the cap waits up to its connect timeout),
     ``telemetry`` (``LLM_ROUTER_TELEMETRY=off`` turns the per-request record off), ``max_body_bytes``
-    (``LLM_ROUTER_MAX_BODY_BYTES``: larger request bodies get 413)."""
+    (``LLM_ROUTER_MAX_BODY_BYTES``: larger request bodies get 413, an ``Expect: 100-continue``
+    request at once), ``read_timeout`` (seconds, ``LLM_ROUTER_READ_TIMEOUT``: a request's headers,
+    and then its body, must arrive within it, else 408)."""
 
     redis_url: str | None = None
     redis_prefix: str = "llmr"
@@ -30,6 +32,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_connections: int = 10_000
     telemetry: bool = True
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    read_timeout: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -48,4 +51,5 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                    redis_timeout=number("REDIS_TIMEOUT_MS", 50) / 1000,
                    max_connections=int(number("LLM_ROUTER_MAX_CONNECTIONS", 10_000)),
                    telemetry=e.get("LLM_ROUTER_TELEMETRY") != "off",
-                   max_body_bytes=int(number("LLM_ROUTER_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)))
+                   max_body_bytes=int(number("LLM_ROUTER_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
+                   read_timeout=number("LLM_ROUTER_READ_TIMEOUT", 30))

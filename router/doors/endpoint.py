@@ -21,7 +21,7 @@ from litestar.types import Receive, Scope, Send
 from router.asgi import CallerLeft, CallerWatch, read_body, respond, stream_sse
 from router.doors.base import Door
 from router.engine import RequestContext, Router
-from router.errors import RateLimited
+from router.errors import PayloadTooLarge, RateLimited
 from router.events import Error, Event, Start
 from router.limits import caller_id
 from router.requestid import DOOR_OPT, request_id_of
@@ -32,9 +32,9 @@ __all__ = ["SSE_HEADERS", "door_route", "served_by", "until_commit"]
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-def _current(scope: Scope) -> tuple[Router, Any, int]:
+def _current(scope: Scope) -> tuple[Router, Any, int, float]:
     door: Any = Litestar.from_scope(scope).state.door  # set by the app's lifespan
-    return door.live.router, door.telemetry, door.max_body_bytes
+    return door.live.router, door.telemetry, door.max_body_bytes, door.read_timeout
 
 
 async def serve_door(door: Door, scope: Any, receive: Any, send: Any) -> None:
@@ -45,11 +45,14 @@ async def serve_door(door: Door, scope: Any, receive: Any, send: Any) -> None:
     A caller who leaves, streamed or not, cancels the upstream work (``CallerWatch``)."""
     if scope["method"] != "POST":
         raise MethodNotAllowedException(headers={"allow": "POST"})
-    router, telemetry, max_body = _current(scope)  # this request keeps this router to its end
+    router, telemetry, max_body, read_timeout = _current(scope)  # this request keeps this router to its end
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
     rid = request_id_of(scope)
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_body:  # before any read: no `100 Continue` is sent
+        raise PayloadTooLarge(f"request body is over {max_body} bytes, the limit")
     try:
-        body = await read_body(receive, max_body)
+        body = await read_body(receive, max_body, read_timeout, router.clock)
     except CallerLeft:
         return
     tenant = router.auth.identify(headers)

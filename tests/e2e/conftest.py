@@ -112,6 +112,9 @@ tasks:
 """
 
 
+READ_TIMEOUT = 0.5  # seconds: the session router's header and body read timeout
+
+
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
@@ -130,7 +133,8 @@ def router_proc(emulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     d = tmp_path_factory.mktemp("router")
     (d / "routing.yaml").write_text(routing_yaml(emulator))
     port = free_port()
-    env = {"TEST_ZAI_KEY": SECRET_ZAI, "TEST_ANTHROPIC_KEY": SECRET_ANTHROPIC}
+    env = {"TEST_ZAI_KEY": SECRET_ZAI, "TEST_ANTHROPIC_KEY": SECRET_ANTHROPIC,
+           "LLM_ROUTER_READ_TIMEOUT": str(READ_TIMEOUT)}  # short, so the slow-client tests are quick
     env.pop("TEST_UNSET_KEY_VARIABLE", None)
     proc = Proc(["serve", "--config", str(d / "routing.yaml"), "--port", str(port)], d / "router.log", env)
     url = f"http://127.0.0.1:{port}"

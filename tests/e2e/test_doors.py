@@ -222,3 +222,39 @@ def test_redacted_thinking_round_trip_through_the_anthropic_door(ant: anthropic.
         s.get_final_message()  # the first turn's directive still replays the recording
     sent = last(emulator, "claude-sonnet-5-5")["messages"][1]["content"]
     assert [b["data"] for b in sent if b["type"] == "redacted_thinking"] == [b.data for b in redacted]
+
+
+def _raw_http(router: str, data: bytes, wait_for_close: float = 5.0) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes it (or a timeout)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(router)
+    with socket.create_connection((u.hostname, u.port), timeout=wait_for_close) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except TimeoutError:
+            pass
+        return out
+
+
+def test_slow_clients_get_408_and_an_oversized_expect_100_gets_413_at_once(router: str) -> None:
+    """The session router reads headers and bodies within READ_TIMEOUT (0.5 s)."""
+    import time
+
+    from tests.e2e.conftest import READ_TIMEOUT
+
+    t0 = time.monotonic()
+    late_headers = _raw_http(router, b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n")
+    assert late_headers.startswith(b"HTTP/1.1 408 ") and b'"request_timeout"' in late_headers
+    assert READ_TIMEOUT - 0.05 <= time.monotonic() - t0 < READ_TIMEOUT + 3
+    late_body = _raw_http(router, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                                  b"content-length: 100\r\n\r\n{\"model\": \"glm_task\",")
+    assert late_body.startswith(b"HTTP/1.1 408 ") and b'"code":"request_timeout"' in late_body  # OpenAI shape
+    big = _raw_http(router, b"POST /v1/messages HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                            b"expect: 100-continue\r\ncontent-length: 52428800\r\n\r\n", wait_for_close=0.5)
+    assert big.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in big
+    assert b'"type":"request_too_large"' in big  # the Anthropic door's error shape
