@@ -85,8 +85,11 @@ class ResponseCache:
     async def lookup(self, key: str, wait: float) -> tuple[CacheEntry | None, bool]:
         """The entry for ``key`` (``(entry, False)``), or, on a miss, whether this request leads:
         ``(None, True)`` means call upstream and then ``finish``. A miss with an identical request
-        in flight (in this process or another replica) waits up to ``wait`` seconds for its answer.
-        One store round trip for a hit or a led miss (the lookup and the lock are one script)."""
+        in flight (in this process or another replica) waits up to ``wait`` seconds for its answer,
+        and leads as soon as the leader gives up its lock without one; after ``wait`` it goes
+        upstream without leading (``(None, False)`` with no entry: call upstream, ``put`` the
+        answer, release nothing). One store round trip for a hit or a led miss (the lookup and the
+        lock are one script)."""
         try:
             raw, locked = await self.store.cache_get_or_lock(key, wait)
         except StoreError:
@@ -105,13 +108,21 @@ class ResponseCache:
         if fut is not None:  # same process: wait on the leader's future, up to ``wait`` on the clock
             entry = await self._wait_for(fut, wait)
             return entry, entry is None and await self._lead(key, wait)
-        deadline = self.clock.now() + wait  # another replica leads: poll for its answer
+        # another replica leads: poll for its answer, or for its lock's release without one (it
+        # failed, was cut or its caller left): then this request leads at once
+        deadline = self.clock.now() + wait
         while self.clock.now() < deadline:
             await self.clock.sleep(_POLL)
-            entry = await self.get(key)
+            try:
+                raw, locked = await self.store.cache_get_or_lock(key, wait)
+            except StoreError:
+                return None, False  # no coordination without the store: go upstream, hold nothing
+            entry = self._decode(raw)
             if entry is not None:
                 return entry, False
-        return None, True
+            if locked:
+                return None, await self._lead(key, wait, locked=True)
+        return None, False  # waited long enough: go upstream without the lock (the leader still holds it)
 
     async def _wait_for(self, fut: asyncio.Future[CacheEntry | None], wait: float) -> CacheEntry | None:
         """The leader's entry, or None when ``wait`` seconds pass first (the leader goes on)."""

@@ -287,8 +287,30 @@ def test_polling_gives_up_after_the_wait_and_goes_upstream_without_the_lock() ->
         assert await store.lock(key, 30)
         t0 = clock.now()
         got, lead = await cache.lookup(key, 0.5)
-        assert (got, lead) == (None, True) and clock.now() - t0 == pytest.approx(0.5, abs=0.03)
+        # no entry and not leading: go upstream, and release nothing (the lock is the other's)
+        assert (got, lead) == (None, False) and clock.now() - t0 == pytest.approx(0.5, abs=0.03)
         assert await store.lock(key, 30) is False  # still the other replica's
+
+    on_clock(t)
+
+
+def test_a_follower_on_another_replica_leads_as_soon_as_the_leader_gives_up_its_lock() -> None:
+    """The leader on another replica fails (or is cut, or its caller leaves) and releases its
+    lock without an entry: the follower leads at once instead of waiting all of coalesce_wait."""
+    async def t(cache: ResponseCache, store: MemoryStore, clock: FakeClock) -> None:
+        key = uuid.uuid4().hex
+        assert await store.lock(key, 30)
+
+        async def failing_leader() -> None:
+            await clock.sleep(0.3)
+            await store.unlock(key)
+
+        t0 = clock.now()
+        leader = asyncio.ensure_future(failing_leader())
+        got, lead = await cache.lookup(key, 30.0)
+        await leader
+        assert (got, lead) == (None, True) and 0.3 <= clock.now() - t0 < 0.45
+        assert await store.lock(key, 30) is False  # the follower holds the lock now
 
     on_clock(t)
 
