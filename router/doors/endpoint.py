@@ -26,6 +26,7 @@ from router.events import Error, Event, Start
 from router.limits import caller_id
 from router.requestid import DOOR_OPT, request_id_of
 from router.run import Run
+from router.stores.base import new_store_budget
 
 __all__ = ["SSE_HEADERS", "door_route", "served_by", "until_commit"]
 
@@ -46,6 +47,7 @@ async def serve_door(door: Door, scope: Any, receive: Any, send: Any) -> None:
     if scope["method"] != "POST":
         raise MethodNotAllowedException(headers={"allow": "POST"})
     router, telemetry, max_body, read_timeout = _current(scope)  # this request keeps this router to its end
+    new_store_budget()  # all of this request's store calls share one store timeout
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
     rid = request_id_of(scope)
     declared = headers.get("content-length", "")

@@ -11,13 +11,38 @@ move it back (never before now). Several keys are checked and charged all-or-not
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Literal, NamedTuple, Protocol
 
 import msgspec
 
 from router.policy import EffectiveCooldown as Cooldown
 
-__all__ = ["PERIOD", "Admission", "BreakerState", "LimitResult", "LimitSpec", "Store", "StoreError"]
+__all__ = ["PERIOD", "STORE_BUDGET", "Admission", "BreakerState", "LimitResult", "LimitSpec", "Store", "StoreBudget",
+           "StoreError", "new_store_budget"]
+
+
+class StoreBudget:
+    """The seconds one request has spent waiting on the store. A store with a per-call timeout
+    lets all of one request's calls share it: once a request has waited that long in all (a
+    frozen Redis), its further calls fail at once with ``StoreError`` and the ``on_store_error``
+    policy applies, so a frozen store costs a request one timeout, not one per call."""
+
+    __slots__ = ("spent",)
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+
+
+# The current request's budget (set by the door when a request begins; tasks it starts share it).
+STORE_BUDGET: ContextVar[StoreBudget | None] = ContextVar("store_budget", default=None)
+
+
+def new_store_budget() -> StoreBudget:
+    """Begin a request: a fresh budget for this task's store calls (and the tasks it starts)."""
+    budget = StoreBudget()
+    STORE_BUDGET.set(budget)
+    return budget
 
 Admission = Literal["closed", "failing", "probe", "open"]
 PERIOD = 60.0  # seconds: limits are per minute

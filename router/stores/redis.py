@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from router.policy import EffectiveCooldown as Cooldown
 from router.stores.base import (
     PERIOD,
+    STORE_BUDGET,
     Admission,
     BreakerState,
     LimitResult,
@@ -180,11 +181,25 @@ class RedisStore:
         self._get_or_lock = self.client.register_script(_GET_OR_LOCK)
 
     async def _call(self, coro: Any) -> Any:
+        """Await one command within ``timeout``, and within what is left of the current
+        request's ``StoreBudget`` (all its calls share one ``timeout``)."""
+        budget = STORE_BUDGET.get()
+        timeout = self.timeout
+        if budget is not None:
+            timeout -= budget.spent
+            if timeout <= 0:
+                coro.close()
+                raise StoreError("redis: this request's store time is spent")
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(timeout):
                 return await coro
         except (RedisError, OSError, TimeoutError) as e:
             raise StoreError(f"redis: {type(e).__name__}") from None
+        finally:
+            if budget is not None:
+                budget.spent += loop.time() - t0
 
     def _cb(self, key: str) -> str:
         return f"{self.prefix}:cb:{{{key}}}"
