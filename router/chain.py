@@ -43,11 +43,13 @@ __all__ = ["Chain", "all_failed", "make_call"]
 
 log = logging.getLogger("llm_router")
 
-_CONTEXT = ("context_window", "context_overflow", "1261", "prompt_too_long")
 
 
-def all_failed(attempts: list[AttemptRecord], errors: list[UpstreamError]) -> AllTargetsFailed:
-    """The status by the nature of the failures: 400 when the prompt fits no target; when every
+def all_failed(attempts: list[AttemptRecord], errors: list[UpstreamError], plan: Plan | None = None) -> AllTargetsFailed:
+    """The status by the nature of the failures: 400 when the prompt fits no target (skipped for
+    its window, or the upstream said too long: Z.ai 1261 or 1210 about length, Anthropic
+    ``prompt is too long``, OpenAI ``context_length_exceeded``), its message giving the estimate
+    and the largest window; when every
     failure was a rate limit (upstream, or a quota here) or a cooldown, in any mix, 429 (503 when
     only cooldowns) with ``retry_after`` the earliest moment any target can serve again; 503 when
     no target could be called; 504 when every call timed out; else 502."""
@@ -56,8 +58,13 @@ def all_failed(attempts: list[AttemptRecord], errors: list[UpstreamError]) -> Al
     cooling = [e for e in errors if e.code == "cooldown"]
     called = [e for e in errors if not isinstance(e, TargetUnusable)]
     status, retry_after = 502, None
-    if attempts and all(a.code in _CONTEXT for a in attempts):
+    message = f"every target of the chain failed ({len(attempts)} tried)"
+    if errors and all(e.context_overflow or e.code == "context_window" for e in errors):
         status = 400
+        if plan is not None:
+            widest = max(t.spec.context_window for t in plan.chain)
+            message = (f"the prompt fits no target of the chain: about {plan.prompt_tokens} tokens (estimated) "
+                       f"plus max_tokens {plan.params.max_tokens or 0}; the largest context window is {widest}")
     elif errors and len(limited) + len(cooling) == len(errors):
         status = 429 if limited else 503
         waits = [e.retry_after for e in (*limited, *cooling) if e.retry_after is not None]
@@ -66,8 +73,7 @@ def all_failed(attempts: list[AttemptRecord], errors: list[UpstreamError]) -> Al
         status = 503
     elif all(e.status == 504 for e in called):
         status = 504
-    return AllTargetsFailed(f"every target of the chain failed ({len(attempts)} tried)", attempts,
-                            status=status, retry_after=retry_after)
+    return AllTargetsFailed(message, attempts, status=status, retry_after=retry_after)
 
 
 MAX_QUOTA_HOLD = 40 * 86400.0  # seconds: a reset further away than this is not believed
@@ -160,8 +166,8 @@ class Chain:
             return "unusable", f"{target.name}: {target.unusable_reason}"
         window = target.spec.context_window
         if need > window or window <= min_window:
-            return ("context_window", (f"{target.name}: the prompt (~{need} tokens with max_tokens) "
-                                       f"exceeds its context window of {window}"))
+            return ("context_window", (f"{target.name}: the prompt and max_tokens (about {need} tokens, "
+                                       f"estimated) exceed its context window of {window}"))
         return None
 
     async def _admit(self, target: Target, plan: Plan, policy: Policy, walk: _Walk) -> tuple[Ticket, str] | None:
@@ -248,7 +254,7 @@ class Chain:
             run.fail(failure)
             yield _error(failure, won.target, run)
             return
-        failed = all_failed(run.attempts, walk.errors)
+        failed = all_failed(run.attempts, walk.errors, plan)
         run.fail(failed)
         yield Error(code="all_targets_failed", message=failed.message,
                     retryable=failed.status in (429, 503, 504), attempts=run.attempts)

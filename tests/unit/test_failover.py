@@ -446,3 +446,23 @@ def test_a_frozen_redis_costs_a_request_one_store_timeout_not_one_per_call(redis
         await store.close()
 
     asyncio.run(go())
+
+
+# -- 8: the prompt fitting no target is the caller's error --------------------------------------
+
+def test_a_prompt_that_fits_no_target_is_a_400_with_the_estimate() -> None:
+    """glm-a says the prompt is too long (OpenAI's context_length_exceeded, though our estimate
+    let it through); glm-b's window is no larger, so it is skipped; claude-a's is too small: 400."""
+    yaml_text = config(windows=(4000, 4000)).replace("claude-a: {context_window: 200000}", "claude-a: {context_window: 3000}")
+
+    async def t(a: InProcess) -> None:
+        r = await a.client.post("/v1/tasks", json={"task": "small_first", "max_tokens": 100, "messages": [
+            {"role": "user", "content": "x " * 5000 + "\nemulate: " + json.dumps(
+                {"glm-a": {"status": 400, "error_code": "context_length_exceeded"}})}]})
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["message"].startswith("the prompt fits no target of the chain: about 2") and "plus max_tokens 100" in err["message"]
+        assert err["message"].endswith("the largest context window is 4000")
+        assert [x["code"] for x in err["attempts"]] == ["context_length_exceeded", "context_window", "context_window"]
+
+    run(t, yaml_text)
