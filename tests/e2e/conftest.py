@@ -109,6 +109,14 @@ tasks:
   one_per_minute:
     chain: [glm/glm-4.6]
     limits: {{rpm: 1}}
+  failover:                          # the failover issue's behaviours over real processes
+    chain: [glm/glm-4.6, claude/claude-sonnet-5-5]
+    params: {{max_tokens: 64}}
+    timeouts: {{first_token: 0.5}}
+  hedged:
+    chain: [glm/glm-4.6, claude/claude-sonnet-5-5]
+    params: {{max_tokens: 64}}
+    hedge: {{after: 0.3}}
 """
 
 

@@ -224,18 +224,24 @@ def test_redacted_thinking_round_trip_through_the_anthropic_door(ant: anthropic.
     assert [b["data"] for b in sent if b["type"] == "redacted_thinking"] == [b.data for b in redacted]
 
 
-def _raw_http(router: str, data: bytes, wait_for_close: float = 5.0) -> bytes:
-    """Send ``data`` on a fresh connection and read until the server closes it (or a timeout)."""
+def _raw_http(router: str, data: bytes, wait: float = 5.0) -> bytes:
+    """Send ``data`` on a fresh connection; the first response (head and ``content-length`` body),
+    or what came before the server closed the connection or ``wait`` seconds passed."""
     import socket
     from urllib.parse import urlsplit
 
     u = urlsplit(router)
-    with socket.create_connection((u.hostname, u.port), timeout=wait_for_close) as s:
+    with socket.create_connection((u.hostname, u.port), timeout=wait) as s:
         s.sendall(data)
         out = b""
         try:
             while chunk := s.recv(65536):
                 out += chunk
+                head, sep, body = out.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), None)
+                if sep and length is not None and len(body) >= length:
+                    break
         except TimeoutError:
             pass
         return out
@@ -255,6 +261,6 @@ def test_slow_clients_get_408_and_an_oversized_expect_100_gets_413_at_once(route
                                   b"content-length: 100\r\n\r\n{\"model\": \"glm_task\",")
     assert late_body.startswith(b"HTTP/1.1 408 ") and b'"code":"request_timeout"' in late_body  # OpenAI shape
     big = _raw_http(router, b"POST /v1/messages HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
-                            b"expect: 100-continue\r\ncontent-length: 52428800\r\n\r\n", wait_for_close=0.5)
+                            b"expect: 100-continue\r\ncontent-length: 52428800\r\n\r\n")
     assert big.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in big
     assert b'"type":"request_too_large"' in big  # the Anthropic door's error shape

@@ -419,8 +419,8 @@ def test_secret_header_values_are_redacted_in_validate_show_and_the_emulators_re
 
 def test_a_frozen_redis_costs_a_request_one_store_timeout_not_one_per_call(redis_proc: Any) -> None:
     """A real Redis frozen with SIGSTOP: a request that would make several store calls (caller
-    limit, cache lookup and lock, settlement) waits one 100 ms timeout in all, then the
-    ``on_store_error`` policy (allow) lets it through."""
+    limit, cache lookup and lock, settlement) waits one 200 ms timeout in all, then the
+    ``on_store_error`` policy (allow) lets it through (without the shared budget: 0.6 s)."""
     import signal
     import time
 
@@ -430,7 +430,7 @@ def test_a_frozen_redis_costs_a_request_one_store_timeout_not_one_per_call(redis
         "  only_glm:\n    chain: [glm/glm-a]\n", "  only_glm:\n    chain: [glm/glm-a]\n    cache: {ttl: 60}\n", 1)
 
     async def go() -> None:
-        store = RedisStore(redis_proc.url, prefix="frozen", timeout=0.1)
+        store = RedisStore(redis_proc.url, prefix="frozen", timeout=0.2)
         async with app(yaml_text, store=store) as a:
             assert (await post(a, "only_glm", {})).status_code == 200  # connections made while it answers
             assert redis_proc.p is not None
@@ -442,7 +442,7 @@ def test_a_frozen_redis_costs_a_request_one_store_timeout_not_one_per_call(redis
             finally:
                 redis_proc.p.send_signal(signal.SIGCONT)
             assert r.status_code == 200 and r.json()["model"] == "glm-a"
-            assert 0.1 <= took < 0.18, took  # one timeout, not three or four
+            assert 0.2 <= took < 0.4, took  # one timeout, not three or four
         await store.close()
 
     asyncio.run(go())

@@ -1,0 +1,86 @@
+"""The failover issue's behaviours over real processes, with the official SDKs as clients: a
+silent primary, a stream whose status waits for its commit, a stream without its terminator,
+a hedged slow first token, and who answered."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from tests.e2e._client import directive
+
+pytestmark = pytest.mark.e2e
+
+GLM, CLAUDE = "glm-4.6", "claude-sonnet-5-5"
+
+
+def say(spec: dict) -> str:  # type: ignore[type-arg]
+    return uuid.uuid4().hex[:8] + "\n" + directive(spec)
+
+
+@pytest.fixture
+def oai(router: str):  # type: ignore[no-untyped-def]
+    with openai.OpenAI(base_url=router + "/v1", api_key="unused", max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture
+def ant(router: str):  # type: ignore[no-untyped-def]
+    with anthropic.Anthropic(base_url=router, api_key="unused", max_retries=0) as c:
+        yield c
+
+
+def test_a_silent_primary_is_left_after_one_first_token_timeout_streamed_or_not(oai: openai.OpenAI,
+                                                                                  ant: anthropic.Anthropic) -> None:
+    spec = {GLM: {"hang": True}, CLAUDE: {"text": "from claude"}}
+    t0 = time.monotonic()
+    r = oai.chat.completions.create(model="failover", messages=[{"role": "user", "content": say(spec)}])
+    took = time.monotonic() - t0
+    assert r.choices[0].message.content == "from claude" and r.model == CLAUDE
+    assert 0.5 <= took < 2.5  # one 0.5 s first-token timeout, no retry of the silent target
+    t0 = time.monotonic()
+    with ant.messages.stream(model="failover", max_tokens=64, messages=[{"role": "user", "content": say(spec)}]) as s:
+        final = s.get_final_message()
+    assert final.model == CLAUDE and final.content[0].text == "from claude"  # type: ignore[union-attr]
+    assert time.monotonic() - t0 < 2.5
+
+
+def test_a_streams_status_waits_for_its_commit(oai: openai.OpenAI, router: str) -> None:
+    failing = {GLM: {"status": 503}, CLAUDE: {"status": 503}}
+    with pytest.raises(openai.APIStatusError) as info:  # not a 200 stream that says so
+        list(oai.chat.completions.create(model="failover", stream=True,
+                                         messages=[{"role": "user", "content": say(failing)}]))
+    assert info.value.status_code == 502
+    with httpx.stream("POST", router + "/v1/chat/completions", timeout=10, json={
+            "model": "failover", "stream": True,
+            "messages": [{"role": "user", "content": say({GLM: {"status": 503}, CLAUDE: {"text": "x"}})}]}) as r:
+        assert r.status_code == 200
+        assert (r.headers["x-llm-router-target"], r.headers["x-llm-router-task"]) == ("claude/" + CLAUDE, "failover")
+        assert '"model":"claude-sonnet-5-5"' in r.read().decode()
+
+
+def test_streams_without_their_terminator_are_complete(oai: openai.OpenAI, ant: anthropic.Anthropic) -> None:
+    spec = {"*": {"text": "whole answer", "no_terminator": True, "input_tokens": 9, "output_tokens": 2}}
+    chunks = list(oai.chat.completions.create(model="glm_task", stream=True, stream_options={"include_usage": True},
+                                              messages=[{"role": "user", "content": say(spec)}]))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "whole answer"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 2
+    with ant.messages.stream(model="claude_task", max_tokens=64, messages=[{"role": "user", "content": say(spec)}]) as s:
+        final = s.get_final_message()
+    assert final.stop_reason == "end_turn" and final.usage.output_tokens == 2
+
+
+def test_a_slow_first_token_is_hedged(oai: openai.OpenAI) -> None:
+    spec = {GLM: {"delay_ms": 3000, "text": "slow"}, CLAUDE: {"text": "hedge"}}
+    t0 = time.monotonic()
+    r = oai.chat.completions.create(model="hedged", messages=[{"role": "user", "content": say(spec)}])
+    assert r.choices[0].message.content == "hedge" and r.model == CLAUDE
+    assert 0.3 <= time.monotonic() - t0 < 2.0
+    outcomes = [(a["target"], a["outcome"]) for a in r.model_extra["router"]["attempts"]]  # type: ignore[index]
+    assert outcomes == [("glm/glm-4.6", "cancelled"), ("claude/claude-sonnet-5-5", "ok")]
