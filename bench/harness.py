@@ -18,8 +18,9 @@ from router.emulator import free_port
 __all__ = ["Running", "bench_config", "running", "twenty_words"]
 
 
-def bench_config(emu: str, timeouts: str = "") -> str:
-    """routing.yaml with one task, ``bench``, on one GLM-style target at the emulator ``emu``."""
+def bench_config(emu: str, timeouts: str = "", stream_upstream: bool = True) -> str:
+    """routing.yaml with one task, ``bench``, on one GLM-style target at the emulator ``emu``
+    (``stream_upstream``: the provider's setting, whether a non-streamed caller's call streams)."""
     return f"""
 version: 1
 providers:
@@ -27,6 +28,7 @@ providers:
     protocol: openai
     base_url: {emu}/api/paas/v4
     api_key: bench
+    stream_upstream: {"true" if stream_upstream else "false"}
     {"timeouts: " + timeouts if timeouts else ""}
     models: {{glm-4.6: {{context_window: 200000, price: {{input: 0.6, output: 2.2}}}}}}
 tasks:
@@ -34,11 +36,11 @@ tasks:
 """
 
 
-def twenty_words(**behaviour: object) -> list[dict[str, str]]:
-    """One user message scripting the emulator to answer 20 words (20 stream chunks)."""
+def twenty_words(n: int = 20, **behaviour: object) -> list[dict[str, str]]:
+    """One user message scripting the emulator to answer ``n`` words (``n`` stream chunks)."""
     import json
 
-    spec = {"text": " ".join(f"w{i}" for i in range(20)), **behaviour}
+    spec = {"text": " ".join(f"w{i}" for i in range(n)), **behaviour}
     return [{"role": "user", "content": "bench\nemulate: " + json.dumps({"*": spec})}]
 
 

@@ -1,6 +1,7 @@
 """The router's added latency and its throughput, over calling the upstream emulator directly.
 
     .venv/bin/python bench/overhead.py [--duration 5] [--concurrency 1,64] [--workers 1] [--pin]
+        [--words 20] [--no-stream-upstream] [--door tasks|openai] [--modes nonstream,stream]
 
 Starts the emulator and the router (one GLM-style target) as processes on loopback, then for each
 mode (non-stream, stream) and concurrency runs the same request directly against the emulator and
@@ -46,17 +47,20 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="append JSON lines here")
     ap.add_argument("--door", choices=["tasks", "openai"], default="tasks",
                     help="load POST /v1/tasks, or the OpenAI door POST /v1/chat/completions (the peers' load)")
+    ap.add_argument("--words", type=int, default=20, help="words (stream chunks) in each answer")
+    ap.add_argument("--no-stream-upstream", action="store_true",
+                    help="the provider's stream_upstream: false (a non-streamed caller's call is not streamed)")
     ap.add_argument("--pin", action="store_true",
                     help="the load generator and the emulator on CPU 0, the router on CPU 1 (steadier on a VM)")
     a = ap.parse_args()
 
     if a.pin:
         os.sched_setaffinity(0, {0})  # inherited by the emulator and the router started next
-    with running(bench_config, a.workers) as run:
+    with running(lambda emu: bench_config(emu, stream_upstream=not a.no_stream_upstream), a.workers) as run:
         if a.pin:
             pin_tree(run.router_pid, {1})
         emu = run.emulator
-        msgs = twenty_words()
+        msgs = twenty_words(a.words)
         rows = []
         for mode in a.modes.split(","):
             stream = mode == "stream"
@@ -71,7 +75,7 @@ def main() -> None:
                              concurrency=c, warmup=a.warmup, duration=a.duration).summary()
                 r = run_load(run.router + router_path, router_body, stream=stream, concurrency=c,
                              warmup=a.warmup, duration=a.duration, watch=[run.router_pid]).summary()
-                row = {"mode": mode, "door": a.door, "concurrency": c, "workers": a.workers, "direct": d, "router": r,
+                row = {"mode": mode, "door": a.door, "words": a.words, "stream_upstream": not a.no_stream_upstream, "concurrency": c, "workers": a.workers, "direct": d, "router": r,
                        "added_p50_ms": round(r["p50_ms"] - d["p50_ms"], 3),
                        "added_p99_ms": round(r["p99_ms"] - d["p99_ms"], 3)}
                 if stream:
