@@ -84,6 +84,14 @@ providers:
     api_key: ${{TEST_ZAI_KEY}}
     models:
       gpt-4o: {{context_window: 128000}}
+  flaky:                             # cooldowns on: the recovery test's own provider
+    protocol: openai
+    base_url: {upstream}/api/paas/v4
+    api_key: ${{TEST_ZAI_KEY}}
+    retry: {{attempts: 1}}
+    cooldown: {{failures: 2, window: 60, duration: 0.5}}
+    models:
+      glm-flaky: {{context_window: 200000}}
   nokey:
     protocol: anthropic
     base_url: {upstream}
@@ -113,6 +121,9 @@ tasks:
     chain: [glm/glm-4.6, claude/claude-sonnet-5-5]
     params: {{max_tokens: 64}}
     timeouts: {{first_token: 0.5}}
+  recovering:
+    chain: [flaky/glm-flaky, claude/claude-sonnet-5-5]
+    params: {{max_tokens: 64}}
   hedged:
     chain: [glm/glm-4.6, claude/claude-sonnet-5-5]
     params: {{max_tokens: 64}}

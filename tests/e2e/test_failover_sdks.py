@@ -84,3 +84,21 @@ def test_a_slow_first_token_is_hedged(oai: openai.OpenAI) -> None:
     assert 0.3 <= time.monotonic() - t0 < 2.0
     outcomes = [(a["target"], a["outcome"]) for a in r.model_extra["router"]["attempts"]]  # type: ignore[index]
     assert outcomes == [("glm/glm-4.6", "cancelled"), ("claude/claude-sonnet-5-5", "ok")]
+
+
+def test_a_recovered_primary_gets_traffic_back_within_its_cooldown(oai: openai.OpenAI) -> None:
+    """``cooldown: {failures: 2, duration: 0.5}``: tripped, a failed probe re-opens for 0.5 s
+    again (not 1 s), and the next probe after the recovery serves."""
+    down = {"glm-flaky": {"status": 503}, CLAUDE: {"text": "fallback"}}
+
+    def ask(spec: dict) -> str:  # type: ignore[type-arg]
+        r = oai.chat.completions.create(model="recovering", messages=[{"role": "user", "content": say(spec)}])
+        return r.model
+
+    assert [ask(down), ask(down)] == [CLAUDE, CLAUDE]  # two failures: tripped
+    assert ask({}) == CLAUDE  # skipped while cooling
+    time.sleep(0.6)  # a real cooldown on a real process: nothing here to inject a clock into
+    assert ask(down) == CLAUDE  # the probe fails: open for `duration` again
+    time.sleep(0.6)
+    assert ask({}) == "glm-flaky"  # recovered: the probe serves
+    assert [ask({}) for _ in range(3)] == ["glm-flaky"] * 3
