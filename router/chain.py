@@ -187,6 +187,8 @@ class Chain:
             if isinstance(got, Ticket):
                 return got, admission
             skip, retry_after = ("rate_limited", f"{target.name}: over its upstream rate limit"), got
+            if admission == "probe":  # it will not probe now: the next request may
+                await self.circuits.release(target.name)
         code, message = skip
         walk.run.attempt(AttemptRecord(target.name, "skipped", code=code, message=message))
         walk.errors.append(TargetUnusable(message, code=code, retryable=code != "unusable",
