@@ -229,6 +229,6 @@ def create_app(config: RoutingConfig, settings: Settings | None = None, *,
 
 
 def _known(app: Litestar, name: str) -> bool:
-    """Whether ``name`` is a task or a ``provider/model`` of the live config."""
+    """Whether ``name`` is a task, an alias, a ``provider/model`` or a model id of the live config."""
     router: Router = app.state.live.router
-    return name in router.config.tasks or ("/" in name and name in router.targets)
+    return router.planner.resolve(name) is not None

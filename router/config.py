@@ -281,7 +281,9 @@ class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True):
     ``on_store_error``: when the store (Redis) fails, ``allow`` requests past the limits or
     ``deny`` them (429). ``tenants`` turn authentication on; ``admin_keys`` (SHA-256 hashes) open
     the admin endpoints then. ``log_content``: put prompts and outputs in the request log lines
-    (off by default). ``cors``: cross-origin access (off when absent)."""
+    (off by default). ``cors``: cross-origin access (off when absent). ``aliases``: names clients
+    already send as ``model`` (``gpt-4o-mini``, ``claude-3-5-haiku-latest``) -> a task or a
+    ``provider/model``."""
 
     providers: dict[str, Provider]
     tasks: dict[str, Task]
@@ -292,6 +294,7 @@ class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True):
     admin_keys: list[str] = []
     log_content: bool = False
     cors: Cors | None = None
+    aliases: dict[str, str] = {}
     source: str = msgspec.field(default="<memory>", name="_source")
     digest: str = msgspec.field(default="", name="_digest")
 

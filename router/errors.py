@@ -112,13 +112,20 @@ class Forbidden(RouterError):
 
 
 class UnknownTask(RouterError):
-    """The task is not in routing.yaml; the message lists the known tasks."""
+    """Neither a task, an alias, a ``provider/model`` nor a model id of routing.yaml; the message
+    lists what ``model`` / ``task`` may name."""
 
     status = 404
     type = "not_found_error"
 
-    def __init__(self, task: str, known: list[str]) -> None:
-        super().__init__(f"unknown task {task!r}; known tasks: {', '.join(sorted(known))}")
+    def __init__(self, task: str, known: list[str], aliases: list[str] | None = None,
+                 models: list[str] | None = None) -> None:
+        text = f"unknown task or model {task!r}; tasks: {', '.join(sorted(known)) or 'none'}"
+        if aliases:
+            text += f"; aliases: {', '.join(sorted(aliases))}"
+        if models:
+            text += f"; models (or provider/model): {', '.join(sorted(models))}"
+        super().__init__(text)
         self.task = task
         self.path = "task"
 

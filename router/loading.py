@@ -105,7 +105,8 @@ def _check_chain(chain: list[Any], where: str, raw_providers: dict[str, Any],
         problems.append(f"{where}.chain: a target appears twice")
 
 
-_TOP = ("version", "providers", "tasks", "limits", "on_store_error", "tenants", "admin_keys", "log_content", "cors")
+_TOP = ("version", "providers", "tasks", "limits", "on_store_error", "tenants", "admin_keys", "log_content", "cors",
+        "aliases")
 
 
 def _yaml(text: str) -> dict[str, Any]:
@@ -144,7 +145,22 @@ def _globals(raw: dict[str, Any], problems: list[str]) -> dict[str, Any]:
         admin = _convert(raw["admin_keys"], list[KeyHash], "admin_keys", problems)
         if admin is not None:
             extras["admin_keys"] = admin
+    if "aliases" in raw:
+        aliases = _convert(raw["aliases"], dict[str, str], "aliases", problems)
+        if aliases is not None:
+            extras["aliases"] = aliases
     return extras
+
+
+def _check_aliases(aliases: dict[str, str], tasks: Mapping[str, Any], providers: Mapping[str, Provider],
+                   problems: list[str]) -> None:
+    """Each alias names a task or a ``provider/model``, and is not itself a task's name."""
+    for name, to in aliases.items():
+        pname, _, mname = to.partition("/")
+        if name in tasks:
+            problems.append(f"aliases.{name}: is also a task's name; the task would always win")
+        elif to not in tasks and not (pname in providers and mname in providers[pname].models):
+            problems.append(f"aliases.{name}: {to!r} is neither a task nor a provider/model")
 
 
 def _mapping(raw: dict[str, Any], key: str, what: str, problems: list[str], required: bool = True) -> dict[str, Any]:
@@ -243,6 +259,7 @@ def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = 
     tenants = _tenants(_mapping(raw, "tenants", "tenant name to tenant", problems, required=False), raw_tasks, problems)
     if tenants:
         extras["tenants"] = tenants
+    _check_aliases(extras.get("aliases", {}), raw_tasks, providers, problems)
     if problems:
         raise ConfigError(problems)
     return RoutingConfig(providers=providers, tasks=tasks, source=source,

@@ -1,8 +1,10 @@
 """Task -> plan: the chain of targets a request will walk, with their effective policies.
 
-``Planner(config, targets)`` is built once per config. ``plan(req)`` resolves the request's task
-(or a pinned ``provider/model``: a one-target chain with its provider's policy, no task params or
-cache), picks the experiment variant, merges the params (the request's own over the variant's over
+``Planner(config, targets)`` is built once per config. ``plan(req)`` resolves the request's name:
+a task; an alias from routing.yaml's ``aliases`` (to a task or a target); a pinned
+``provider/model`` (a one-target chain with its provider's policy, no task params or cache); or a
+bare model id (``glm-4.6``: every provider's target of that id, in config order, as the chain, each
+with its provider's policy). Then it picks the experiment variant, merges the params (the request's own over the variant's over
 the task's) and estimates the tokens for limits and context-window skips.
 """
 
@@ -90,6 +92,21 @@ class Planner:
         for name, target in targets.items():  # a pinned target is a one-target chain of its own
             self._plans.setdefault(name, _TaskPlan([target], {name: resolve(config.providers[target.provider])},
                                                    Params(), "error", None))
+        by_model: dict[str, list[Target]] = {}
+        for target in targets.values():  # a bare model id: every provider serving it, in config order
+            by_model.setdefault(target.model, []).append(target)
+        self.models = sorted(by_model)
+        for model, chain in by_model.items():
+            if model not in self._plans:
+                self._plans[model] = _TaskPlan(chain, {t.name: resolve(config.providers[t.provider]) for t in chain},
+                                               Params(), "error", None)
+        self._names = {**{m: m for m in by_model}, **{n: n for n in self._plans}, **config.aliases,
+                       **{t: t for t in config.tasks}}
+
+    def resolve(self, name: str) -> str | None:
+        """What a request's ``task`` / ``model`` names: a task, a target or a model id (aliases
+        followed); None when nothing."""
+        return self._names.get(name)
 
     def policy(self, task: str, target: str) -> Policy:
         """The effective policy of ``target`` within ``task`` (raises ``KeyError``)."""
@@ -97,14 +114,15 @@ class Planner:
 
     def plan(self, req: TaskRequest) -> Plan:
         """The plan of ``req``; raises ``UnknownTask`` (404) listing the known tasks."""
-        found = self._plans.get(req.task)
-        if found is None:
-            raise UnknownTask(req.task, list(self.config.tasks))
+        name = self._names.get(req.task)
+        found = self._plans.get(name) if name is not None else None
+        if found is None or name is None:
+            raise UnknownTask(req.task, list(self.config.tasks), list(self.config.aliases), self.models)
         chain, params = found.chain, found.params
-        task = self.config.tasks.get(req.task)
+        task = self.config.tasks.get(name)
         variant = None
         if task is not None and task.experiment is not None:
-            variant = assign(req.task, task.experiment, req)
+            variant = assign(name, task.experiment, req)
             v = task.experiment.variants[variant]
             chain = [self.targets[t] for t in v.chain]
             if v.params is not None:
@@ -112,7 +130,7 @@ class Planner:
         merged = _merge(req, params)
         prompt = estimate_prompt_tokens(req)
         shadow = task.shadow if task is not None else None
-        return Plan(task=req.task, chain=chain, policies=found.policies, params=merged, midstream=found.midstream,
+        return Plan(task=name, chain=chain, policies=found.policies, params=merged, midstream=found.midstream,
                     cache=found.cache, prompt_tokens=prompt,
                     estimate=prompt + (merged.max_tokens or DEFAULT_MAX_TOKENS_ESTIMATE), variant=variant,
                     shadow=shadow, tracked=task is not None and (task.experiment is not None or shadow is not None),

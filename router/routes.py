@@ -125,10 +125,15 @@ async def _routes_view(router: Router, live: LiveConfig) -> dict[str, Any]:
 
 @get("/v1/models", tags=["operators"], responses=_errors(401))
 async def models(request: Request[Any, Any, Any], state: State) -> ModelList:
-    """Tasks and pinnable targets, as an OpenAI model list (any valid key when auth is on)."""
+    """Everything ``model`` may name, as an OpenAI model list (any valid key when auth is on):
+    tasks and aliases (owned by ``llm-router``), model ids (every provider serving one, as a
+    chain) and pinnable ``provider/model`` targets."""
     router = _router(state)
     router.auth.identify(request.headers)
-    return ModelList(data=[ModelCard(id=name, owned_by="llm-router") for name in router.config.tasks]
+    names = [*router.config.tasks, *router.config.aliases]
+    ids = [m for m in router.planner.models if m not in names]
+    return ModelList(data=[ModelCard(id=name, owned_by="llm-router") for name in names]
+                     + [ModelCard(id=m, owned_by="llm-router") for m in ids]
                      + [ModelCard(id=name, owned_by=t.provider) for name, t in router.targets.items()])
 
 

@@ -31,6 +31,13 @@ def test_demo_serves_a_streamed_quick_summary(tmp_path: Path, monkeypatch: pytes
             assert events[-1] == {"type": "end", "seq": len(events) - 1, "finish_reason": "stop"}
             deep = c.post(url + "/v1/tasks", json={"task": "deep_analysis", "messages": ask("Why?")})
             assert deep.status_code == 200 and deep.json()["provider"] == "claude"
+        # the GLM integration guide's script, unchanged: Anthropic(base_url=...), model="glm-4.6"
+        import anthropic
+
+        with anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0) as client:
+            msg = client.messages.create(model="glm-4.6", max_tokens=64,
+                                         messages=[{"role": "user", "content": "Hello, GLM"}])
+            assert msg.model == "glm-4.6" and msg.content[0].text  # type: ignore[union-attr]
     finally:
         proc.stop()
     log = proc.output()

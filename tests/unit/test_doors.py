@@ -536,7 +536,7 @@ def test_zchat_unknown_default_task_is_a_404_detail() -> None:
     async def t(a: InProcess) -> None:
         r = await a.client.post("/api/chat", json={"messages": say()})
         assert r.status_code == 404
-        assert r.json()["detail"].startswith("task: unknown task 'chat'; known tasks: ")
+        assert r.json()["detail"].startswith("task: unknown task or model 'chat'; tasks: ")
 
     run(t, YAML.replace("  chat:\n    chain: [glm/glm-4.6]\n", "", 1))
 
@@ -672,7 +672,7 @@ def test_each_door_answers_errors_in_its_own_shape(path: str) -> None:
             r = await c.post(path, json=make("nope", say()), headers=AUTH)
             assert r.status_code == 404
             kind, msg = _shape(path, r.json())
-            assert kind == "not_found_error" and "unknown task 'nope'" in msg
+            assert kind == "not_found_error" and "unknown task or model 'nope'" in msg
             if oa:
                 assert r.json()["error"]["param"] == "task" and r.json()["error"]["code"] == "not_found_error"
             if an:

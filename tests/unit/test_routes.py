@@ -110,7 +110,8 @@ def test_models_health_and_readiness() -> None:
         ids = [m["id"] for m in body["data"]]
         tasks = list(a.router.config.tasks)
         assert ids[:len(tasks)] == tasks and "ab" in tasks
-        assert set(ids[len(tasks):]) == {"shadowp/claude-shadow", "nokey/m", "glm/glm-4.6", "claude/claude-sonnet-5-5"}
+        targets = {"shadowp/claude-shadow", "nokey/m", "glm/glm-4.6", "claude/claude-sonnet-5-5"}
+        assert set(ids[len(tasks):]) == targets | {t.split("/")[1] for t in targets}  # model ids, and pinned
         owners = {m["id"]: m["owned_by"] for m in body["data"]}
         assert owners["chat"] == "llm-router" and owners["glm/glm-4.6"] == "glm" and owners["nokey/m"] == "nokey"
         assert all(m["object"] == "model" for m in body["data"])

@@ -1,0 +1,115 @@
+"""Drop-in for the clients people use (the drop-in issue): the model names a client already sends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from router.loading import ConfigError, parse_config
+from tests.unit._app import InProcess, app
+
+YAML = """
+version: 1
+providers:
+  glm:
+    protocol: openai
+    base_url: http://emulator/api/paas/v4
+    api_key: k
+    retry: {attempts: 1}
+    models:
+      glm-4.6: {context_window: 200000}
+  zai_anthropic:
+    protocol: anthropic
+    base_url: http://emulator/api/anthropic
+    api_key: k
+    retry: {attempts: 1}
+    models:
+      glm-4.6: {context_window: 200000}
+  claude:
+    protocol: anthropic
+    base_url: http://emulator
+    api_key: k
+    models:
+      claude-haiku-5-5: {context_window: 200000}
+tasks:
+  chat:
+    chain: [glm/glm-4.6, claude/claude-haiku-5-5]
+aliases:
+  gpt-4o-mini: chat
+  claude-3-5-haiku-latest: claude/claude-haiku-5-5
+"""
+
+
+def run(test: Any, yaml_text: str = YAML) -> None:
+    async def go() -> None:
+        async with app(yaml_text) as a:
+            await test(a)
+
+    asyncio.run(go())
+
+
+def msgs(spec: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    return [{"role": "user", "content": "hi" + ("\nemulate: " + json.dumps(spec) if spec else "")}]
+
+
+def test_a_bare_model_id_is_every_provider_serving_it_in_config_order() -> None:
+    """GLM-4.6 through Z.ai's OpenAI-compatible and Anthropic-compatible endpoints: a two-target
+    chain, so the GLM guide's ``Anthropic(base_url=router)`` with ``model="glm-4.6"`` works."""
+    async def t(a: InProcess) -> None:
+        r = await a.client.post("/v1/messages", json={"model": "glm-4.6", "max_tokens": 50, "messages": msgs()})
+        assert r.status_code == 200 and r.json()["model"] == "glm-4.6"
+        assert r.headers["x-llm-router-target"] == "glm/glm-4.6" and r.headers["x-llm-router-task"] == "glm-4.6"
+
+    async def failover() -> None:
+        from router.inproc import Reply, ScriptedTransport
+
+        refused = ScriptedTransport(lambda request: Reply(body=[ConnectionRefusedError()]))
+        async with app(YAML, transports={"glm": refused}) as a:
+            r = await a.client.post("/v1/messages", json={"model": "glm-4.6", "max_tokens": 50, "messages": msgs()})
+            assert r.status_code == 200 and r.headers["x-llm-router-target"] == "zai_anthropic/glm-4.6"
+            assert a.emulator.last["glm-4.6"]["path"] == "/api/anthropic/v1/messages"
+
+    run(t)
+    asyncio.run(failover())
+
+
+def test_aliases_name_a_task_or_a_target() -> None:
+    async def t(a: InProcess) -> None:
+        r = await a.client.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": msgs()})
+        assert r.status_code == 200 and r.json()["router"]["task"] == "chat" and r.json()["model"] == "glm-4.6"
+        r = await a.client.post("/v1/messages", json={"model": "claude-3-5-haiku-latest", "max_tokens": 9,
+                                                      "messages": msgs()})
+        assert r.status_code == 200 and r.json()["model"] == "claude-haiku-5-5"
+        listed = {m["id"] for m in (await a.client.get("/v1/models")).json()["data"]}
+        assert {"chat", "gpt-4o-mini", "claude-3-5-haiku-latest", "glm-4.6", "glm/glm-4.6"} <= listed
+
+    run(t)
+
+
+def test_an_unknown_name_is_the_doors_404_listing_what_may_be_named() -> None:
+    async def t(a: InProcess) -> None:
+        r = await a.client.post("/v1/messages", json={"model": "gpt-5", "max_tokens": 9, "messages": msgs()})
+        assert r.status_code == 404 and r.json()["type"] == "error"
+        message = r.json()["error"]["message"]
+        assert message.startswith("task: unknown task or model 'gpt-5'; tasks: chat; aliases: ")
+        assert "claude-3-5-haiku-latest, gpt-4o-mini" in message and "models (or provider/model): claude-haiku-5-5, glm-4.6" in message
+        oai = await a.client.post("/v1/chat/completions", json={"model": "gpt-5", "messages": msgs()})
+        assert oai.status_code == 404 and oai.json()["error"]["type"] == "not_found_error"
+
+    run(t)
+
+
+@pytest.mark.parametrize(("aliases", "problem"), [
+    ("{chat: glm/glm-4.6}", "aliases.chat: is also a task's name"),
+    ("{x: nope}", "aliases.x: 'nope' is neither a task nor a provider/model"),
+    ("{x: glm/glm-9}", "aliases.x: 'glm/glm-9' is neither a task nor a provider/model"),
+    ("[a, b]", "aliases: "),
+])
+def test_bad_aliases_are_config_errors(aliases: str, problem: str) -> None:
+    text = YAML[:YAML.index("aliases:")] + f"aliases: {aliases}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, {})
+    assert any(p.startswith(problem) for p in info.value.problems), info.value.problems
