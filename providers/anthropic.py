@@ -17,6 +17,9 @@ Wire facts (https://docs.anthropic.com/en/api/messages, .../messages-streaming,
   complete (the answer and its final usage were sent).
 * Usage: ``message_start`` has input and cache counts; ``message_delta`` has cumulative totals
   (2024 recordings: only ``output_tokens``), so the two are merged, not overwritten.
+* Structured output: ``output_config: {format: {type: "json_schema", schema}}`` and strict tool
+  use ``tools[].strict: true`` (https://docs.claude.com/en/docs/build-with-claude/structured-outputs);
+  ``top_k`` is a Messages parameter (https://docs.anthropic.com/en/api/messages).
 * Thinking: ``{"type": "adaptive"}`` on models configured ``thinking: adaptive`` (Claude 4.6+;
   required on Opus 4.7+ and 5.x), else ``{"type": "enabled", "budget_tokens": N}`` with
   N >= 1024 and < ``max_tokens``. Thinking does not allow ``temperature``/``top_p`` changes, and
@@ -312,7 +315,15 @@ class AnthropicAdapter:
             body["system"] = "\n\n".join(system)
         if call.tools:
             body["tools"] = [{"name": t.function.name, "description": t.function.description or "",
-                              "input_schema": t.function.parameters} for t in call.tools]
+                              "input_schema": t.function.parameters, **({"strict": True} if t.function.strict else {})}
+                             for t in call.tools]
+        rf = call.response_format
+        if rf is not None and rf.type == "json_schema" and rf.json_schema is not None:
+            body["output_config"] = {"format": {"type": "json_schema", "schema": rf.json_schema.schema}}
+        elif rf is not None and rf.type == "json_object":  # no native form: say it
+            body["system"] = "\n\n".join([*system, "Answer with one JSON object only, no prose and no code fence."])
+        if call.top_k is not None:
+            body["top_k"] = call.top_k
         tc_ = call.tool_choice
         if tc_ is not None and call.tools:
             body["tool_choice"] = ({"auto": {"type": "auto"}, "none": {"type": "none"},

@@ -24,7 +24,7 @@ import msgspec
 
 from router.errors import UpstreamError
 from router.events import Event
-from router.request import Message, Tool, ToolChoice
+from router.request import Message, ResponseFormat, Tool, ToolChoice
 
 __all__ = ["Adapter", "Call", "StreamDecoder", "WireRequest"]
 
@@ -35,6 +35,8 @@ class Call(msgspec.Struct, kw_only=True):
     ``max_tokens`` in tokens (``None``: the adapter's protocol default); ``thinking``: ``None``
     leaves the provider's default. ``thinking_style`` (``budget``/``adaptive``) and ``sampling``
     (whether temperature/top_p may be sent) are the target model's, from routing.yaml.
+    ``response_format``: the answer's form, sent in each protocol's own way. ``seed`` and the
+    penalties are OpenAI-protocol parameters, ``top_k`` an Anthropic one.
     """
 
     model: str
@@ -49,6 +51,11 @@ class Call(msgspec.Struct, kw_only=True):
     stream: bool = False
     thinking_style: str = "budget"
     sampling: bool = True
+    response_format: ResponseFormat | None = None
+    seed: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    top_k: int | None = None
 
 
 class WireRequest(NamedTuple):

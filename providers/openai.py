@@ -15,6 +15,10 @@ https://docs.z.ai/api-reference/llm/chat-completion, shared/fixtures/wire/QUIRKS
   ``thinking: {"type": "enabled"|"disabled"}``.
 * Errors: ``{"error": {"code": "1113", "message": ...}}`` (Z.ai, code a string of digits) or
   ``{"error": {"message", "type", "param", "code"}}`` (OpenAI).
+* Structured output: Z.ai's ``response_format`` takes ``text`` and ``json_object`` only
+  (https://docs.z.ai/guides/capabilities/struct-output), so a ``json_schema`` is sent as
+  ``json_object`` with the schema in a system message. ``seed``, ``frequency_penalty``,
+  ``presence_penalty`` and ``tools[].function.strict`` are OpenAI chat-completions parameters.
 """
 
 from __future__ import annotations
@@ -113,6 +117,13 @@ def _usage(u: _Usage) -> Usage:
         reasoning_tokens=(u.completion_tokens_details.reasoning_tokens or 0) if u.completion_tokens_details else 0,
         cached_tokens=(u.prompt_tokens_details.cached_tokens or 0) if u.prompt_tokens_details else 0,
     )
+
+
+def schema_instruction(schema: dict[str, Any]) -> str:
+    """The system instruction that carries a JSON Schema to an upstream without native schema
+    support."""
+    return ("Answer with one JSON value only, no prose and no code fence, matching this JSON Schema:\n"
+            + msgspec.json.encode(schema).decode())
 
 
 def _finish(reason: str) -> str:
@@ -258,7 +269,17 @@ class OpenAIAdapter:
             if m.name:
                 msg["name"] = m.name
             messages.append(msg)
+        rf = call.response_format
+        if rf is not None and rf.type == "json_schema" and rf.json_schema is not None:
+            messages.insert(0, {"role": "system", "content": schema_instruction(rf.json_schema.schema)})
         body: dict[str, Any] = {"model": call.model, "messages": messages}
+        if rf is not None and rf.type != "text":
+            # Z.ai takes only text and json_object (and ignores json_schema): the schema is stated
+            # in the system prompt, and the router checks the answer against it
+            body["response_format"] = {"type": "json_object"}
+        for key in ("seed", "frequency_penalty", "presence_penalty"):
+            if (v := getattr(call, key)) is not None:
+                body[key] = v
         if call.tools:
             body["tools"] = [msgspec.to_builtins(t) for t in call.tools]
         if call.tool_choice is not None:

@@ -23,67 +23,36 @@ from providers import Call
 from router.circuits import Circuits
 from router.clock import Clock
 from router.errors import (
-    AllTargetsFailed,
     TargetUnusable,
     UpstreamError,
     UpstreamStreamError,
 )
-from router.events import AttemptRecord, End, Error, Event, Fallback, Start, Usage
+from router.events import (
+    AttemptRecord,
+    End,
+    Error,
+    Event,
+    Fallback,
+    Start,
+    TextDelta,
+    ToolCallStart,
+    Usage,
+)
+from router.failures import all_failed, check_output, error_event, is_final, quota_wait
 from router.hedge import First, Try, race
 from router.limits import Limiter, Ticket
 from router.plan import Plan
 from router.policy import Policy
-from router.request import TaskRequest
+from router.request import ResponseFormat, TaskRequest
 from router.retry import RetryBudget, Tried, first_event
 from router.run import Run
 from router.transport import Transport
 from router.upstream import Target, call_target
 
-__all__ = ["Chain", "all_failed", "make_call"]
+__all__ = ["Chain", "make_call"]
 
 log = logging.getLogger("llm_router")
 
-
-
-def all_failed(attempts: list[AttemptRecord], errors: list[UpstreamError], plan: Plan | None = None) -> AllTargetsFailed:
-    """The status by the nature of the failures: 400 when the prompt fits no target (skipped for
-    its window, or the upstream said too long: Z.ai 1261 or 1210 about length, Anthropic
-    ``prompt is too long``, OpenAI ``context_length_exceeded``), its message giving the estimate
-    and the largest window; when every
-    failure was a rate limit (upstream, or a quota here) or a cooldown, in any mix, 429 (503 when
-    only cooldowns) with ``retry_after`` the earliest moment any target can serve again; 503 when
-    no target could be called; 504 when every call timed out; else 502."""
-    limited = [e for e in errors if e.code == "rate_limited" or (e.upstream_status == 429 and e.retryable)
-               or (e.quota and e.retry_after is not None)]
-    cooling = [e for e in errors if e.code == "cooldown"]
-    called = [e for e in errors if not isinstance(e, TargetUnusable)]
-    status, retry_after = 502, None
-    message = f"every target of the chain failed ({len(attempts)} tried)"
-    if errors and all(e.context_overflow or e.code == "context_window" for e in errors):
-        status = 400
-        if plan is not None:
-            widest = max(t.spec.context_window for t in plan.chain)
-            message = (f"the prompt fits no target of the chain: about {plan.prompt_tokens} tokens (estimated) "
-                       f"plus max_tokens {plan.params.max_tokens or 0}; the largest context window is {widest}")
-    elif errors and len(limited) + len(cooling) == len(errors):
-        status = 429 if limited else 503
-        waits = [e.retry_after for e in (*limited, *cooling) if e.retry_after is not None]
-        retry_after = min(waits) if waits else None
-    elif not called:
-        status = 503
-    elif all(e.status == 504 for e in called):
-        status = 504
-    return AllTargetsFailed(message, attempts, status=status, retry_after=retry_after)
-
-
-MAX_QUOTA_HOLD = 40 * 86400.0  # seconds: a reset further away than this is not believed
-
-
-def quota_wait(e: UpstreamError, now: float) -> float | None:
-    """Seconds until a spent quota resets (``e.reset_at`` from the body, else the Retry-After),
-    when known and plausible (in the future, under 40 days)."""
-    wait = e.reset_at - now if e.reset_at is not None else e.retry_after
-    return wait if wait is not None and 0 < wait <= MAX_QUOTA_HOLD else None
 
 
 def make_call(target: Target, req: TaskRequest, plan: Plan, stream: bool) -> Call:
@@ -95,7 +64,8 @@ def make_call(target: Target, req: TaskRequest, plan: Plan, stream: bool) -> Cal
     return Call(model=target.model, messages=req.messages, tools=req.tools, tool_choice=req.tool_choice,
                 max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, stop=p.stop,
                 thinking=p.thinking, stream=stream, thinking_style=target.spec.thinking,
-                sampling=target.spec.sampling)
+                sampling=target.spec.sampling, response_format=req.response_format, seed=req.seed,
+                frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty, top_k=req.top_k)
 
 
 def price(ev: Usage, target: Target) -> Usage:
@@ -115,18 +85,6 @@ async def _drain(upstream: AsyncGenerator[Event, None]) -> None:
         log.debug("after end: %s", type(e).__name__)
 
 
-def _final(error: UpstreamError, plan: Plan) -> bool:
-    """A failure that goes back to the caller instead of to the next target: a content-filter
-    refusal, unless the task routes around it (``fallback_on: [content_filter]``)."""
-    return error.content_filter and "content_filter" not in plan.fallback_on
-
-
-def _error(failure: UpstreamError, target: Target, run: Run) -> Error:
-    """The terminal ``Error`` event of a failure of ``target``."""
-    return Error(code=failure.code, message=failure.message, retryable=failure.retryable,
-                 provider=target.provider, attempts=run.attempts)
-
-
 def _reports(suspect: bool, target: str, failed_here: set[str]) -> bool:
     """Whether a success of ``target`` must reach the store (it closes the circuit and resets
     the failure count): it was probing or had failures counted, or it failed before in this
@@ -139,7 +97,7 @@ class _Walk:
     waits spent, the tokens needed and the smallest window still worth trying, the targets called
     and those that failed retryably."""
 
-    __slots__ = ("budget", "called", "errors", "failed_here", "failure", "hedged", "min_window", "need", "run")
+    __slots__ = ("budget", "called", "errors", "failed_here", "failure", "hedged", "min_window", "need", "output", "run")
 
     def __init__(self, plan: Plan, run: Run) -> None:
         self.run = run
@@ -151,6 +109,7 @@ class _Walk:
         self.failed_here: set[str] = set()
         self.failure: UpstreamError | None = None  # the committed target's failure after its first event
         self.hedged = False  # at most one hedge per request
+        self.output: ResponseFormat | None = None  # the answer's required form, checked at its end
 
 
 class Chain:
@@ -198,6 +157,8 @@ class Chain:
     async def walk(self, req: TaskRequest, plan: Plan, request_id: str, run: Run) -> AsyncGenerator[Event, None]:
         """The events of the plan's chain (not yet numbered), ending with ``End`` or ``Error``."""
         walk = _Walk(plan, run)
+        if req.response_format is not None and req.response_format.type != "text":
+            walk.output = req.response_format
         chain = plan.chain
         i = 0
         while i < len(chain):
@@ -224,12 +185,12 @@ class Chain:
                         await self._close(t, walk)  # a loser stops at once; its quota is settled now
                 if won is None:  # every try failed before its first event
                     last = tries[-1]
-                    error = next((t.tried.error for t in tries if t.tried and t.tried.error and _final(t.tried.error, plan)),
+                    error = next((t.tried.error for t in tries if t.tried and t.tried.error and is_final(t.tried.error, plan)),
                                  last.tried.error if last.tried else None)
                     assert error is not None
-                    if _final(error, plan):  # the caller's answer, not the next target's
+                    if is_final(error, plan):  # the caller's answer, not the next target's
                         run.fail(error)
-                        yield _error(error, last.target, run)
+                        yield error_event(error, last.target, run)
                         return
                     i = last.index + 1
                     if i < len(chain):
@@ -250,11 +211,13 @@ class Chain:
                 for t in tries:
                     await self._close(t, walk)
             i = won.index + 1
-            if plan.midstream == "restart" and i < len(chain) and not _final(failure, plan):
+            # an invalid structured answer reached no non-streamed caller yet: the next target may do better
+            restart = plan.midstream == "restart" or (failure.code == "invalid_output" and not req.stream)
+            if restart and i < len(chain) and not is_final(failure, plan):
                 yield Fallback(from_=won.target.name, to=chain[i].name, reason=failure.code)
                 continue
             run.fail(failure)
-            yield _error(failure, won.target, run)
+            yield error_event(failure, won.target, run)
             return
         failed = all_failed(run.attempts, walk.errors, plan)
         run.fail(failed)
@@ -306,6 +269,7 @@ class Chain:
         first, upstream = tried.value
         latency = round((self.clock.now() - t0) * 1e3, 3)
         failure: UpstreamError | None = None
+        texts: list[str] | None = [] if walk.output is not None else None
         try:
             yield Start(id=request_id, task=plan.task, provider=target.provider, model=target.model,
                         attempt=walk.called, variant=plan.variant)
@@ -314,6 +278,13 @@ class Chain:
                 if type(ev) is Usage:
                     held.used = ev.input_tokens + ev.output_tokens
                     ev = price(ev, target)
+                elif texts is not None:
+                    if type(ev) is TextDelta:
+                        texts.append(ev.text)
+                    elif type(ev) is ToolCallStart:
+                        texts = None  # a tool call is not the structured answer
+                    elif type(ev) is End:
+                        check_output("".join(texts), walk.output, target)
                 yield ev
                 if type(ev) is End:  # the answer is whole: read the body's end, send nothing more
                     await _drain(upstream)

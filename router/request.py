@@ -17,7 +17,9 @@ from router.errors import PayloadTooLarge, RequestError
 
 __all__ = [
     "FunctionCall",
+    "JsonSchemaFormat",
     "Message",
+    "ResponseFormat",
     "TaskRequest",
     "TextPart",
     "Tool",
@@ -79,12 +81,15 @@ class Message(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
         return "".join(p.text for p in c)
 
 
-class ToolFunction(msgspec.Struct, forbid_unknown_fields=True):
-    """A callable function: ``parameters`` is its JSON Schema."""
+class ToolFunction(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A callable function: ``parameters`` is its JSON Schema; ``strict``: the arguments must
+    match it exactly (OpenAI's strict function calling, Anthropic's strict tool use), passed to
+    the upstreams that take it."""
 
     name: str
     description: str | None = None
     parameters: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None
 
 
 class Tool(msgspec.Struct, forbid_unknown_fields=True):
@@ -108,11 +113,33 @@ class ToolChoiceNamed(msgspec.Struct, forbid_unknown_fields=True):
 ToolChoice = Literal["auto", "none", "required"] | ToolChoiceNamed
 
 
+class JsonSchemaFormat(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A named JSON Schema the answer must match (OpenAI's ``json_schema`` shape)."""
+
+    schema: dict[str, Any]
+    name: str = "output"
+    description: str | None = None
+    strict: bool | None = None
+
+
+class ResponseFormat(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """The answer's form: ``text`` (the default), ``json_object`` (any JSON object) or
+    ``json_schema`` (``json_schema.schema``). The router checks the final answer against it;
+    an answer that does not match is the target's failure (``invalid_output``)."""
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
+
+
 class TaskRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """The body of ``POST /v1/tasks``.
 
     Generation parameters left ``None`` take the task's ``params`` from routing.yaml.
     ``max_tokens`` in tokens; ``temperature``/``top_p`` as the providers define them.
+    ``response_format``: the answer's form (structured output, checked by the router).
+    ``seed``, ``frequency_penalty``, ``presence_penalty`` go to OpenAI-protocol upstreams,
+    ``top_k`` to Anthropic ones; each is dropped (and logged once per target) where the protocol
+    has no such parameter.
     """
 
     task: str
@@ -126,6 +153,11 @@ class TaskRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     thinking: bool | None = None
     stream: bool = False
     metadata: dict[str, str] | None = None
+    response_format: ResponseFormat | None = None
+    seed: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    top_k: int | None = None
 
 
 _decoder = msgspec.json.Decoder(TaskRequest)
@@ -214,6 +246,17 @@ def decode_task_request(body: bytes, max_bytes: int) -> TaskRequest:
     return req
 
 
+def check_schema(schema: dict[str, Any], path: str) -> None:
+    """Raise ``RequestError`` at ``path`` when ``schema`` is not a valid JSON Schema (the
+    ``jsonschema`` library's metaschema check)."""
+    import jsonschema
+
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        raise RequestError(f"not a valid JSON Schema: {e.message}", path) from None
+
+
 def check_request(req: TaskRequest) -> None:
     """Semantic checks a schema cannot express; raises ``RequestError`` naming the field."""
     if not req.messages:
@@ -224,6 +267,17 @@ def check_request(req: TaskRequest) -> None:
         raise RequestError("temperature must be between 0 and 2", "temperature")
     if req.top_p is not None and not 0 <= req.top_p <= 1:
         raise RequestError("top_p must be between 0 and 1", "top_p")
+    for name in ("frequency_penalty", "presence_penalty"):
+        v = getattr(req, name)
+        if v is not None and not -2 <= v <= 2:
+            raise RequestError(f"{name} must be between -2 and 2", name)
+    if req.top_k is not None and req.top_k < 1:
+        raise RequestError("top_k must be at least 1", "top_k")
+    rf = req.response_format
+    if rf is not None and rf.type == "json_schema" and rf.json_schema is None:
+        raise RequestError("a json_schema response_format needs json_schema.schema", "response_format.json_schema")
+    if rf is not None and rf.json_schema is not None:
+        check_schema(rf.json_schema.schema, "response_format.json_schema.schema")
     seen: set[str] = set()
     for i, m in enumerate(req.messages):
         if m.role == "assistant" and m.tool_calls:

@@ -78,6 +78,18 @@ class ToolParam(msgspec.Struct):
     name: str
     description: str | None = None
     input_schema: dict[str, Any] = {}
+    strict: bool | None = None
+
+
+class OutputFormat(msgspec.Struct):
+    type: str
+    schema: dict[str, Any] | None = None
+
+
+class OutputConfig(msgspec.Struct):
+    """Structured outputs (https://docs.claude.com/en/docs/build-with-claude/structured-outputs)."""
+
+    format: OutputFormat | None = None
 
 
 class ToolChoiceParam(msgspec.Struct):
@@ -103,14 +115,17 @@ class MessagesRequest(msgspec.Struct):
     stop_sequences: list[str] | None = None
     temperature: float | None = None
     top_p: float | None = None
+    top_k: int | None = None
     stream: bool = False
     metadata: dict[str, Any] | None = None
+    output_config: OutputConfig | None = None
 
 
 _decoder = msgspec.json.Decoder(MessagesRequest)
 
 
-_RENAMES = ((r"^tools\[(\d+)\]\.function\.parameters", r"tools[\1].input_schema"),
+_RENAMES = ((r"^response_format\.json_schema\.schema", "output_config.format.schema"),
+            (r"^tools\[(\d+)\]\.function\.parameters", r"tools[\1].input_schema"),
             (r"^tools\[(\d+)\]\.function\.", r"tools[\1]."), (r"^tool_choice\.function\.", "tool_choice."),
             (r"^stop\b", "stop_sequences"), (r"^metadata\.user\b", "metadata.user_id"))
 
@@ -190,15 +205,25 @@ class AnthropicDoor:
         obj: dict[str, Any] = {"task": r.model, "messages": messages, "max_tokens": r.max_tokens,
                                "stream": r.stream}
         if r.tools:
-            obj["tools"] = [{"type": "function", "function": {"name": t.name, "description": t.description,
-                                                               "parameters": t.input_schema}} for t in r.tools]
+            obj["tools"] = [{"type": "function", "function": {
+                "name": t.name, "description": t.description, "parameters": t.input_schema,
+                **({"strict": t.strict} if t.strict is not None else {})}} for t in r.tools]
+        fmt = r.output_config.format if r.output_config is not None else None
+        if fmt is not None and fmt.type == "json_schema":
+            if fmt.schema is None:
+                raise RequestError("a json_schema format needs its schema", "output_config.format.schema")
+            obj["response_format"] = {"type": "json_schema", "json_schema": {"schema": fmt.schema}}
+        elif fmt is not None:
+            raise RequestError(f"output_config.format type {fmt.type!r} is not supported; use json_schema",
+                               "output_config.format.type")
         if r.tool_choice is not None:
             tc = r.tool_choice
             obj["tool_choice"] = ({"type": "function", "function": {"name": tc.name}} if tc.type == "tool"
                                   else {"auto": "auto", "any": "required", "none": "none"}.get(tc.type, "auto"))
         if r.thinking is not None:
             obj["thinking"] = r.thinking.type != "disabled"
-        for key, value in (("stop", r.stop_sequences), ("temperature", r.temperature), ("top_p", r.top_p)):
+        for key, value in (("stop", r.stop_sequences), ("temperature", r.temperature), ("top_p", r.top_p),
+                           ("top_k", r.top_k)):
             if value is not None:
                 obj[key] = value
         if r.metadata and isinstance(r.metadata.get("user_id"), str):

@@ -106,6 +106,10 @@ class ChatCompletionRequest(msgspec.Struct):
     n: int = 1
     user: str | None = None
     metadata: dict[str, str] | None = None
+    response_format: dict[str, Any] | None = None
+    seed: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
 
 
 _decoder = msgspec.json.Decoder(ChatCompletionRequest)
@@ -199,7 +203,8 @@ class OpenAIDoor:
             raise RequestError("only n=1 is supported", "n")
         obj: dict[str, Any] = {"task": r.model, "messages": [_message(m, i) for i, m in enumerate(r.messages)],
                                "stream": r.stream}
-        for key in ("tools", "tool_choice", "temperature", "top_p", "metadata"):
+        for key in ("tools", "tool_choice", "temperature", "top_p", "metadata", "response_format", "seed",
+                    "frequency_penalty", "presence_penalty"):
             if getattr(r, key) is not None:
                 obj[key] = getattr(r, key)
         for name in ("max_completion_tokens", "max_tokens"):

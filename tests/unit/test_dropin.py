@@ -113,3 +113,82 @@ def test_bad_aliases_are_config_errors(aliases: str, problem: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(text, {})
     assert any(p.startswith(problem) for p in info.value.problems), info.value.problems
+
+
+# -- structured outputs, strict tools, sampling parameters ----------------------------------
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "temp": {"type": "number"}},
+          "required": ["city", "temp"], "additionalProperties": False}
+
+
+def test_structured_output_reaches_each_upstream_in_its_own_form() -> None:
+    async def t(a: InProcess) -> None:
+        rf = {"type": "json_schema", "json_schema": {"name": "weather", "schema": SCHEMA, "strict": True}}
+        tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "strict": True}}
+        r = await a.client.post("/v1/chat/completions", json={
+            "model": "glm/glm-4.6", "messages": msgs({"*": {"text": '{"city": "Oslo", "temp": 3}'}}),
+            "response_format": rf, "tools": [tool], "seed": 7, "frequency_penalty": 0.5, "presence_penalty": -0.5})
+        assert r.status_code == 200, r.text
+        sent = a.emulator.last["glm-4.6"]["body"]
+        assert sent["response_format"] == {"type": "json_object"}  # Z.ai: json_object, the schema in the prompt
+        assert sent["messages"][0]["role"] == "system" and '"additionalProperties":false' in sent["messages"][0]["content"]
+        assert sent["tools"][0]["function"]["strict"] is True
+        assert (sent["seed"], sent["frequency_penalty"], sent["presence_penalty"]) == (7, 0.5, -0.5)
+        r = await a.client.post("/v1/messages", json={
+            "model": "claude/claude-haiku-5-5", "max_tokens": 50, "top_k": 5,
+            "messages": msgs({"*": {"text": '{"city": "Rome", "temp": 20}'}}),
+            "output_config": {"format": {"type": "json_schema", "schema": SCHEMA}},
+            "tools": [{"name": "f", "input_schema": {"type": "object"}, "strict": True}]})
+        assert r.status_code == 200, r.text
+        sent = a.emulator.last["claude-haiku-5-5"]["body"]
+        assert sent["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA}}
+        assert sent["tools"][0]["strict"] is True and sent["top_k"] == 5
+
+    run(t)
+
+
+def test_an_invalid_structured_answer_falls_back_or_ends_the_stream_with_invalid_output() -> None:
+    rf = {"type": "json_schema", "json_schema": {"name": "weather", "schema": SCHEMA}}
+    bad_then_good = {"glm-4.6": {"text": '{"city": "Oslo"}'}, "claude-haiku-5-5": {"text": '{"city": "Oslo", "temp": 3}'}}
+
+    async def t(a: InProcess) -> None:
+        r = await a.client.post("/v1/chat/completions", json={"model": "chat", "messages": msgs(bad_then_good),
+                                                               "response_format": rf})
+        assert r.status_code == 200 and r.json()["model"] == "claude-haiku-5-5"
+        assert r.json()["choices"][0]["message"]["content"] == '{"city": "Oslo", "temp": 3}'
+        first = r.json()["router"]["attempts"][0]
+        assert (first["outcome"], first["code"]) == ("error", "invalid_output")
+        assert "at $: 'temp' is a required property" in first["message"]
+        s = await a.client.post("/v1/chat/completions", json={"model": "chat", "messages": msgs(bad_then_good),
+                                                               "response_format": rf, "stream": True})
+        assert '"code":"invalid_output"' in s.text and "[DONE]" not in s.text  # never reported complete
+        j = await a.client.post("/v1/chat/completions", json={"model": "glm/glm-4.6", "messages": msgs(
+            {"*": {"text": "not json"}}), "response_format": {"type": "json_object"}})
+        assert j.status_code == 502 and j.json()["error"]["code"] == "invalid_output"
+
+    run(t)
+
+
+@pytest.mark.parametrize(("body", "path"), [
+    ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": 5}}}},
+     "response_format.json_schema.schema"),
+    ({"response_format": {"type": "xml"}}, "response_format.type"),
+    ({"frequency_penalty": 3}, "frequency_penalty"),
+])
+def test_bad_structured_output_and_sampling_requests_are_400_naming_the_field(body: dict[str, Any], path: str) -> None:
+    async def t(a: InProcess) -> None:
+        r = await a.client.post("/v1/chat/completions", json={"model": "chat", "messages": msgs(), **body})
+        assert r.status_code == 400 and r.json()["error"]["param"] == path, r.text
+
+    run(t)
+
+
+def test_anthropic_output_config_errors_name_the_anthropic_field() -> None:
+    async def t(a: InProcess) -> None:
+        r = await a.client.post("/v1/messages", json={"model": "chat", "max_tokens": 9, "messages": msgs(),
+                                                      "output_config": {"format": {"type": "json_schema",
+                                                                                   "schema": {"type": 5}}}})
+        assert r.status_code == 400 and r.json()["error"]["message"].startswith("output_config.format.schema: ")
+
+    run(t)

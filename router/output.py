@@ -1,0 +1,45 @@
+"""Structured outputs: is an answer's text what its ``response_format`` asked for?
+
+``output_problem(text, fmt)`` parses the answer's text as JSON and, for a ``json_schema``
+format, validates it with the ``jsonschema`` library (the validator the schema's ``$schema``
+names, Draft 2020-12 by default). The chain walk calls it when the committed target's answer ends,
+before ``end`` leaves: a mismatch is that target's failure, ``invalid_output``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+
+from router.request import ResponseFormat
+
+__all__ = ["output_problem"]
+
+
+def _strip_fence(text: str) -> str:
+    """The text without a surrounding Markdown code fence (models add one despite being told)."""
+    t = text.strip()
+    if t.startswith("```") and t.endswith("```"):
+        t = t[3:-3]
+        t = t[t.find("\n") + 1:] if "\n" in t else t
+    return t.strip()
+
+
+def output_problem(text: str, fmt: ResponseFormat) -> str | None:
+    """Why ``text`` does not match ``fmt`` (one sentence naming the JSON path), or None."""
+    try:
+        value: Any = json.loads(_strip_fence(text))
+    except ValueError:
+        return "the answer is not JSON"
+    if fmt.type == "json_object" and not isinstance(value, dict):
+        return "the answer is not a JSON object"
+    if fmt.type == "json_schema" and fmt.json_schema is not None:
+        schema = fmt.json_schema.schema
+        validator = jsonschema.validators.validator_for(schema)(schema)
+        error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+        if error is not None:
+            where = error.json_path if error.path else "$"
+            return f"at {where}: {error.message}"
+    return None
