@@ -346,6 +346,8 @@ class AnthropicAdapter:
         if call.stream:
             body["stream"] = True
         h = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION, **headers}
+        if call.anthropic_beta:
+            h["anthropic-beta"] = ",".join(call.anthropic_beta)
         if api_key:
             h["x-api-key"] = api_key
         return WireRequest(f"{base_url}/v1/messages", h, _encoder.encode(body))

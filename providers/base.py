@@ -35,6 +35,8 @@ class Call(msgspec.Struct, kw_only=True):
     ``max_tokens`` in tokens (``None``: the adapter's protocol default); ``thinking``: ``None``
     leaves the provider's default. ``thinking_style`` (``budget``/``adaptive``) and ``sampling``
     (whether temperature/top_p may be sent) are the target model's, from routing.yaml.
+    ``tool_stream``: the model streams tool arguments when asked (GLM). ``anthropic_beta``: the
+    caller's ``anthropic-beta`` header values, for Anthropic-protocol upstreams.
     ``response_format``: the answer's form, sent in each protocol's own way. ``seed`` and the
     penalties are OpenAI-protocol parameters, ``top_k`` an Anthropic one.
     """
@@ -51,6 +53,8 @@ class Call(msgspec.Struct, kw_only=True):
     stream: bool = False
     thinking_style: str = "budget"
     sampling: bool = True
+    tool_stream: bool = False
+    anthropic_beta: list[str] | None = None
     response_format: ResponseFormat | None = None
     seed: int | None = None
     frequency_penalty: float | None = None

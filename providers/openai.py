@@ -19,6 +19,8 @@ https://docs.z.ai/api-reference/llm/chat-completion, shared/fixtures/wire/QUIRKS
   (https://docs.z.ai/guides/capabilities/struct-output), so a ``json_schema`` is sent as
   ``json_object`` with the schema in a system message. ``seed``, ``frequency_penalty``,
   ``presence_penalty`` and ``tools[].function.strict`` are OpenAI chat-completions parameters.
+* ``tool_stream: true`` (GLM-4.6 and later, streaming with tools) streams tool arguments; models that
+  always think (GLM-5.2 and later) answer 1210 to ``thinking: {type: disabled}``, so it is not sent.
 """
 
 from __future__ import annotations
@@ -288,11 +290,13 @@ class OpenAIAdapter:
             v = getattr(call, key)
             if v is not None:
                 body[key] = v
-        if call.thinking is not None:
-            body["thinking"] = {"type": "enabled" if call.thinking else "disabled"}
+        if call.thinking is not None and not (call.thinking_style == "always" and not call.thinking):
+            body["thinking"] = {"type": "enabled" if call.thinking else "disabled"}  # always-thinking: never disabled
         if call.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
+            if call.tools and call.tool_stream:
+                body["tool_stream"] = True
         h = {"content-type": "application/json", **headers}
         if api_key:
             h["authorization"] = f"Bearer {api_key}"

@@ -81,13 +81,19 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     ``budget_tokens``: Claude 4.5 and earlier) or ``adaptive`` (``type: adaptive``: Claude 4.6 and
     later; Opus 4.7+ and the 5.x models reject ``budget`` with a 400). ``sampling: false`` for
     models that reject temperature/top_p (Claude 5.x); the request's values are then not sent.
-    Source: Anthropic's extended/adaptive thinking docs.
+    Source: Anthropic's extended/adaptive thinking docs. For GLM: ``thinking: always`` for models
+    that always think (GLM-5.2 and later, per Z.ai): they are never sent ``thinking: {type:
+    disabled}`` (Z.ai answers 1210); ``tool_stream: true`` (GLM-4.6 and later) asks for tool-call
+    arguments as they are generated when streaming with tools (without it they arrive whole at the
+    end, and a long call can trip the idle timeout). Source: Z.ai's chat-completion reference
+    (https://docs.z.ai/api-reference/llm/chat-completion), tests/fixtures/wire/QUIRKS.md.
     """
 
     context_window: Count
     price: Price | None = None
-    thinking: Literal["budget", "adaptive"] = "budget"
+    thinking: Literal["budget", "adaptive", "always"] = "budget"
     sampling: bool = True
+    tool_stream: bool = False
     limits: Limits | None = None
 
 

@@ -139,7 +139,8 @@ class TaskRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     ``response_format``: the answer's form (structured output, checked by the router).
     ``seed``, ``frequency_penalty``, ``presence_penalty`` go to OpenAI-protocol upstreams,
     ``top_k`` to Anthropic ones; each is dropped (and logged once per target) where the protocol
-    has no such parameter.
+    has no such parameter. ``anthropic_beta``: beta flags for Anthropic upstreams (the
+    Anthropic door fills it from the caller's ``anthropic-beta`` header).
     """
 
     task: str
@@ -158,6 +159,7 @@ class TaskRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     top_k: int | None = None
+    anthropic_beta: list[str] | None = None
 
 
 _decoder = msgspec.json.Decoder(TaskRequest)

@@ -226,6 +226,9 @@ class AnthropicDoor:
                            ("top_k", r.top_k)):
             if value is not None:
                 obj[key] = value
+        beta = [b.strip() for b in headers.get("anthropic-beta", "").split(",") if b.strip()]
+        if beta:
+            obj["anthropic_beta"] = beta
         if r.metadata and isinstance(r.metadata.get("user_id"), str):
             obj["metadata"] = {"user": r.metadata["user_id"]}
         return canonical(obj, PathMap(origins, {"tool_call_id": "tool_use_id"}, _RENAMES)), AnthropicOptions(model=r.model)

@@ -192,3 +192,27 @@ def test_anthropic_output_config_errors_name_the_anthropic_field() -> None:
         assert r.status_code == 400 and r.json()["error"]["message"].startswith("output_config.format.schema: ")
 
     run(t)
+
+
+def test_glm_tool_stream_and_always_thinking_models_and_anthropic_beta_pass_through() -> None:
+    yaml_text = YAML.replace("      glm-4.6: {context_window: 200000}\n  zai_anthropic:",
+                             "      glm-4.6: {context_window: 200000, tool_stream: true}\n"
+                             "      glm-5.3: {context_window: 200000, thinking: always}\n  zai_anthropic:", 1)
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+    async def t(a: InProcess) -> None:
+        await a.client.post("/v1/chat/completions", json={"model": "glm/glm-4.6", "messages": msgs(),
+                                                           "tools": [tool], "stream": True})
+        assert a.emulator.last["glm-4.6"]["body"]["tool_stream"] is True
+        await a.client.post("/v1/chat/completions", json={"model": "glm/glm-4.6", "messages": msgs(), "stream": True})
+        assert "tool_stream" not in a.emulator.last["glm-4.6"]["body"]  # no tools, nothing to stream
+        await a.client.post("/v1/chat/completions", json={"model": "glm/glm-5.3", "messages": msgs(), "tools": [tool],
+                                                           "thinking": {"type": "disabled"}})
+        sent = a.emulator.last["glm-5.3"]["body"]
+        assert "thinking" not in sent and "tool_stream" not in sent  # always thinks; tool_stream not declared
+        await a.client.post("/v1/messages", json={"model": "claude/claude-haiku-5-5", "max_tokens": 9, "messages": msgs()},
+                            headers={"anthropic-beta": "interleaved-thinking-2025-05-14, context-1m-2025-08-07"})
+        assert a.emulator.last["claude-haiku-5-5"]["headers"]["anthropic-beta"] == \
+            "interleaved-thinking-2025-05-14,context-1m-2025-08-07"
+
+    run(t, yaml_text)
