@@ -89,7 +89,7 @@ providers:
     base_url: {upstream}/api/paas/v4
     api_key: ${{TEST_ZAI_KEY}}
     retry: {{attempts: 1}}
-    cooldown: {{failures: 2, window: 60, duration: 0.5}}
+    cooldown: {{failures: 2, window: 60, duration: 0.3}}
     models:
       glm-flaky: {{context_window: 200000}}
   nokey:
@@ -120,18 +120,18 @@ tasks:
   failover:                          # the failover issue's behaviours over real processes
     chain: [glm/glm-4.6, claude/claude-sonnet-5-5]
     params: {{max_tokens: 64}}
-    timeouts: {{first_token: 0.5}}
+    timeouts: {{first_token: 0.25}}
   recovering:
     chain: [flaky/glm-flaky, claude/claude-sonnet-5-5]
     params: {{max_tokens: 64}}
   hedged:
     chain: [glm/glm-4.6, claude/claude-sonnet-5-5]
     params: {{max_tokens: 64}}
-    hedge: {{after: 0.3}}
+    hedge: {{after: 0.15}}
 """
 
 
-READ_TIMEOUT = 0.5  # seconds: the session router's header and body read timeout
+READ_TIMEOUT = 0.25  # seconds: the session router's header and body read timeout
 
 
 @pytest.fixture(scope="session")

@@ -248,7 +248,7 @@ def _raw_http(router: str, data: bytes, wait: float = 5.0) -> bytes:
 
 
 def test_slow_clients_get_408_and_an_oversized_expect_100_gets_413_at_once(router: str) -> None:
-    """The session router reads headers and bodies within READ_TIMEOUT (0.5 s)."""
+    """The session router reads headers and bodies within READ_TIMEOUT (0.25 s)."""
     import time
 
     from tests.e2e.conftest import READ_TIMEOUT

@@ -42,7 +42,7 @@ def test_a_silent_primary_is_left_after_one_first_token_timeout_streamed_or_not(
     r = oai.chat.completions.create(model="failover", messages=[{"role": "user", "content": say(spec)}])
     took = time.monotonic() - t0
     assert r.choices[0].message.content == "from claude" and r.model == CLAUDE
-    assert 0.5 <= took < 2.5  # one 0.5 s first-token timeout, no retry of the silent target
+    assert 0.25 <= took < 2.0  # one 0.25 s first-token timeout, no retry of the silent target
     t0 = time.monotonic()
     with ant.messages.stream(model="failover", max_tokens=64, messages=[{"role": "user", "content": say(spec)}]) as s:
         final = s.get_final_message()
@@ -81,14 +81,14 @@ def test_a_slow_first_token_is_hedged(oai: openai.OpenAI) -> None:
     t0 = time.monotonic()
     r = oai.chat.completions.create(model="hedged", messages=[{"role": "user", "content": say(spec)}])
     assert r.choices[0].message.content == "hedge" and r.model == CLAUDE
-    assert 0.3 <= time.monotonic() - t0 < 2.0
+    assert 0.15 <= time.monotonic() - t0 < 2.0
     outcomes = [(a["target"], a["outcome"]) for a in r.model_extra["router"]["attempts"]]  # type: ignore[index]
     assert outcomes == [("glm/glm-4.6", "cancelled"), ("claude/claude-sonnet-5-5", "ok")]
 
 
 def test_a_recovered_primary_gets_traffic_back_within_its_cooldown(oai: openai.OpenAI) -> None:
-    """``cooldown: {failures: 2, duration: 0.5}``: tripped, a failed probe re-opens for 0.5 s
-    again (not 1 s), and the next probe after the recovery serves."""
+    """``cooldown: {failures: 2, duration: 0.3}``: tripped, a failed probe re-opens for 0.3 s
+    again (not 0.6 s), and the next probe after the recovery serves."""
     down = {"glm-flaky": {"status": 503}, CLAUDE: {"text": "fallback"}}
 
     def ask(spec: dict) -> str:  # type: ignore[type-arg]
@@ -97,8 +97,8 @@ def test_a_recovered_primary_gets_traffic_back_within_its_cooldown(oai: openai.O
 
     assert [ask(down), ask(down)] == [CLAUDE, CLAUDE]  # two failures: tripped
     assert ask({}) == CLAUDE  # skipped while cooling
-    time.sleep(0.6)  # a real cooldown on a real process: nothing here to inject a clock into
+    time.sleep(0.35)  # a real cooldown on a real process: nothing here to inject a clock into
     assert ask(down) == CLAUDE  # the probe fails: open for `duration` again
-    time.sleep(0.6)
+    time.sleep(0.35)
     assert ask({}) == "glm-flaky"  # recovered: the probe serves
     assert [ask({}) for _ in range(3)] == ["glm-flaky"] * 3
