@@ -352,6 +352,17 @@ class AnthropicAdapter:
             h["x-api-key"] = api_key
         return WireRequest(f"{base_url}/v1/messages", h, _encoder.encode(body))
 
+    def encode_count(self, call: Call, base_url: str, api_key: str | None,
+                     headers: Mapping[str, str]) -> WireRequest:
+        """``call``'s prompt as a token-count request: ``POST /v1/messages/count_tokens`` with the
+        Messages body's model, system, messages, tools, tool_choice and thinking
+        (https://docs.anthropic.com/en/api/messages-count-tokens); the answer is
+        ``{"input_tokens": N}``."""
+        wire = self.encode(call, base_url, api_key, headers)
+        body = msgspec.json.decode(wire.body)
+        kept = {k: v for k, v in body.items() if k in ("model", "system", "messages", "tools", "tool_choice", "thinking")}
+        return WireRequest(f"{base_url}/v1/messages/count_tokens", wire.headers, _encoder.encode(kept))
+
     def stream_decoder(self) -> _Decoder:
         return _Decoder()
 

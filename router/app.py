@@ -33,7 +33,7 @@ from router.clock import Clock
 from router.config import RoutingConfig
 from router.doors.anthropic import AnthropicDoor
 from router.doors.base import Door, error_headers
-from router.doors.endpoint import door_route
+from router.doors.endpoint import count_route, door_route
 from router.doors.native import NativeDoor
 from router.doors.openai import OpenAIDoor
 from router.doors.zchat import ChatDoor
@@ -50,6 +50,8 @@ from router.telemetry import Telemetry
 from router.transport import AiohttpTransport, Transport
 
 __all__ = ["create_app", "to_router_error"]
+
+COUNT_PATH = "/v1/messages/count_tokens"  # Anthropic's token counter, in the Anthropic door's shape
 
 log = logging.getLogger("llm_router")
 
@@ -216,9 +218,10 @@ def create_app(config: RoutingConfig, settings: Settings | None = None, *,
         # the doors carry no middleware, so Litestar adds no second exception layer around them;
         # the other routes get the request id from RequestIdMiddleware (on their router)
         route_handlers=[*(door_route(path, door, summary=type(door).__doc__ or path) for path, door in doors.items()),
+                        count_route(COUNT_PATH, doors["/v1/messages"]),
                         HTTPRouter(path="/", route_handlers=ROUTES, middleware=[RequestIdMiddleware()])],
         lifespan=[resources.lifespan],
-        exception_handlers={Exception: _error_handler(doors)},
+        exception_handlers={Exception: _error_handler({**doors, COUNT_PATH: doors["/v1/messages"]})},
         cors_config=_cors(config),
         request_max_body_size=cfg.max_body_bytes,
         openapi_config=openapi_config(),

@@ -9,6 +9,7 @@ once by the request's ``Run`` as it leaves. ``complete`` folds the same events i
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
@@ -156,6 +157,33 @@ class Router:
                 prompt_tokens=plan.prompt_tokens, max_tokens=plan.params.max_tokens, trace=ctx.trace,
                 price=lambda name: t.spec.price if (t := self.targets.get(name)) else None,
                 prompt="\n".join(m.text() for m in req.messages) if self.log_content else None))
+
+    async def count_tokens(self, req: TaskRequest, plan: Plan) -> tuple[int, bool, str]:
+        """The prompt's input tokens for the first usable target of the plan: (tokens, estimated,
+        target). An Anthropic-protocol target counts upstream (its ``count_tokens`` endpoint,
+        within its connect and total timeouts); others (Z.ai documents no tokenizer endpoint for
+        its chat models) and a failed count get the router's estimate, flagged ``estimated``."""
+        usable = [t for t in plan.chain if not t.unusable_reason] or plan.chain
+        target = usable[0]
+        encode = getattr(target.adapter, "encode_count", None)
+        if encode is not None and not target.unusable_reason:
+            timeouts = plan.policies[target.name].timeouts
+            wire = encode(make_call(target, req, plan, stream=False), target.base_url, target.api_key, target.headers)
+            try:
+                async with asyncio.timeout(timeouts.total):
+                    response = await self.transports[target.provider].send(
+                        wire, connect=timeouts.connect, name=target.name, provider=target.provider)
+                    try:
+                        body = await response.read()
+                    finally:
+                        response.close()
+                if response.status == 200:
+                    n = msgspec.json.decode(body).get("input_tokens")
+                    if isinstance(n, int):
+                        return n, False, target.name
+            except (UpstreamError, TimeoutError, msgspec.DecodeError, AttributeError):
+                pass
+        return plan.prompt_tokens, True, target.name
 
     async def call_one(self, target_name: str, req: TaskRequest) -> AsyncGenerator[Event, None]:
         """One streamed call to one target with its provider's timeouts and quota, no retry or

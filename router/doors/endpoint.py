@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+import msgspec
 from litestar import Litestar, asgi
 from litestar.exceptions import MethodNotAllowedException
 from litestar.handlers import ASGIRouteHandler
@@ -28,7 +29,7 @@ from router.requestid import DOOR_OPT, request_id_of
 from router.run import Run
 from router.stores.base import new_store_budget
 
-__all__ = ["SSE_HEADERS", "door_route", "served_by", "until_commit"]
+__all__ = ["SSE_HEADERS", "count_route", "door_route", "served_by", "until_commit"]
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -92,6 +93,45 @@ async def serve_door(door: Door, scope: Any, receive: Any, send: Any) -> None:
         if "ratelimit_headers" not in scope["state"]:  # refused at admission, not by an upstream
             telemetry.rate_limited(plan.task, "caller")
         raise
+
+
+async def serve_count(door: Door, scope: Any, receive: Any, send: Any) -> None:
+    """``POST /v1/messages/count_tokens`` (Anthropic's shape; ``max_tokens`` not needed): the
+    prompt's input tokens for the task's or model's first usable target, ``{"input_tokens": N}``;
+    ``estimated: true`` (and ``x-llm-router-estimated``) when the router estimated it."""
+    if scope["method"] != "POST":
+        raise MethodNotAllowedException(headers={"allow": "POST"})
+    router, _, max_body, read_timeout = _current(scope)
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    try:
+        body = await read_body(receive, max_body, read_timeout, router.clock)
+    except CallerLeft:
+        return
+    tenant = router.auth.identify(headers)
+    try:
+        raw = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        raw = None
+    if isinstance(raw, dict) and "max_tokens" not in raw:  # the count takes no max_tokens
+        body = msgspec.json.encode({**raw, "max_tokens": 1})
+    req, _ = door.decode(body, headers)
+    plan = router.plan(req)
+    router.auth.allow(tenant, plan.task)
+    count, estimated, target = await router.count_tokens(req, plan)
+    answer = {"input_tokens": count, **({"estimated": True} if estimated else {})}
+    await respond(send, 200, msgspec.json.encode(answer), "application/json",
+                  {"x-request-id": request_id_of(scope), "x-llm-router-target": target,
+                   "x-llm-router-estimated": "true" if estimated else "false"})
+
+
+def count_route(path: str, door: Door) -> ASGIRouteHandler:
+    """The Litestar route of ``serve_count`` at ``path`` (errors in ``door``'s shape)."""
+
+    async def handle(scope: Scope, receive: Receive, send: Send) -> None:
+        await serve_count(door, scope, receive, send)
+
+    handle.__doc__ = "Count a prompt's input tokens (Anthropic's count_tokens)"
+    return asgi(path, name=path, copy_scope=False, opt={DOOR_OPT: True})(handle)
 
 
 def served_by(provider: str, model: str, task: str) -> dict[str, str]:

@@ -73,6 +73,11 @@ class Emulator:
             self.stats["_otlp"]["requests"] += 1
             self.stats["_otlp"]["completed"] += size > 0
             return await _send(send, 200, [(b"content-type", b"application/x-protobuf")], b"")
+        if method == "POST" and path.endswith("/v1/messages/count_tokens"):  # Anthropic's counter: chars / 4 here
+            counted = json.loads(await _read_body(receive) or b"{}")
+            self.stats["_count_tokens"]["requests"] += 1
+            text = json.dumps([counted.get("system"), counted.get("messages"), counted.get("tools")])
+            return await _send_json(send, 200, {"input_tokens": max(1, len(text) // 4)})
         if method != "POST" or not path.endswith(("/chat/completions", "/messages")):
             return await _send_json(send, 404, {"error": {"message": f"no route {method} {path}"}})
         raw = await _read_body(receive)

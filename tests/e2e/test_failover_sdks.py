@@ -102,3 +102,8 @@ def test_a_recovered_primary_gets_traffic_back_within_its_cooldown(oai: openai.O
     time.sleep(0.35)
     assert ask({}) == "glm-flaky"  # recovered: the probe serves
     assert [ask({}) for _ in range(3)] == ["glm-flaky"] * 3
+
+
+def test_the_anthropic_sdks_count_tokens(ant: anthropic.Anthropic) -> None:
+    counted = ant.messages.count_tokens(model="claude_task", messages=[{"role": "user", "content": "Count me, please."}])
+    assert counted.input_tokens > 0

@@ -216,3 +216,19 @@ def test_glm_tool_stream_and_always_thinking_models_and_anthropic_beta_pass_thro
             "interleaved-thinking-2025-05-14,context-1m-2025-08-07"
 
     run(t, yaml_text)
+
+
+def test_count_tokens_for_a_task_or_model() -> None:
+    async def t(a: InProcess) -> None:
+        r = await a.client.post("/v1/messages/count_tokens", json={"model": "claude/claude-haiku-5-5",
+                                                                   "messages": msgs(), "system": "Be brief."})
+        assert r.status_code == 200 and r.json() == {"input_tokens": r.json()["input_tokens"]} and r.json()["input_tokens"] > 0
+        assert r.headers["x-llm-router-estimated"] == "false" and a.emulator.stats["_count_tokens"]["requests"] == 1
+        g = await a.client.post("/v1/messages/count_tokens", json={"model": "chat", "messages": msgs()})
+        assert g.status_code == 200 and g.json()["estimated"] is True and g.headers["x-llm-router-target"] == "glm/glm-4.6"
+        bad = await a.client.post("/v1/messages/count_tokens", json={"model": "nope", "messages": msgs()})
+        assert bad.status_code == 404 and bad.json()["type"] == "error"  # the Anthropic door's shape
+        missing = await a.client.post("/v1/messages/count_tokens", json={"model": "chat"})
+        assert missing.status_code == 400 and missing.json()["error"]["message"].startswith("messages")
+
+    run(t)
