@@ -48,6 +48,7 @@ from router.events import (
     ToolCallStart,
     Usage,
 )
+from router.request import FilePart, ImagePart, Message, TextPart
 
 __all__ = ["THINKING_MIN_BUDGET", "AnthropicAdapter"]
 
@@ -261,6 +262,31 @@ class _Decoder:
         return self._close()
 
 
+def _source(url: str) -> dict[str, str]:
+    """An image or document source: ``base64`` from a data URL, else ``url``."""
+    if url.startswith("data:"):
+        head, _, data = url.partition(",")
+        return {"type": "base64", "media_type": head[5:].split(";")[0], "data": data}
+    return {"type": "url", "url": url}
+
+
+def _user_blocks(m: Message) -> list[dict[str, Any]]:
+    """A user message with images or documents as ``text``, ``image`` and ``document`` blocks,
+    in order (https://docs.anthropic.com/en/docs/build-with-claude/vision, .../pdf-support)."""
+    out: list[dict[str, Any]] = []
+    for p in m.content or ():
+        if isinstance(p, str):
+            continue
+        if type(p) is TextPart:
+            if p.text:
+                out.append({"type": "text", "text": p.text})
+        elif type(p) is ImagePart:
+            out.append({"type": "image", "source": _source(p.image_url.url)})
+        elif type(p) is FilePart:
+            out.append({"type": "document", "source": _source(p.file.file_data)})
+    return out
+
+
 def _turns(call: Call) -> tuple[list[str], list[dict[str, Any]]]:
     """The system texts and the alternating user/assistant turns of ``call``'s messages: tool
     results become ``tool_result`` blocks of a user turn, an assistant's reasoning with its
@@ -283,7 +309,7 @@ def _turns(call: Call) -> tuple[list[str], list[dict[str, Any]]]:
             if text:
                 system.append(text)
         elif m.role == "user":
-            add("user", [{"type": "text", "text": text}] if text else [])
+            add("user", _user_blocks(m) if m.media() else [{"type": "text", "text": text}] if text else [])
         elif m.role == "tool":
             add("user", [{"type": "tool_result", "tool_use_id": m.tool_call_id, "content": text}])
         else:

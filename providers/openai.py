@@ -43,6 +43,7 @@ from router.events import (
     ToolCallStart,
     Usage,
 )
+from router.request import Message
 
 __all__ = ["OpenAIAdapter"]
 
@@ -119,6 +120,19 @@ def _usage(u: _Usage) -> Usage:
         reasoning_tokens=(u.completion_tokens_details.reasoning_tokens or 0) if u.completion_tokens_details else 0,
         cached_tokens=(u.prompt_tokens_details.cached_tokens or 0) if u.prompt_tokens_details else 0,
     )
+
+
+def _content(m: Message) -> str | list[dict[str, Any]]:
+    """A message's content: its text, or its parts in order when it carries images or files
+    (``image_url`` parts, GLM's vision models take URLs and base64 data URLs; ``file`` parts)."""
+    if not m.media():
+        return m.text()
+    parts: list[dict[str, Any]] = []
+    for p in m.content or ():
+        if isinstance(p, str):
+            continue
+        parts.append(msgspec.to_builtins(p))
+    return parts
 
 
 def schema_instruction(schema: dict[str, Any]) -> str:
@@ -265,7 +279,7 @@ class OpenAIAdapter:
                         for tc in m.tool_calls
                     ]
             else:
-                msg["content"] = m.text()
+                msg["content"] = _content(m)
                 if m.role == "tool":
                     msg["tool_call_id"] = m.tool_call_id
             if m.name:

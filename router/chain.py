@@ -98,7 +98,8 @@ class _Walk:
     waits spent, the tokens needed and the smallest window still worth trying, the targets called
     and those that failed retryably."""
 
-    __slots__ = ("budget", "called", "errors", "failed_here", "failure", "hedged", "min_window", "need", "output", "run")
+    __slots__ = ("budget", "called", "errors", "failed_here", "failure", "hedged", "media", "min_window", "need",
+                 "output", "run")
 
     def __init__(self, plan: Plan, run: Run) -> None:
         self.run = run
@@ -111,6 +112,7 @@ class _Walk:
         self.failure: UpstreamError | None = None  # the committed target's failure after its first event
         self.hedged = False  # at most one hedge per request
         self.output: ResponseFormat | None = None  # the answer's required form, checked at its end
+        self.media = False  # the request carries images or documents: only vision targets
 
 
 class Chain:
@@ -121,9 +123,11 @@ class Chain:
                  clock: Clock) -> None:
         self.transports, self.circuits, self.limiter, self.clock = transports, circuits, limiter, clock
 
-    def _skip(self, target: Target, need: int, min_window: int) -> tuple[str, str] | None:
+    def _skip(self, target: Target, need: int, min_window: int, media: bool = False) -> tuple[str, str] | None:
         if target.unusable_reason:
             return "unusable", f"{target.name}: {target.unusable_reason}"
+        if media and not target.spec.vision:
+            return "capability", f"{target.name}: does not take images or documents (vision: false)"
         window = target.spec.context_window
         if need > window or window <= min_window:
             return ("context_window", (f"{target.name}: the prompt and max_tokens (about {need} tokens, "
@@ -134,7 +138,7 @@ class Chain:
         """The target's quota ticket and its circuit's admission (``closed``, ``failing`` or
         ``probe``); None (and the skip recorded) when it is skipped: unusable, too small, cooling
         down or over its quota."""
-        skip = self._skip(target, walk.need, walk.min_window)
+        skip = self._skip(target, walk.need, walk.min_window, walk.media)
         retry_after: float | None = None
         admission = "closed"
         if skip is None:
@@ -151,13 +155,14 @@ class Chain:
                 await self.circuits.release(target.name)
         code, message = skip
         walk.run.attempt(AttemptRecord(target.name, "skipped", code=code, message=message))
-        walk.errors.append(TargetUnusable(message, code=code, retryable=code != "unusable",
+        walk.errors.append(TargetUnusable(message, code=code, retryable=code not in ("unusable", "capability"),
                                           provider=target.provider, retry_after=retry_after))
         return None
 
     async def walk(self, req: TaskRequest, plan: Plan, request_id: str, run: Run) -> AsyncGenerator[Event, None]:
         """The events of the plan's chain (not yet numbered), ending with ``End`` or ``Error``."""
         walk = _Walk(plan, run)
+        walk.media = any(m.media() for m in req.messages if isinstance(m.content, list))
         if req.response_format is not None and req.response_format.type != "text":
             walk.output = req.response_format
         chain = plan.chain

@@ -87,6 +87,8 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     arguments as they are generated when streaming with tools (without it they arrive whole at the
     end, and a long call can trip the idle timeout). Source: Z.ai's chat-completion reference
     (https://docs.z.ai/api-reference/llm/chat-completion), tests/fixtures/wire/QUIRKS.md.
+    ``vision: true``: the model takes images and documents; a request that carries one skips the
+    targets without it (reason ``capability``).
     """
 
     context_window: Count
@@ -94,6 +96,7 @@ class ModelSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     thinking: Literal["budget", "adaptive", "always"] = "budget"
     sampling: bool = True
     tool_stream: bool = False
+    vision: bool = False
     limits: Limits | None = None
 
 

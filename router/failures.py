@@ -35,7 +35,10 @@ def all_failed(attempts: list[AttemptRecord], errors: list[UpstreamError], plan:
     called = [e for e in errors if not isinstance(e, TargetUnusable)]
     status, retry_after = 502, None
     message = f"every target of the chain failed ({len(attempts)} tried)"
-    if errors and all(e.context_overflow or e.code == "context_window" for e in errors):
+    if errors and all(e.code == "capability" for e in errors):
+        status = 400
+        message = "no target of the chain takes images or documents (vision: true in routing.yaml)"
+    elif errors and all(e.context_overflow or e.code == "context_window" for e in errors):
         status = 400
         if plan is not None:
             widest = max(t.spec.context_window for t in plan.chain)

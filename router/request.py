@@ -16,9 +16,14 @@ import msgspec
 from router.errors import PayloadTooLarge, RequestError
 
 __all__ = [
+    "FileData",
+    "FilePart",
     "FunctionCall",
+    "ImagePart",
+    "ImageURL",
     "JsonSchemaFormat",
     "Message",
+    "Part",
     "ResponseFormat",
     "TaskRequest",
     "TextPart",
@@ -30,11 +35,41 @@ __all__ = [
 ]
 
 
-class TextPart(msgspec.Struct, forbid_unknown_fields=True):
+class TextPart(msgspec.Struct, forbid_unknown_fields=True, tag="text", tag_field="type"):
     """One text part of a multi-part ``content`` (OpenAI ``{"type": "text", "text": ...}``)."""
 
     text: str
-    type: Literal["text"] = "text"
+
+
+class ImageURL(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """``url``: an ``http(s)://`` URL or a ``data:<media type>;base64,...`` URL; ``detail``
+    (OpenAI's ``low``/``high``/``auto``) is passed to upstreams that take it."""
+
+    url: str
+    detail: str | None = None
+
+
+class ImagePart(msgspec.Struct, forbid_unknown_fields=True, tag="image_url", tag_field="type"):
+    """An image (OpenAI ``{"type": "image_url", "image_url": {"url"}}``); only targets whose
+    model says ``vision: true`` are tried for a request that carries one."""
+
+    image_url: ImageURL
+
+
+class FileData(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """``file_data``: a ``data:application/pdf;base64,...`` URL; ``filename`` optional."""
+
+    file_data: str
+    filename: str | None = None
+
+
+class FilePart(msgspec.Struct, forbid_unknown_fields=True, tag="file", tag_field="type"):
+    """A document (OpenAI ``{"type": "file", "file": {"file_data"}}``, Anthropic ``document``)."""
+
+    file: FileData
+
+
+Part = TextPart | ImagePart | FilePart
 
 
 class FunctionCall(msgspec.Struct, forbid_unknown_fields=True):
@@ -56,14 +91,15 @@ class ToolCall(msgspec.Struct, forbid_unknown_fields=True):
 class Message(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """One chat message.
 
-    ``content``: a string or text parts (``None`` allowed on assistant messages with tool calls).
+    ``content``: a string or parts: text, images and documents (``None`` allowed on assistant
+    messages with tool calls).
     ``reasoning`` / ``reasoning_signature``: an assistant's earlier reasoning and the provider's
     signature for it (Anthropic thinking), sent back so multi-turn thinking conversations verify;
     ``reasoning_redacted``: Anthropic ``redacted_thinking`` blocks' opaque data, sent back unchanged.
     """
 
     role: Literal["system", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[Part] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
@@ -78,7 +114,12 @@ class Message(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
             return ""
         if isinstance(c, str):
             return c
-        return "".join(p.text for p in c)
+        return "".join(p.text for p in c if type(p) is TextPart)
+
+    def media(self) -> list[ImagePart | FilePart]:
+        """The content's images and documents, in order."""
+        c = self.content
+        return [] if c is None or isinstance(c, str) else [p for p in c if type(p) is not TextPart]  # type: ignore[misc]
 
 
 class ToolFunction(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -282,6 +323,12 @@ def check_request(req: TaskRequest) -> None:
         check_schema(rf.json_schema.schema, "response_format.json_schema.schema")
     seen: set[str] = set()
     for i, m in enumerate(req.messages):
+        for j, part in enumerate(m.content if isinstance(m.content, list) else ()):
+            if type(part) is ImagePart and not part.image_url.url.startswith(("http://", "https://", "data:image/")):
+                raise RequestError("an image is an http(s) URL or a data:image/...;base64 URL",
+                                   f"messages[{i}].content[{j}].image_url.url")
+            if type(part) is FilePart and not part.file.file_data.startswith("data:"):
+                raise RequestError("a file is a data: URL (base64)", f"messages[{i}].content[{j}].file.file_data")
         if m.role == "assistant" and m.tool_calls:
             for j, tc in enumerate(m.tool_calls):
                 try:

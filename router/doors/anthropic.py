@@ -67,6 +67,7 @@ class ContentBlockParam(msgspec.Struct):
     thinking: str | None = None
     signature: str | None = None
     data: str | None = None
+    source: dict[str, Any] | None = None
 
 
 class MessageParam(msgspec.Struct):
@@ -140,6 +141,21 @@ def _text(content: str | list[dict[str, Any]] | None) -> str:
     return "".join(b.get("text", "") for b in content if isinstance(b, dict))
 
 
+def _media(b: ContentBlockParam, where: str) -> dict[str, Any]:
+    """An ``image`` or ``document`` block as the canonical part: base64 sources become data URLs,
+    image URLs stay URLs (https://docs.anthropic.com/en/docs/build-with-claude/vision, .../pdf-support)."""
+    src = b.source or {}
+    kind = src.get("type")
+    if kind == "base64" and isinstance(src.get("data"), str) and isinstance(src.get("media_type"), str):
+        url = f"data:{src['media_type']};base64,{src['data']}"
+        return ({"type": "image_url", "image_url": {"url": url}} if b.type == "image"
+                else {"type": "file", "file": {"file_data": url}})
+    if kind == "url" and b.type == "image" and isinstance(src.get("url"), str):
+        return {"type": "image_url", "image_url": {"url": src["url"]}}
+    raise RequestError(f"a {b.type} source of type {kind!r} is not carried; send base64"
+                       + (" or url" if b.type == "image" else ""), f"{where}.source.type")
+
+
 def _messages(r: MessagesRequest) -> tuple[list[dict[str, Any]], list[str]]:
     """The canonical messages, and where each came from in the request (for error paths)."""
     out: list[dict[str, Any]] = []
@@ -151,15 +167,21 @@ def _messages(r: MessagesRequest) -> tuple[list[dict[str, Any]], list[str]]:
     for i, m in enumerate(r.messages):
         blocks = [ContentBlockParam(type="text", text=m.content)] if isinstance(m.content, str) else m.content
         if m.role == "user":
-            texts = []
+            parts: list[dict[str, Any]] = []
             for j, b in enumerate(blocks):
                 if b.type == "tool_result":
                     out.append({"role": "tool", "tool_call_id": b.tool_use_id, "content": _text(b.content)})
                     origins.append(f"messages[{i}].content[{j}]")
                 elif b.type == "text":
-                    texts.append(b.text or "")
-            if texts:
-                out.append({"role": "user", "content": "".join(texts)})
+                    parts.append({"type": "text", "text": b.text or ""})
+                elif b.type in ("image", "document"):
+                    parts.append(_media(b, f"messages[{i}].content[{j}]"))
+                else:  # never a silent drop
+                    raise RequestError(f"content block type {b.type!r} is not carried in a user turn; send text, "
+                                       "image, document or tool_result blocks", f"messages[{i}].content[{j}].type")
+            if parts:
+                texts_only = all(p["type"] == "text" for p in parts)
+                out.append({"role": "user", "content": "".join(p["text"] for p in parts) if texts_only else parts})
                 origins.append(f"messages[{i}]")
         elif m.role == "assistant":
             msg: dict[str, Any] = {"role": "assistant"}

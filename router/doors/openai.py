@@ -56,6 +56,8 @@ _enc = msgspec.json.Encoder()
 class ChatContentPart(msgspec.Struct):
     type: str
     text: str | None = None
+    image_url: dict[str, Any] | None = None
+    file: dict[str, Any] | None = None
 
 
 class ChatFunctionCall(msgspec.Struct):
@@ -129,13 +131,21 @@ def _message(m: ChatMessage, i: int) -> dict[str, Any]:
     role = "system" if m.role == "developer" else m.role
     out: dict[str, Any] = {"role": role}
     if isinstance(m.content, list):
-        parts = []
+        parts: list[dict[str, Any]] = []
         for j, p in enumerate(m.content):
-            if p.type != "text" or p.text is None:
-                raise RequestError(f"content part type {p.type!r} is not supported; send text parts",
-                                   f"messages[{i}].content[{j}].type")
-            parts.append(p.text)
-        out["content"] = "".join(parts)
+            if p.type == "text" and p.text is not None:
+                parts.append({"type": "text", "text": p.text})
+            elif p.type == "image_url" and p.image_url is not None:
+                parts.append({"type": "image_url", "image_url": p.image_url})
+            elif p.type == "file" and p.file is not None and "file_data" in p.file:
+                parts.append({"type": "file", "file": {k: v for k, v in p.file.items() if k in ("file_data", "filename")}})
+            else:  # never a silent drop
+                raise RequestError(f"content part type {p.type!r} is not carried; send text, image_url or "
+                                   "file (with file_data) parts", f"messages[{i}].content[{j}].type")
+        if all(p["type"] == "text" for p in parts):
+            out["content"] = "".join(p["text"] for p in parts)
+        else:
+            out["content"] = parts
     elif m.content is not None:
         out["content"] = m.content
     if m.tool_calls:

@@ -95,11 +95,11 @@ def test_every_operation_conforms(api_schema: object) -> None:
                       *operation.get_strategies_from_examples()]
 
         @given(case=st.one_of(strategies))
-        @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+        @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
                   database=None)
         def conforms(case: schemathesis.Case) -> None:
             calls[case.operation.label] = calls.get(case.operation.label, 0) + 1
             case.call_and_validate(checks=CHECKS, timeout=10)
 
         conforms()
-    assert len(calls) >= 13 and sum(calls.values()) >= 90, calls
+    assert len(calls) >= 13 and sum(calls.values()) >= 60, calls

@@ -159,8 +159,10 @@ def test_openai_assistant_reasoning_signature_and_redacted_reach_claude() -> Non
 
 @pytest.mark.parametrize("body,param", [
     ({"n": 2}, "n"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+    ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x"}}]}]},
      "messages[0].content[0].type"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     "messages[0].content[0].image_url.url"),
     ({"max_tokens": 0}, "max_tokens"),
 ])
 def test_openai_unsupported_input_is_a_400_naming_the_param(body: dict[str, Any], param: str) -> None:

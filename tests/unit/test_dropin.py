@@ -232,3 +232,63 @@ def test_count_tokens_for_a_task_or_model() -> None:
         assert missing.status_code == 400 and missing.json()["error"]["message"].startswith("messages")
 
     run(t)
+
+
+# -- images and documents --------------------------------------------------------------------
+
+PNG = "data:image/png;base64,iVBORw0KGgo="
+PDF = "data:application/pdf;base64,JVBERi0xLjQK"
+VISION = YAML.replace("      claude-haiku-5-5: {context_window: 200000}",
+                      "      claude-haiku-5-5: {context_window: 200000, vision: true}", 1)
+
+
+def test_images_and_documents_reach_vision_targets_in_their_own_form() -> None:
+    async def t(a: InProcess) -> None:
+        parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": PNG}},
+                 {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+                 {"type": "file", "file": {"file_data": PDF, "filename": "a.pdf"}}]
+        r = await a.client.post("/v1/chat/completions", json={"model": "chat", "messages": [{"role": "user", "content": parts}]})
+        assert r.status_code == 200 and r.json()["model"] == "claude-haiku-5-5"  # glm-4.6 has no vision: skipped
+        assert r.json()["router"]["attempts"][0]["code"] == "capability"
+        blocks = a.emulator.last["claude-haiku-5-5"]["body"]["messages"][0]["content"]
+        assert blocks == [{"type": "text", "text": "What is this?"},
+                          {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                          {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}},
+                          {"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                                          "data": "JVBERi0xLjQK"}}]
+        ant = await a.client.post("/v1/messages", json={"model": "chat", "max_tokens": 9, "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+            {"type": "text", "text": "and this?"}]}]})
+        assert ant.status_code == 200
+        assert a.emulator.last["claude-haiku-5-5"]["body"]["messages"][0]["content"][0]["type"] == "image"
+
+    run(t, VISION)
+
+
+def test_a_glm_vision_model_gets_image_url_parts() -> None:
+    yaml_text = YAML.replace("      glm-4.6: {context_window: 200000}\n  zai_anthropic:",
+                             "      glm-4.6: {context_window: 200000}\n      glm-4.5v: {context_window: 64000, vision: true}\n"
+                             "  zai_anthropic:", 1)
+
+    async def t(a: InProcess) -> None:
+        parts = [{"type": "text", "text": "Describe"}, {"type": "image_url", "image_url": {"url": PNG, "detail": "low"}}]
+        r = await a.client.post("/v1/chat/completions", json={"model": "glm/glm-4.5v", "messages": [{"role": "user", "content": parts}]})
+        assert r.status_code == 200
+        assert a.emulator.last["glm-4.5v"]["body"]["messages"][0]["content"] == parts
+
+    run(t, yaml_text)
+
+
+def test_media_no_target_takes_and_blocks_a_door_cannot_carry_are_400s() -> None:
+    async def t(a: InProcess) -> None:
+        img = {"type": "image_url", "image_url": {"url": PNG}}
+        r = await a.client.post("/v1/chat/completions", json={"model": "glm/glm-4.6", "messages": [{"role": "user", "content": [img]}]})
+        assert r.status_code == 400 and "vision" in r.json()["error"]["message"]
+        ant = await a.client.post("/v1/messages", json={"model": "chat", "max_tokens": 9, "messages": [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}}]}]})
+        assert ant.status_code == 400 and ant.json()["error"]["message"].startswith("messages[0].content[0].source.type: ")
+        odd = await a.client.post("/v1/messages", json={"model": "chat", "max_tokens": 9, "messages": [{"role": "user", "content": [
+            {"type": "search_result", "title": "x"}]}]})
+        assert odd.status_code == 400 and odd.json()["error"]["message"].startswith("messages[0].content[0].type: ")
+
+    run(t)
