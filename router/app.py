@@ -36,6 +36,7 @@ from router.doors.base import Door, error_headers
 from router.doors.endpoint import count_route, door_route
 from router.doors.native import NativeDoor
 from router.doors.openai import OpenAIDoor
+from router.doors.responses import ResponsesDoor
 from router.doors.zchat import ChatDoor
 from router.engine import Router
 from router.errors import RouterError
@@ -213,6 +214,7 @@ def create_app(config: RoutingConfig, settings: Settings | None = None, *,
         "/v1/chat/completions": OpenAIDoor(cfg.max_body_bytes),  # model: a task or provider/model
         "/v1/messages": AnthropicDoor(cfg.max_body_bytes),  # model: a task or provider/model
         "/api/chat": ChatDoor(cfg.max_body_bytes, lambda name: _known(holder[0], name)),  # the Z.AI backend's contract
+        "/v1/responses": ResponsesDoor(cfg.max_body_bytes),  # the OpenAI Responses API
     }
     app = Litestar(
         # the doors carry no middleware, so Litestar adds no second exception layer around them;

@@ -27,9 +27,11 @@ from router.doors.answers import (
     MessageResponse,
     NativeErrorBody,
     OpenAIErrorBody,
+    ResponseObject,
 )
 from router.doors.anthropic import MessagesRequest
 from router.doors.openai import ChatCompletionRequest
+from router.doors.responses import ResponsesRequest
 from router.doors.zchat import ChatBackendRequest
 from router.events import Answer, Event
 from router.request import TaskRequest
@@ -52,6 +54,9 @@ _DOORS: list[tuple[str, str, str, type, type, type, str]] = [
     ("/v1/messages", "anthropic", "Anthropic-compatible Messages (`model`: a task or provider/model)",
      MessagesRequest, MessageResponse, AnthropicErrorBody,
      "Anthropic stream events (`message_start` ... `message_stop`); a failure ends with `event: error`"),
+    ("/v1/responses", "responses", "OpenAI Responses API (`model`: a task, alias, model id or provider/model)",
+     ResponsesRequest, ResponseObject, OpenAIErrorBody,
+     "Responses stream events (`response.created` ... `response.completed`); a failure ends with `response.failed`"),
     ("/api/chat", "chat", "The Z.AI FastAPI backend's chat contract (task `chat` unless `model` names one)",
      ChatBackendRequest, ChatCompletion, ChatBackendError,
      "`data: {\"choices\": [{\"delta\": {\"content\": ...}}], ...}` lines, then `data: {\"data\": \"[DONE]\"}`"),
@@ -63,6 +68,7 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": {"model": "quick_summary", "messages": _SAY},
     "/v1/messages": {"model": "quick_summary", "max_tokens": 256, "messages": _SAY},
     "/api/chat": {"messages": _SAY},
+    "/v1/responses": {"model": "quick_summary", "input": "Summarize: the sky is blue."},
 }
 
 

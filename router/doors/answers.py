@@ -21,7 +21,7 @@ from router.events import AttemptRecord, ToolCallOut
 __all__ = [
     "AnthropicError", "AnthropicErrorBody", "AnthropicUsage", "ChatBackendError", "ChatCompletion",
     "CompletionChoice", "CompletionMessage", "CompletionUsage", "MessageResponse", "NativeError",
-    "NativeErrorBody", "OpenAIError", "OpenAIErrorBody", "RedactedThinkingBlock", "RouterInfo", "TextBlock",
+    "NativeErrorBody", "OpenAIError", "OpenAIErrorBody", "RedactedThinkingBlock", "ResponseObject", "RouterInfo", "TextBlock",
     "ThinkingBlock", "ToolUseBlock",
 ]
 
@@ -169,6 +169,27 @@ class NativeError(msgspec.Struct, omit_defaults=True):
 
 class NativeErrorBody(msgspec.Struct):
     error: NativeError
+
+
+class ResponseObject(msgspec.Struct):
+    """The OpenAI Responses API's ``response`` object, as ``POST /v1/responses`` answers it:
+    ``output`` items are ``reasoning`` (``summary``), ``message`` (``output_text`` parts) and
+    ``function_call`` (``call_id``, ``name``, ``arguments``); ``status`` ``completed``,
+    ``incomplete`` (``incomplete_details.reason``) or ``failed`` (``error``)."""
+
+    id: str
+    created_at: int
+    status: str
+    model: str
+    output: list[dict[str, Any]]
+    object: str = "response"
+    usage: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    incomplete_details: dict[str, Any] | None = None
+    instructions: str | None = None
+    parallel_tool_calls: bool = True
+    tool_choice: str = "auto"
+    tools: list[dict[str, Any]] = []
 
 
 class ChatBackendError(msgspec.Struct):

@@ -292,3 +292,78 @@ def test_media_no_target_takes_and_blocks_a_door_cannot_carry_are_400s() -> None
         assert odd.status_code == 400 and odd.json()["error"]["message"].startswith("messages[0].content[0].type: ")
 
     run(t)
+
+
+# -- the Responses API ------------------------------------------------------------------------
+
+def responses_events(body: str) -> list[dict[str, Any]]:
+    out = []
+    for block in body.split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.split("\n") if line and not line.startswith(":"))
+        if "data" in lines:
+            data = json.loads(lines["data"])
+            assert data["type"] == lines["event"]
+            out.append(data)
+    return out
+
+
+def test_responses_text_tools_and_structured_output() -> None:
+    async def t(a: InProcess) -> None:
+        r = await a.client.post("/v1/responses", json={"model": "chat", "instructions": "Be brief.",
+                                                        "input": "hi\nemulate: " + json.dumps({"*": {"text": "hello there"}})})
+        body = r.json()
+        assert r.status_code == 200 and body["object"] == "response" and body["status"] == "completed"
+        assert body["output"][-1]["content"][0] == {"type": "output_text", "text": "hello there", "annotations": []}
+        assert body["model"] == "glm-4.6" and body["usage"]["total_tokens"] == body["usage"]["input_tokens"] + body["usage"]["output_tokens"]
+        assert a.emulator.last["glm-4.6"]["body"]["messages"][0] == {"role": "system", "content": "Be brief."}
+        tool = {"type": "function", "name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
+        spec = {"*": {"tool_calls": [{"id": "call_1", "name": "weather", "arguments": {"city": "Oslo"}}]}}
+        r = await a.client.post("/v1/responses", json={"model": "chat", "tools": [tool], "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "weather?\nemulate: " + json.dumps(spec)}]}]})
+        call = r.json()["output"][-1]
+        assert (call["type"], call["call_id"], call["name"], json.loads(call["arguments"])) == ("function_call", "call_1", "weather", {"city": "Oslo"})
+        r = await a.client.post("/v1/responses", json={"model": "chat", "tools": [tool], "input": [
+            {"role": "user", "content": "weather?"}, {"type": "function_call", "call_id": "call_1", "name": "weather", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "cold"}]})
+        sent = a.emulator.last["glm-4.6"]["body"]["messages"]
+        assert sent[1]["tool_calls"][0]["id"] == "call_1" and sent[2] == {"role": "tool", "content": "cold", "tool_call_id": "call_1"}
+        schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+        r = await a.client.post("/v1/responses", json={"model": "glm/glm-4.6", "text": {"format": {"type": "json_schema", "name": "n",
+                                "schema": schema}}, "input": "n?\nemulate: " + json.dumps({"*": {"text": '{"n": 3}'}})})
+        assert r.status_code == 200 and a.emulator.last["glm-4.6"]["body"]["response_format"] == {"type": "json_object"}
+
+    run(t)
+
+
+def test_responses_stream_event_sequence() -> None:
+    async def t(a: InProcess) -> None:
+        spec = {"*": {"reasoning": "think", "text": "one two", "tool_calls": [{"id": "c1", "name": "f", "arguments": {"a": 1}}]}}
+        r = await a.client.post("/v1/responses", json={"model": "chat", "stream": True, "tools": [
+            {"type": "function", "name": "f", "parameters": {"type": "object"}}], "input": "x\nemulate: " + json.dumps(spec)})
+        evs = responses_events(r.text)
+        kinds = [e["type"] for e in evs]
+        assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+        assert [e["sequence_number"] for e in evs] == list(range(len(evs)))
+        assert "".join(e["delta"] for e in evs if e["type"] == "response.output_text.delta") == "one two"
+        assert "response.function_call_arguments.done" in kinds and "response.output_text.done" in kinds
+        done = evs[-1]["response"]
+        assert [o["type"] for o in done["output"]] == ["reasoning", "message", "function_call"]
+        assert done["output"][0]["summary"][0]["text"] == "think" and done["usage"]["output_tokens"] > 0
+        cut = await a.client.post("/v1/responses", json={"model": "glm/glm-4.6", "stream": True,
+                                                         "input": "x\nemulate: " + json.dumps({"*": {"text": "a b c d", "cut_after": 2}})})
+        last = responses_events(cut.text)[-1]
+        assert last["type"] == "response.failed" and last["response"]["error"]["code"] == "stream_truncated"
+
+    run(t)
+
+
+def test_responses_bad_input_is_a_400_in_the_openai_shape() -> None:
+    async def t(a: InProcess) -> None:
+        for body, param in (({"previous_response_id": "resp_1", "input": "x"}, "previous_response_id"),
+                            ({"input": [{"type": "web_search_call"}]}, "input[0].type"),
+                            ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+                            ({"input": "x", "max_output_tokens": 0}, "max_output_tokens")):
+            r = await a.client.post("/v1/responses", json={"model": "chat", **body})
+            assert r.status_code == 400 and r.json()["error"]["param"] == param, (param, r.text)
+
+    run(t)

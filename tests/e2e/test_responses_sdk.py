@@ -1,0 +1,49 @@
+"""The OpenAI Responses API through ``POST /v1/responses`` with the official ``openai`` SDK
+(``client.responses.create`` and ``.stream``), over a real socket against the emulator."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import openai
+import pytest
+
+from tests.e2e._client import directive
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def oai(router: str):  # type: ignore[no-untyped-def]
+    with openai.OpenAI(base_url=router + "/v1", api_key="unused", max_retries=0) as c:
+        yield c
+
+
+def say(spec: dict) -> str:  # type: ignore[type-arg]
+    return uuid.uuid4().hex[:8] + "\n" + directive({"*": spec})
+
+
+def test_responses_create_text_and_a_tool_round_trip(oai: openai.OpenAI) -> None:
+    r = oai.responses.create(model="glm_task", instructions="Be brief.", input=say({"text": "Four."}))
+    assert r.output_text == "Four." and r.status == "completed" and r.usage is not None
+    tool = {"type": "function", "name": "weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            "strict": False}
+    first = oai.responses.create(model="claude_task", tools=[tool], input=say(  # type: ignore[list-item]
+        {"tool_calls": [{"id": "toolu_1", "name": "weather", "arguments": {"city": "Oslo"}}]}))
+    call = next(o for o in first.output if o.type == "function_call")
+    assert call.name == "weather" and json.loads(call.arguments) == {"city": "Oslo"}
+    second = oai.responses.create(model="claude_task", tools=[tool], input=[  # type: ignore[list-item]
+        {"role": "user", "content": say({"text": "It is cold in Oslo."})},
+        {"type": "function_call", "call_id": call.call_id, "name": "weather", "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "cold"}])
+    assert second.output_text == "It is cold in Oslo."
+
+
+def test_responses_stream_through_the_sdk(oai: openai.OpenAI) -> None:
+    with oai.responses.stream(model="glm_task", input=say({"text": "one two three"})) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == "one two three" and final.output_text == "one two three"
+    with pytest.raises(openai.BadRequestError):
+        oai.responses.create(model="glm_task", input="x", previous_response_id="resp_123")
