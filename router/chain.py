@@ -55,12 +55,27 @@ log = logging.getLogger("llm_router")
 
 
 
+# parameters a protocol has no place for (source: each API reference; see the adapters' docstrings)
+_UNSENT = {"anthropic": ("seed", "frequency_penalty", "presence_penalty"), "openai": ("top_k",)}
+_noted: set[tuple[str, str]] = set()
+
+
+def _note_dropped(target: Target, req: TaskRequest) -> None:
+    """Log once per target and parameter that a request's parameter is not sent to it."""
+    for name in _UNSENT.get(target.adapter.protocol, ()):
+        if getattr(req, name) is not None and (target.name, name) not in _noted:
+            _noted.add((target.name, name))
+            log.warning("%s: %s is not sent (the %s protocol has no such parameter)", target.name, name,
+                        target.adapter.protocol)
+
+
 def make_call(target: Target, req: TaskRequest, plan: Plan, stream: bool) -> Call:
     """The upstream call of ``req`` for ``target``, with the plan's merged params: streamed when
     ``stream`` or when the target's provider streams upstream (``stream_upstream``, the default:
     a non-streamed caller gets the folded stream, under the same first-token and idle deadlines)."""
     p = plan.params
     stream = stream or target.stream_upstream
+    _note_dropped(target, req)
     return Call(model=target.model, messages=req.messages, tools=req.tools, tool_choice=req.tool_choice,
                 max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, stop=p.stop,
                 thinking=p.thinking, stream=stream, thinking_style=target.spec.thinking,

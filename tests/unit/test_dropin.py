@@ -367,3 +367,16 @@ def test_responses_bad_input_is_a_400_in_the_openai_shape() -> None:
             assert r.status_code == 400 and r.json()["error"]["param"] == param, (param, r.text)
 
     run(t)
+
+
+def test_a_parameter_a_protocol_cannot_take_is_dropped_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    async def t(a: InProcess) -> None:
+        for _ in range(2):
+            r = await a.client.post("/v1/chat/completions", json={"model": "claude/claude-haiku-5-5", "seed": 3,
+                                                                   "messages": msgs()})
+            assert r.status_code == 200 and "seed" not in a.emulator.last["claude-haiku-5-5"]["body"]
+
+    with caplog.at_level("WARNING", logger="llm_router"):
+        run(t)
+    assert [r.getMessage() for r in caplog.records].count(
+        "claude/claude-haiku-5-5: seed is not sent (the anthropic protocol has no such parameter)") == 1
