@@ -1,0 +1,105 @@
+// The Node clients people use, against a running router whose providers are the emulator.
+// Usage: node clients.mjs <router base URL>. Prints one JSON object: check name -> "ok" or the failure.
+// Run by tests/e2e/test_node_clients.py (which installs the pinned packages with `npm ci`).
+import OpenAI from "openai";
+import Anthropic from "@anthropic-ai/sdk";
+import { generateText, streamText, generateObject, jsonSchema } from "ai";
+import { createOpenAI } from "@ai-sdk/openai";
+
+const base = process.argv[2];
+const say = (spec) => `${Math.random().toString(16).slice(2, 10)}\nemulate: ${JSON.stringify({ "*": spec })}`;
+const eq = (got, want, what) => {
+  if (JSON.stringify(got) !== JSON.stringify(want)) throw new Error(`${what}: got ${JSON.stringify(got)}, want ${JSON.stringify(want)}`);
+};
+
+const oai = new OpenAI({ baseURL: `${base}/v1`, apiKey: "unused", maxRetries: 0 });
+const ant = new Anthropic({ baseURL: base, apiKey: "unused", maxRetries: 0 });
+const vercel = createOpenAI({ baseURL: `${base}/v1`, apiKey: "unused" });
+const weather = { type: "function", function: { name: "weather", parameters: { type: "object", properties: { city: { type: "string" } } } } };
+
+const checks = {
+  "openai: chat text": async () => {
+    const r = await oai.chat.completions.create({ model: "glm_task", messages: [{ role: "user", content: say({ text: "Four." }) }] });
+    eq(r.choices[0].message.content, "Four.", "content"); eq(r.model, "glm-4.6", "model");
+  },
+  "openai: chat stream with usage": async () => {
+    const s = await oai.chat.completions.create({ model: "claude_task", stream: true, stream_options: { include_usage: true },
+      messages: [{ role: "user", content: say({ text: "one two", output_tokens: 2 }) }] });
+    let text = "", usage = null;
+    for await (const c of s) { text += c.choices[0]?.delta?.content ?? ""; if (c.usage) usage = c.usage; }
+    eq(text, "one two", "text"); eq(usage.completion_tokens, 2, "usage");
+  },
+  "openai: tool call": async () => {
+    const r = await oai.chat.completions.create({ model: "glm_task", tools: [weather], messages: [{ role: "user",
+      content: say({ tool_calls: [{ id: "call_1", name: "weather", arguments: { city: "Oslo" } }] }) }] });
+    const tc = r.choices[0].message.tool_calls[0];
+    eq([tc.function.name, JSON.parse(tc.function.arguments)], ["weather", { city: "Oslo" }], "tool call");
+  },
+  "openai: unknown model is NotFoundError": async () => {
+    try { await oai.chat.completions.create({ model: "nope", messages: [{ role: "user", content: "x" }] }); }
+    catch (e) { if (e instanceof OpenAI.NotFoundError) return; throw e; }
+    throw new Error("no error");
+  },
+  "openai: responses.create": async () => {
+    const r = await oai.responses.create({ model: "glm_task", input: say({ text: "Four." }) });
+    eq(r.output_text, "Four.", "output_text");
+  },
+  "openai: responses.stream": async () => {
+    const s = oai.responses.stream({ model: "claude_task", input: say({ text: "a b c" }) });
+    let deltas = "";
+    for await (const e of s) if (e.type === "response.output_text.delta") deltas += e.delta;
+    const final = await s.finalResponse();
+    eq([deltas, final.output_text], ["a b c", "a b c"], "stream");
+  },
+  "anthropic: messages.create": async () => {
+    const m = await ant.messages.create({ model: "claude_task", max_tokens: 64, messages: [{ role: "user", content: say({ text: "Hi." }) }] });
+    eq([m.content[0].text, m.model, m.stop_reason], ["Hi.", "claude-sonnet-5-5", "end_turn"], "message");
+  },
+  "anthropic: messages.stream": async () => {
+    const s = ant.messages.stream({ model: "glm_task", max_tokens: 64, messages: [{ role: "user", content: say({ text: "one two three" }) }] });
+    const m = await s.finalMessage();
+    eq(m.content.map((b) => b.text).join(""), "one two three", "text");
+  },
+  "anthropic: tool_use": async () => {
+    const m = await ant.messages.create({ model: "claude_task", max_tokens: 64,
+      tools: [{ name: "weather", input_schema: { type: "object", properties: { city: { type: "string" } } } }],
+      messages: [{ role: "user", content: say({ tool_calls: [{ id: "toolu_1", name: "weather", arguments: { city: "Rome" } }] }) }] });
+    const b = m.content.find((x) => x.type === "tool_use");
+    eq([b.name, b.input, m.stop_reason], ["weather", { city: "Rome" }, "tool_use"], "tool_use");
+  },
+  "anthropic: countTokens": async () => {
+    const c = await ant.messages.countTokens({ model: "claude_task", messages: [{ role: "user", content: "Count me." }] });
+    if (!(c.input_tokens > 0)) throw new Error(`input_tokens ${c.input_tokens}`);
+  },
+  "anthropic: unknown model is NotFoundError": async () => {
+    try { await ant.messages.create({ model: "nope", max_tokens: 9, messages: [{ role: "user", content: "x" }] }); }
+    catch (e) { if (e instanceof Anthropic.NotFoundError) return; throw e; }
+    throw new Error("no error");
+  },
+  "vercel ai: generateText (default provider: Responses API)": async () => {
+    const r = await generateText({ model: vercel("glm_task"), prompt: say({ text: "Four." }) });
+    eq(r.text, "Four.", "text");
+  },
+  "vercel ai: streamText": async () => {
+    const r = streamText({ model: vercel("claude_task"), prompt: say({ text: "x y z" }) });
+    let text = ""; for await (const t of r.textStream) text += t;
+    eq(text, "x y z", "text");
+  },
+  "vercel ai: chat completions provider": async () => {
+    const r = await generateText({ model: vercel.chat("glm_task"), prompt: say({ text: "Five." }) });
+    eq(r.text, "Five.", "text");
+  },
+  "vercel ai: generateObject": async () => {
+    const r = await generateObject({ model: vercel("glm_task"), prompt: say({ text: '{"city":"Oslo","temp":3}' }),
+      schema: jsonSchema({ type: "object", properties: { city: { type: "string" }, temp: { type: "number" } },
+        required: ["city", "temp"], additionalProperties: false }) });
+    eq(r.object, { city: "Oslo", temp: 3 }, "object");
+  },
+};
+
+const results = {};
+for (const [name, check] of Object.entries(checks)) {
+  try { await check(); results[name] = "ok"; }
+  catch (e) { results[name] = `${e?.constructor?.name ?? "Error"}: ${String(e?.message ?? e).slice(0, 300)}`; }
+}
+console.log(JSON.stringify(results, null, 1));
