@@ -11,14 +11,17 @@ every event carries ``type`` and ``sequence_number``). ``model`` names a task, a
 ``input_text`` / ``input_image`` / ``input_file`` / ``output_text`` parts, ``function_call`` and
 ``function_call_output`` items; earlier ``reasoning`` items are accepted and not sent on).
 ``instructions`` is the system prompt; ``text.format`` the structured output; function tools only.
-``previous_response_id`` is answered 400: responses are not kept, so send the conversation in
-``input``. Errors use the OpenAI envelope.
+``previous_response_id`` continues a conversation this process answered recently (the last
+``RECENT`` responses, kept in memory for ``RECENT_SECONDS``; earlier ``instructions`` are not
+carried, as OpenAI does); any other id is a clear 400 naming the field (another replica's
+response, or an old one: send the conversation in ``input``). Errors use the OpenAI envelope.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -46,6 +49,40 @@ from router.request import TaskRequest, decode_body
 __all__ = ["ResponsesDoor", "ResponsesRequest"]
 
 _enc = msgspec.json.Encoder()
+RECENT = 1000  # responses kept for previous_response_id, per process
+RECENT_SECONDS = 3600.0
+
+
+class Recent:
+    """The conversations of the last ``RECENT`` responses (canonical messages, the answer's
+    included), each for ``RECENT_SECONDS``: what ``previous_response_id`` continues."""
+
+    def __init__(self, size: int = RECENT, ttl: float = RECENT_SECONDS) -> None:
+        self.size, self.ttl = size, ttl
+        self._items: OrderedDict[str, tuple[float, list[dict[str, Any]]]] = OrderedDict()
+
+    def put(self, rid: str, req: TaskRequest, answer: dict[str, Any]) -> None:
+        """Keep ``req``'s messages (not its system prompt) and the assistant's ``answer``."""
+        messages = [m for m in msgspec.to_builtins(req.messages) if m.get("role") != "system"]
+        self._items[rid] = (time.monotonic() + self.ttl, [*messages, answer])
+        self._items.move_to_end(rid)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def get(self, rid: str) -> list[dict[str, Any]] | None:
+        got = self._items.get(rid)
+        if got is None or got[0] < time.monotonic():
+            self._items.pop(rid, None)
+            return None
+        return got[1]
+
+
+def _assistant(text: str, calls: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """An answer as the canonical assistant message: its text and tool calls (id, name, args)."""
+    msg: dict[str, Any] = {"role": "assistant", "content": text or None}
+    if calls:
+        msg["tool_calls"] = [{"id": cid, "function": {"name": name, "arguments": args}} for cid, name, args in calls]
+    return msg
 
 
 class ResponsesRequest(msgspec.Struct):
@@ -163,12 +200,21 @@ def _response(rid: str, model: str, opts: ResponsesOptions, status: str, output:
 class ResponsesDoor(OpenAIDoor):
     """``POST /v1/responses`` (see the module docstring); errors in the OpenAI envelope."""
 
+    def __init__(self, max_body_bytes: int) -> None:
+        super().__init__(max_body_bytes)
+        self.recent = Recent()
+
     def decode(self, body: bytes, headers: Mapping[str, str]) -> tuple[TaskRequest, ResponsesOptions]:  # type: ignore[override]
         r = decode_body(body, _decoder, self.max_body_bytes)
-        if r.previous_response_id is not None:
-            raise RequestError("previous_response_id is not supported here: responses are not kept; send the "
-                               "conversation in input", "previous_response_id")
         messages, origins = _messages(r)
+        if r.previous_response_id is not None:
+            earlier = self.recent.get(r.previous_response_id)
+            if earlier is None:
+                raise RequestError(f"response {r.previous_response_id!r} is not one of this router's recent responses; "
+                                   "send the conversation in input", "previous_response_id")
+            at = 1 if r.instructions else 0  # this request's instructions first, then the conversation so far
+            messages[at:at] = earlier
+            origins[at:at] = ["previous_response_id"] * len(earlier)
         obj: dict[str, Any] = {"task": r.model, "messages": messages, "stream": r.stream}
         if r.tools:
             obj["tools"] = _tools(r.tools)
@@ -276,6 +322,9 @@ class ResponsesDoor(OpenAIDoor):
                     yield f": fallback {a} -> {b} ({why})\n\n".encode()
                 case End(finish_reason=fr):
                     out = flush_reasoning() + close()
+                    text = "".join(c["text"] for o in output if o["type"] == "message" for c in o["content"])
+                    calls = [(o["call_id"], o["name"], o["arguments"]) for o in output if o["type"] == "function_call"]
+                    self.recent.put(rid, req, _assistant(text, calls))
                     yield out + event("response.completed", response=_response(rid, model, opts, "completed", output, usage, fr))
                 case Error(code=code, message=message):
                     yield event("response.failed", response=_response(rid, model, opts, "failed", output, usage,
@@ -292,8 +341,11 @@ class ResponsesDoor(OpenAIDoor):
         for tc in answer.tool_calls:
             output.append({"type": "function_call", "id": "fc_" + secrets.token_hex(8), "call_id": tc.id,
                            "name": tc.function["name"], "arguments": tc.function["arguments"], "status": "completed"})
-        body = _response("resp_" + answer.id.removeprefix("req_"), answer.model or opts.model, opts, "completed",
-                         output, _usage(answer.usage), answer.finish_reason)
+        rid = "resp_" + answer.id.removeprefix("req_")
+        self.recent.put(rid, req, _assistant(answer.text, [(t.id, t.function["name"], t.function["arguments"])
+                                                           for t in answer.tool_calls]))
+        body = _response(rid, answer.model or opts.model, opts, "completed", output, _usage(answer.usage),
+                         answer.finish_reason)
         return _enc.encode(body)
 
     def error_event(self, err: RouterError, seq: int) -> bytes:

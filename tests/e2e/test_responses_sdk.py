@@ -47,3 +47,5 @@ def test_responses_stream_through_the_sdk(oai: openai.OpenAI) -> None:
     assert "".join(deltas) == "one two three" and final.output_text == "one two three"
     with pytest.raises(openai.BadRequestError):
         oai.responses.create(model="glm_task", input="x", previous_response_id="resp_123")
+    follow = oai.responses.create(model="glm_task", input=say({"text": "Norway."}), previous_response_id=final.id)
+    assert follow.output_text == "Norway."

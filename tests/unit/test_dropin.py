@@ -380,3 +380,23 @@ def test_a_parameter_a_protocol_cannot_take_is_dropped_and_logged_once(caplog: p
         run(t)
     assert [r.getMessage() for r in caplog.records].count(
         "claude/claude-haiku-5-5: seed is not sent (the anthropic protocol has no such parameter)") == 1
+
+
+def test_previous_response_id_continues_a_recent_conversation() -> None:
+    async def t(a: InProcess) -> None:
+        first = await a.client.post("/v1/responses", json={"model": "chat", "input": "Name a city.\nemulate: " +
+                                                           json.dumps({"*": {"text": "Oslo."}})})
+        rid = first.json()["id"]
+        second = await a.client.post("/v1/responses", json={"model": "chat", "previous_response_id": rid,
+                                                            "instructions": "Be brief.", "input": "Its country?"})
+        assert second.status_code == 200, second.text
+        sent = a.emulator.last["glm-4.6"]["body"]["messages"]
+        assert [(m["role"], m["content"].split("\n")[0]) for m in sent] == [
+            ("system", "Be brief."), ("user", "Name a city."), ("assistant", "Oslo."), ("user", "Its country?")]
+        s = await a.client.post("/v1/responses", json={"model": "chat", "stream": True, "input": "Again?\nemulate: " +
+                                                       json.dumps({"*": {"text": "Bergen."}})})
+        streamed = responses_events(s.text)[-1]["response"]["id"]
+        third = await a.client.post("/v1/responses", json={"model": "chat", "previous_response_id": streamed, "input": "And?"})
+        assert third.status_code == 200 and a.emulator.last["glm-4.6"]["body"]["messages"][1]["content"] == "Bergen."
+
+    run(t)
