@@ -9,7 +9,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import httpx
+import openai
 import pytest
 
 from router.emulator import free_port
@@ -167,6 +169,20 @@ def router_proc(emulator: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 @pytest.fixture(scope="session")
 def router(router_proc: tuple[str, Proc]) -> str:
     return router_proc[0]
+
+
+@pytest.fixture
+def oai(router: str) -> Iterator[openai.OpenAI]:
+    """The official openai SDK, its base URL the session router."""
+    with openai.OpenAI(base_url=router + "/v1", api_key="unused", max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture
+def ant(router: str) -> Iterator[anthropic.Anthropic]:
+    """The official anthropic SDK, its base URL the session router."""
+    with anthropic.Anthropic(base_url=router, api_key="unused", max_retries=0) as c:
+        yield c
 
 
 @pytest.fixture

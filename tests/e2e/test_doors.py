@@ -25,18 +25,6 @@ def say(spec: dict) -> str:  # type: ignore[type-arg]
     return uuid.uuid4().hex[:8] + "\n" + directive({"*": spec})
 
 
-@pytest.fixture
-def oai(router: str):  # type: ignore[no-untyped-def]
-    with openai.OpenAI(base_url=router + "/v1", api_key="unused", max_retries=0) as c:
-        yield c
-
-
-@pytest.fixture
-def ant(router: str):  # type: ignore[no-untyped-def]
-    with anthropic.Anthropic(base_url=router, api_key="unused", max_retries=0) as c:
-        yield c
-
-
 def last(emulator: str, model: str) -> dict:  # type: ignore[type-arg]
     return httpx.get(f"{emulator}/_emulator/last/{model}").json()["body"]
 

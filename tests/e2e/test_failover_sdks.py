@@ -23,18 +23,6 @@ def say(spec: dict) -> str:  # type: ignore[type-arg]
     return uuid.uuid4().hex[:8] + "\n" + directive(spec)
 
 
-@pytest.fixture
-def oai(router: str):  # type: ignore[no-untyped-def]
-    with openai.OpenAI(base_url=router + "/v1", api_key="unused", max_retries=0) as c:
-        yield c
-
-
-@pytest.fixture
-def ant(router: str):  # type: ignore[no-untyped-def]
-    with anthropic.Anthropic(base_url=router, api_key="unused", max_retries=0) as c:
-        yield c
-
-
 def test_a_silent_primary_is_left_after_one_first_token_timeout_streamed_or_not(oai: openai.OpenAI,
                                                                                   ant: anthropic.Anthropic) -> None:
     spec = {GLM: {"hang": True}, CLAUDE: {"text": "from claude"}}

@@ -1,8 +1,8 @@
 """The Node clients people use (the openai and anthropic SDKs for Node, the Vercel AI SDK with its
 default OpenAI provider and its chat provider) against the session router, over a real socket.
 
-The packages are pinned in tests/node/package.json and its lockfile; the fixture installs them with
-`npm ci` when tests/node/node_modules is missing (so a fresh clone needs only Node and the npm
+The packages are pinned in node-clients/package.json and its lockfile; the fixture installs them with
+`npm ci` when node-clients/node_modules is missing (so a fresh clone needs only Node and the npm
 registry, as .ci/run's machine has)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.e2e
-NODE = Path(__file__).resolve().parents[1] / "node"
+NODE = Path(__file__).resolve().parents[2] / "node-clients"
 
 
 @pytest.fixture(scope="module")

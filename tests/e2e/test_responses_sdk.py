@@ -14,12 +14,6 @@ from tests.e2e._client import directive
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def oai(router: str):  # type: ignore[no-untyped-def]
-    with openai.OpenAI(base_url=router + "/v1", api_key="unused", max_retries=0) as c:
-        yield c
-
-
 def say(spec: dict) -> str:  # type: ignore[type-arg]
     return uuid.uuid4().hex[:8] + "\n" + directive({"*": spec})
 

@@ -1,6 +1,6 @@
 // The Node clients people use, against a running router whose providers are the emulator.
 // Usage: node clients.mjs <router base URL>. Prints one JSON object: check name -> "ok" or the failure.
-// Run by tests/e2e/test_node_clients.py (which installs the pinned packages with `npm ci`).
+// Run by tests/e2e/test_node_clients.py (which installs the pinned packages here with `npm ci`).
 import OpenAI from "openai";
 import Anthropic from "@anthropic-ai/sdk";
 import { generateText, streamText, generateObject, jsonSchema } from "ai";
