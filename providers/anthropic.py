@@ -348,8 +348,6 @@ class AnthropicAdapter:
             body["output_config"] = {"format": {"type": "json_schema", "schema": rf.json_schema.schema}}
         elif rf is not None and rf.type == "json_object":  # no native form: say it
             body["system"] = "\n\n".join([*system, "Answer with one JSON object only, no prose and no code fence."])
-        if call.top_k is not None:
-            body["top_k"] = call.top_k
         tc_ = call.tool_choice
         if tc_ is not None and call.tools:
             body["tool_choice"] = ({"auto": {"type": "auto"}, "none": {"type": "none"},
@@ -364,7 +362,9 @@ class AnthropicAdapter:
             if max_tokens <= budget:  # keep the caller's max_tokens for the visible answer
                 body["max_tokens"] = budget + max_tokens
             body["thinking"] = {"type": "enabled", "budget_tokens": budget}
-        if not call.thinking and call.sampling:
+        if not call.thinking and call.sampling:  # thinking allows no sampling changes (top_k included)
+            if call.top_k is not None:
+                body["top_k"] = call.top_k
             if call.temperature is not None:
                 body["temperature"] = call.temperature
             if call.top_p is not None:

@@ -115,8 +115,9 @@ class CallerWatch:
         assert self.watcher is not None and self.task is not None
         self.watcher.cancel()
         if self.left and kind is not None and issubclass(kind, asyncio.CancelledError):
-            self.task.uncancel()  # the caller went away: nothing is left to answer
-            return True
+            # the caller went away: nothing is left to answer, unless someone else (shutdown)
+            # cancelled the task as well
+            return self.task.uncancel() == 0
         return False
 
 

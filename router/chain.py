@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable, Mapping
+from contextlib import aclosing
 from functools import partial
 
 from providers import Call
@@ -195,9 +196,9 @@ class Chain:
             primary = Try(i, target, plan.policies[target.name], *admitted, self.clock.now())
             tries = [primary]
             try:
-                won, tries = await race(primary, partial(self._first_of, req, plan, walk), self.clock,
-                                        may_hedge=not walk.hedged and i + 1 < len(chain),
-                                        start_hedge=partial(self._hedge, i + 1, req, plan, walk))
+                won = await race(tries, partial(self._first_of, req, plan, walk), self.clock,
+                                 may_hedge=not walk.hedged and i + 1 < len(chain),
+                                 start_hedge=partial(self._hedge, i + 1, req, plan, walk))
                 if len(tries) > 1:
                     walk.hedged = True
                     run.hedge = "won" if won is tries[1] else "lost" if won is primary else "failed"
@@ -221,8 +222,9 @@ class Chain:
                     reason = "hedge" if primary.tried is None or primary.tried.error is None else primary.tried.error.code
                     yield Fallback(from_=primary.target.name, to=won.target.name, reason=reason)
                 won.ticket.served = run.committed = True  # upstream did the work: the charge stands
-                async for ev in self._serve(won, walk, plan, request_id):
-                    yield ev
+                async with aclosing(self._serve(won, walk, plan, request_id)) as served:
+                    async for ev in served:
+                        yield ev
                 failure = walk.failure
                 if failure is None:
                     return

@@ -64,17 +64,18 @@ async def _within(task: asyncio.Task[Any], seconds: float, clock: Clock) -> bool
     return task.done()
 
 
-async def race(primary: Try, first: Callable[[Try], Awaitable[First]], clock: Clock, *, may_hedge: bool,
-               start_hedge: Callable[[], Awaitable[Try | None]]) -> tuple[Try | None, list[Try]]:
-    """The try that gave a first event (None when every one failed) and every try made (the
-    primary first). ``first(try)`` sends with retries until the first event; ``start_hedge()``
-    admits the next usable target (None when there is none). Raises what ``first`` raises
-    besides its outcome (cancellation)."""
+async def race(tries: list[Try], first: Callable[[Try], Awaitable[First]], clock: Clock, *, may_hedge: bool,
+               start_hedge: Callable[[], Awaitable[Try | None]]) -> Try | None:
+    """The try that gave a first event (None when every one failed). ``tries`` holds the primary
+    and is the caller's: a hedge is appended as soon as it starts, so the caller closes every try
+    however this ends (cancellation included). ``first(try)`` sends with retries until the first
+    event; ``start_hedge()`` admits the next usable target (None when there is none). Raises what
+    ``first`` raises besides its outcome (cancellation)."""
+    primary = tries[0]
     after = primary.policy.hedge_after
     if after is None or not may_hedge:
         primary.tried = await first(primary)
-        return (primary if primary.won else None), [primary]
-    tries = [primary]
+        return primary if primary.won else None
     primary.task = asyncio.ensure_future(first(primary))
     if not await _within(primary.task, after, clock):
         hedge = await start_hedge()
@@ -90,5 +91,5 @@ async def race(primary: Try, first: Callable[[Try], Awaitable[First]], clock: Cl
                 pending.remove(t)
                 t.tried = t.task.result()
                 if t.won:
-                    return t, tries
-    return None, tries
+                    return t
+    return None

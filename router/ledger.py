@@ -15,6 +15,7 @@ from typing import Any
 
 from router.run import RequestRecord
 from router.stores import Store, StoreError
+from router.stores.base import background
 
 __all__ = ["LEDGER_FLUSH_SECONDS", "UsageLedger", "usage_report"]
 
@@ -45,7 +46,7 @@ class UsageLedger:
         self._merge(f"usage:{combo}:{day}", fields)
         self._merge("usage:index", {combo: 1.0})
         if self._flusher is None:
-            self._flusher = asyncio.ensure_future(self._later())
+            self._flusher = background(self._later())
 
     def _merge(self, key: str, fields: Mapping[str, float]) -> None:
         acc = self._pending.setdefault(key, {})
@@ -73,7 +74,7 @@ class UsageLedger:
                 for k, f in list(pending.items())[i:]:
                     self._merge(k, f)
                 if self._flusher is None:
-                    self._flusher = asyncio.ensure_future(self._later())
+                    self._flusher = background(self._later())
                 return
 
     async def close(self) -> None:

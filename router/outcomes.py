@@ -28,6 +28,7 @@ from router.experiments import bucket_field
 from router.request import TaskRequest
 from router.run import Run
 from router.stores import Store, StoreError
+from router.stores.base import background
 
 __all__ = ["RESPONSE_TTL", "SHADOW_LOG_KEEP", "Tracker"]
 
@@ -63,7 +64,7 @@ class Tracker:
         self._in_flight: dict[str, int] = {}
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+        task = background(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

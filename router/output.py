@@ -12,8 +12,11 @@ import json
 from typing import Any
 
 import jsonschema
+import referencing
 
 from router.request import ResponseFormat
+
+_NOTHING_REMOTE = referencing.Registry()  # an empty registry: no $ref is ever fetched
 
 __all__ = ["output_problem"]
 
@@ -37,8 +40,11 @@ def output_problem(text: str, fmt: ResponseFormat) -> str | None:
         return "the answer is not a JSON object"
     if fmt.type == "json_schema" and fmt.json_schema is not None:
         schema = fmt.json_schema.schema
-        validator = jsonschema.validators.validator_for(schema)(schema)
-        error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+        validator = jsonschema.validators.validator_for(schema)(schema, registry=_NOTHING_REMOTE)
+        try:
+            error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+        except referencing.exceptions.Unresolvable as e:
+            return f"the schema's $ref {e.ref!r} cannot be resolved"
         if error is not None:
             where = error.json_path if error.path else "$"
             return f"at {where}: {error.message}"

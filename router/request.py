@@ -208,6 +208,7 @@ _json_decode = msgspec.json.Decoder().decode
 _PATH_RE = re.compile(r" - at `\$\.?(.*)`$")
 
 
+_BETA = re.compile(r"[A-Za-z0-9._-]{1,100}")
 _FIELD_RE = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
 
 
@@ -298,6 +299,21 @@ def check_schema(schema: dict[str, Any], path: str) -> None:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as e:
         raise RequestError(f"not a valid JSON Schema: {e.message}", path) from None
+    remote = _remote_ref(schema)
+    if remote is not None:  # nothing is fetched on a caller's behalf
+        raise RequestError(f"only local $ref (\"#...\") is allowed, got {remote!r}", path)
+
+
+def _remote_ref(node: Any) -> str | None:
+    """The first ``$ref`` in ``node`` that does not point inside the schema itself."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and not ref.startswith("#"):
+            return ref
+        return next((r for v in node.values() if (r := _remote_ref(v)) is not None), None)
+    if isinstance(node, list):
+        return next((r for v in node if (r := _remote_ref(v)) is not None), None)
+    return None
 
 
 def check_request(req: TaskRequest) -> None:
@@ -316,6 +332,9 @@ def check_request(req: TaskRequest) -> None:
             raise RequestError(f"{name} must be between -2 and 2", name)
     if req.top_k is not None and req.top_k < 1:
         raise RequestError("top_k must be at least 1", "top_k")
+    for k, flag in enumerate(req.anthropic_beta or ()):
+        if not _BETA.fullmatch(flag):
+            raise RequestError("a beta flag is letters, digits, '.', '_' or '-'", f"anthropic_beta[{k}]")
     rf = req.response_format
     if rf is not None and rf.type == "json_schema" and rf.json_schema is None:
         raise RequestError("a json_schema response_format needs json_schema.schema", "response_format.json_schema")

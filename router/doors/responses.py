@@ -51,6 +51,7 @@ __all__ = ["ResponsesDoor", "ResponsesRequest"]
 _enc = msgspec.json.Encoder()
 RECENT = 1000  # responses kept for previous_response_id, per process
 RECENT_SECONDS = 3600.0
+RECENT_MAX_BYTES = 256 * 1024  # a conversation larger than this is not kept
 
 
 class Recent:
@@ -62,8 +63,11 @@ class Recent:
         self._items: OrderedDict[str, tuple[float, list[dict[str, Any]]]] = OrderedDict()
 
     def put(self, rid: str, req: TaskRequest, answer: dict[str, Any]) -> None:
-        """Keep ``req``'s messages (not its system prompt) and the assistant's ``answer``."""
+        """Keep ``req``'s messages (not its system prompt) and the assistant's ``answer``, when
+        they encode to at most ``RECENT_MAX_BYTES`` (a conversation full of images is not kept)."""
         messages = [m for m in msgspec.to_builtins(req.messages) if m.get("role") != "system"]
+        if len(_enc.encode(messages)) > RECENT_MAX_BYTES:
+            return
         self._items[rid] = (time.monotonic() + self.ttl, [*messages, answer])
         self._items.move_to_end(rid)
         while len(self._items) > self.size:
@@ -341,7 +345,7 @@ class ResponsesDoor(OpenAIDoor):
         for tc in answer.tool_calls:
             output.append({"type": "function_call", "id": "fc_" + secrets.token_hex(8), "call_id": tc.id,
                            "name": tc.function["name"], "arguments": tc.function["arguments"], "status": "completed"})
-        rid = "resp_" + answer.id.removeprefix("req_")
+        rid = "resp_" + secrets.token_hex(16)  # ours: never derived from the caller's X-Request-ID
         self.recent.put(rid, req, _assistant(answer.text, [(t.id, t.function["name"], t.function["arguments"])
                                                            for t in answer.tool_calls]))
         body = _response(rid, answer.model or opts.model, opts, "completed", output, _usage(answer.usage),

@@ -11,20 +11,36 @@ move it back (never before now). Several keys are checked and charged all-or-not
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+from collections.abc import Coroutine
 from contextvars import ContextVar
-from typing import Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 import msgspec
 
 from router.policy import EffectiveCooldown as Cooldown
 
-__all__ = ["PERIOD", "STORE_BUDGET", "Admission", "BreakerState", "LimitResult", "LimitSpec", "Store", "StoreBudget",
-           "StoreError", "new_store_budget"]
+T = TypeVar("T")
+
+__all__ = [
+    "PERIOD",
+    "STORE_BUDGET",
+    "Admission",
+    "BreakerState",
+    "LimitResult",
+    "LimitSpec",
+    "Store",
+    "StoreBudget",
+    "StoreError",
+    "background",
+    "new_store_budget",
+]
 
 
 class StoreBudget:
-    """The seconds one request has spent waiting on the store. A store with a per-call timeout
-    lets all of one request's calls share it: once a request has waited that long in all (a
+    """The seconds one request has lost to store calls that timed out. A store with a per-call
+    timeout lets all of one request's calls share it: once a request has waited that long (a
     frozen Redis), its further calls fail at once with ``StoreError`` and the ``on_store_error``
     policy applies, so a frozen store costs a request one timeout, not one per call."""
 
@@ -43,6 +59,15 @@ def new_store_budget() -> StoreBudget:
     budget = StoreBudget()
     STORE_BUDGET.set(budget)
     return budget
+
+
+def background(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """A task that is no request's: it keeps the current context but no ``StoreBudget`` (the
+    ledger's flusher, outcome writes, shadow calls must not spend, or be starved by, the budget
+    of the request that happened to start them)."""
+    ctx = contextvars.copy_context()
+    ctx.run(STORE_BUDGET.set, None)
+    return asyncio.get_running_loop().create_task(coro, context=ctx)
 
 Admission = Literal["closed", "failing", "probe", "open"]
 PERIOD = 60.0  # seconds: limits are per minute

@@ -182,7 +182,9 @@ class RedisStore:
 
     async def _call(self, coro: Any) -> Any:
         """Await one command within ``timeout``, and within what is left of the current
-        request's ``StoreBudget`` (all its calls share one ``timeout``)."""
+        request's ``StoreBudget``: a call that times out spends its wait from the budget, so once
+        a frozen Redis has cost a request one ``timeout``, its further calls fail at once. Calls
+        that answer spend nothing (a healthy Redis never runs a request out)."""
         budget = STORE_BUDGET.get()
         timeout = self.timeout
         if budget is not None:
@@ -195,11 +197,12 @@ class RedisStore:
         try:
             async with asyncio.timeout(timeout):
                 return await coro
-        except (RedisError, OSError, TimeoutError) as e:
-            raise StoreError(f"redis: {type(e).__name__}") from None
-        finally:
+        except TimeoutError:
             if budget is not None:
                 budget.spent += loop.time() - t0
+            raise StoreError("redis: TimeoutError") from None
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {type(e).__name__}") from None
 
     def _cb(self, key: str) -> str:
         return f"{self.prefix}:cb:{{{key}}}"

@@ -400,3 +400,17 @@ def test_previous_response_id_continues_a_recent_conversation() -> None:
         assert third.status_code == 200 and a.emulator.last["glm-4.6"]["body"]["messages"][1]["content"] == "Bergen."
 
     run(t)
+
+
+def test_review_fixes_remote_refs_top_k_with_thinking_and_beta_flags() -> None:
+    async def t(a: InProcess) -> None:
+        remote = {"type": "json_schema", "json_schema": {"schema": {"$ref": "http://169.254.169.254/latest"}}}
+        r = await a.client.post("/v1/chat/completions", json={"model": "chat", "messages": msgs(), "response_format": remote})
+        assert r.status_code == 400 and "only local $ref" in r.json()["error"]["message"]
+        await a.client.post("/v1/messages", json={"model": "claude/claude-haiku-5-5", "max_tokens": 2000, "top_k": 5,
+                                                  "thinking": {"type": "enabled", "budget_tokens": 1024}, "messages": msgs()})
+        assert "top_k" not in a.emulator.last["claude-haiku-5-5"]["body"]  # thinking allows no sampling changes
+        bad = await a.client.post("/v1/tasks", json={"task": "chat", "messages": msgs(), "anthropic_beta": ["a\r\nb"]})
+        assert bad.status_code == 400 and bad.json()["error"]["path"] == "anthropic_beta[0]"
+
+    run(t)

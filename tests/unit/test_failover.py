@@ -485,3 +485,39 @@ def test_a_prompt_that_fits_no_target_is_a_400_with_the_estimate() -> None:
         assert [x["code"] for x in err["attempts"]] == ["context_length_exceeded", "context_window", "context_window"]
 
     run(t, yaml_text)
+
+
+def test_a_caller_who_leaves_during_a_hedge_race_stops_both_calls() -> None:
+    """Both targets slow, the hedge started, then the caller goes: both upstream calls are
+    closed (the hedge is the walk's to close, however the race ends)."""
+    async def t(a: InProcess) -> None:
+        spec = {"glm-a": {"delay_ms": 60000}, "claude-a": {"delay_ms": 60000}}
+        body = json.dumps({"task": "hedged", "messages": [{"role": "user", "content": "x\nemulate: " + json.dumps(spec)}]}).encode()
+        incoming = [{"type": "http.request", "body": body, "more_body": False}]
+        gone = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            if incoming:
+                return incoming.pop(0)
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/v1/tasks", "raw_path": b"/v1/tasks", "query_string": b"",
+                 "root_path": "", "headers": [(b"host", b"router"), (b"content-type", b"application/json")],
+                 "client": ("127.0.0.1", 5000), "server": ("router", 80), "state": {}}
+        call = asyncio.ensure_future(a.app(scope, receive, send))
+        await settle(lambda: stats(a).get("glm-a", {}).get("requests") == 1)
+        a.clock.advance(5.1)  # past hedge.after: the hedge starts
+        await settle(lambda: stats(a).get("claude-a", {}).get("requests") == 1)
+        gone.set()
+        await call
+        await settle(lambda: stats(a)["glm-a"]["aborted"] == 1 and stats(a)["claude-a"]["aborted"] == 1)
+        assert sent == []
+
+    run(t, HEDGED)
