@@ -71,10 +71,63 @@ def _prompt_chars(body: dict[str, Any]) -> int:
     return len(json.dumps(body.get("messages") or [])) + len(json.dumps(body.get("system") or ""))
 
 
+def _media_count(body: dict[str, Any]) -> int:
+    """Images and documents in a request: OpenAI ``image_url``/``file`` parts, Anthropic
+    ``image``/``document`` blocks."""
+    n = 0
+    for m in body.get("messages") or ():
+        content = m.get("content") if isinstance(m, dict) else None
+        for part in content if isinstance(content, list) else ():
+            if isinstance(part, dict) and part.get("type") in ("image_url", "file", "image", "document"):
+                n += 1
+    return n
+
+
+def example_of(schema: Any) -> Any:
+    """The smallest value a simple JSON Schema accepts (objects with their required properties,
+    the first enum value, zero, empty strings and arrays): the emulator's structured answer."""
+    if not isinstance(schema, dict):
+        return {}
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = schema.get("type")
+    kind = kind[0] if isinstance(kind, list) and kind else kind
+    if kind == "object" or "properties" in schema:
+        props = schema.get("properties") or {}
+        return {k: example_of(props.get(k, {})) for k in schema.get("required") or ()}
+    return {"array": [], "string": "", "integer": 0, "number": 0, "boolean": False, "null": None}.get(kind or "", {})
+
+
+def _default_text(body: dict[str, Any], model: str) -> str:
+    """The unscripted answer: JSON when structured output was asked for (the schema's smallest
+    example: OpenAI ``response_format``, Anthropic ``output_config.format``, or the schema GLM
+    gets in its system message), a description of the images when there are any, else a greeting."""
+    fmt = body.get("response_format") or {}
+    schema = ((body.get("output_config") or {}).get("format") or {}).get("schema")
+    if schema is None and isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+    if schema is None and isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        for m in body.get("messages") or ():  # the router states the schema in a system message for GLM
+            text = m.get("content") if isinstance(m, dict) else None
+            if m.get("role") == "system" and isinstance(text, str) and "JSON Schema:\n" in text:
+                try:
+                    schema = json.loads(text.split("JSON Schema:\n", 1)[1])
+                except ValueError:
+                    pass
+        if schema is None:
+            return "{}"
+    if schema is not None:
+        return json.dumps(example_of(schema))
+    media = _media_count(body)
+    if media:
+        return f"I see {media} image(s) or document(s) (the {model} emulator)."
+    return f"Hello from the {model} emulator."
+
+
 def script(b: Behaviour, body: dict[str, Any], model: str, tool_id_prefix: str) -> Scripted:
     """Plan the answer ``b`` describes for a request ``body`` to ``model``."""
     has_tools = bool(b.tool_calls)
-    text = b.text if b.text is not None else ("" if has_tools else f"Hello from the {model} emulator.")
+    text = b.text if b.text is not None else ("" if has_tools else _default_text(body, model))
     reasoning = b.reasoning or ""
     tools = []
     for i, tc in enumerate(b.tool_calls or ()):

@@ -79,7 +79,7 @@ providers:
     retry: {{initial_wait: 0.001}}
     cooldown: {{failures: 1000}}
     models:
-      claude-sonnet-5-5: {{context_window: 200000, price: {{input: 3.00, output: 15.00}}}}
+      claude-sonnet-5-5: {{context_window: 200000, price: {{input: 3.00, output: 15.00}}, vision: true}}
   oai:
     protocol: openai
     base_url: {upstream}/v1

@@ -4,6 +4,7 @@ a hedged slow first token, and who answered."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -95,3 +96,32 @@ def test_a_recovered_primary_gets_traffic_back_within_its_cooldown(oai: openai.O
 def test_the_anthropic_sdks_count_tokens(ant: anthropic.Anthropic) -> None:
     counted = ant.messages.count_tokens(model="claude_task", messages=[{"role": "user", "content": "Count me, please."}])
     assert counted.input_tokens > 0
+
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "temp": {"type": "number"}},
+          "required": ["city", "temp"], "additionalProperties": False}
+
+
+def test_structured_output_and_images_through_both_sdks(oai: openai.OpenAI, ant: anthropic.Anthropic) -> None:
+    rf = {"type": "json_schema", "json_schema": {"name": "weather", "schema": SCHEMA, "strict": True}}
+    good = oai.chat.completions.create(model="glm_task", response_format=rf,  # type: ignore[arg-type]
+                                       messages=[{"role": "user", "content": "Weather in Oslo?"}])
+    assert json.loads(good.choices[0].message.content or "") == {"city": "", "temp": 0}  # the emulator's example
+    with pytest.raises(openai.APIStatusError) as info:  # every target answered invalid JSON: the SDK raises
+        oai.chat.completions.create(model="glm_task", response_format=rf,  # type: ignore[arg-type]
+                                    messages=[{"role": "user", "content": say({"*": {"text": "not json"}})}])
+    assert info.value.status_code == 502 and "invalid_output" in str(info.value.body)
+    m = ant.messages.create(model="claude_task", max_tokens=64, messages=[{"role": "user", "content": "Weather?"}],
+                            extra_body={"output_config": {"format": {"type": "json_schema", "schema": SCHEMA}}})
+    assert json.loads(m.content[0].text) == {"city": "", "temp": 0}  # type: ignore[union-attr]
+    png = "iVBORw0KGgo="
+    r = oai.chat.completions.create(model="claude_task", messages=[{"role": "user", "content": [  # type: ignore[list-item]
+        {"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64," + png}}]}])
+    assert r.choices[0].message.content == "I see 1 image(s) or document(s) (the claude-sonnet-5-5 emulator)."
+    a = ant.messages.create(model="claude_task", max_tokens=64, messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}},
+        {"type": "text", "text": "And this?"}]}])
+    assert "1 image(s)" in a.content[0].text  # type: ignore[union-attr]
+    with pytest.raises(openai.BadRequestError):  # glm_task's model has no vision
+        oai.chat.completions.create(model="glm_task", messages=[{"role": "user", "content": [  # type: ignore[list-item]
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + png}}]}])
