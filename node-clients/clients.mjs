@@ -76,6 +76,31 @@ const checks = {
     catch (e) { if (e instanceof Anthropic.NotFoundError) return; throw e; }
     throw new Error("no error");
   },
+  "openai: structured output, valid and invalid": async () => {
+    const rf = { type: "json_schema", json_schema: { name: "w", strict: true, schema: { type: "object",
+      properties: { city: { type: "string" }, temp: { type: "number" } }, required: ["city", "temp"], additionalProperties: false } } };
+    const r = await oai.chat.completions.create({ model: "glm_task", response_format: rf, messages: [{ role: "user", content: "Weather?" }] });
+    eq(JSON.parse(r.choices[0].message.content), { city: "", temp: 0 }, "object");
+    try { await oai.chat.completions.create({ model: "glm_task", response_format: rf, messages: [{ role: "user", content: say({ text: "nope" }) }] }); }
+    catch (e) { if (e instanceof OpenAI.APIError && e.status === 502) return; throw e; }
+    throw new Error("an invalid answer was accepted");
+  },
+  "openai: image": async () => {
+    const r = await oai.chat.completions.create({ model: "claude_task", messages: [{ role: "user", content: [
+      { type: "text", text: "What is this?" }, { type: "image_url", image_url: { url: "data:image/png;base64,iVBORw0KGgo=" } }] }] });
+    eq(r.choices[0].message.content, "I see 1 image(s) or document(s) (the claude-sonnet-5-5 emulator).", "content");
+  },
+  "anthropic: thinking with a signature": async () => {
+    const m = await ant.messages.create({ model: "claude_task", max_tokens: 2048, thinking: { type: "enabled", budget_tokens: 1024 },
+      messages: [{ role: "user", content: say({ reasoning: "Let me think.", text: "Done." }) }] });
+    const t = m.content.find((b) => b.type === "thinking");
+    eq([t.thinking, typeof t.signature, m.content.at(-1).text], ["Let me think.", "string", "Done."], "thinking");
+  },
+  "anthropic: image block": async () => {
+    const m = await ant.messages.create({ model: "claude_task", max_tokens: 64, messages: [{ role: "user", content: [
+      { type: "image", source: { type: "base64", media_type: "image/png", data: "iVBORw0KGgo=" } }, { type: "text", text: "And this?" }] }] });
+    if (!m.content[0].text.includes("1 image(s)")) throw new Error(m.content[0].text);
+  },
   "vercel ai: generateText (default provider: Responses API)": async () => {
     const r = await generateText({ model: vercel("glm_task"), prompt: say({ text: "Four." }) });
     eq(r.text, "Four.", "text");
