@@ -159,6 +159,7 @@ class _Decoder:
         self._usage = _Usage()
         self._stop: str | None = None
         self._done = False
+        self.prompt_tokens: int | None = None  # message_start's input_tokens, ahead of the answer
 
     def feed(self, event: str, data: str) -> list[Event]:
         if self._done:
@@ -181,6 +182,7 @@ class _Decoder:
             return self._stop_block(ev.index or 0)
         if t == "message_start" and ev.message is not None and ev.message.usage is not None:
             self._merge(ev.message.usage)
+            self.prompt_tokens = ev.message.usage.input_tokens
         elif t == "message_delta":
             if ev.delta is not None and ev.delta.stop_reason:
                 self._stop = ev.delta.stop_reason

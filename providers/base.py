@@ -72,7 +72,11 @@ class WireRequest(NamedTuple):
 
 
 class StreamDecoder(Protocol):
-    """Stateful decoder of one upstream stream."""
+    """Stateful decoder of one upstream stream. ``prompt_tokens``: the prompt's (uncached) input
+    tokens once the stream reported them ahead of its answer (Anthropic's ``message_start``), else
+    None."""
+
+    prompt_tokens: int | None
 
     def feed(self, event: str, data: str) -> list[Event]:
         """One SSE message (``event`` is ``""`` when the message had no ``event:`` line)."""

@@ -168,6 +168,7 @@ class _Decoder:
         self._finish: str | None = None
         self._usage: Usage | None = None
         self._done = False
+        self.prompt_tokens: int | None = None  # the OpenAI wire reports usage only at the end
 
     def feed(self, event: str, data: str) -> list[Event]:
         if self._done:

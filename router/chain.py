@@ -48,7 +48,7 @@ from router.request import ResponseFormat, TaskRequest
 from router.retry import RetryBudget, Tried, first_event
 from router.run import Run
 from router.transport import Transport
-from router.upstream import Target, call_target
+from router.upstream import CallFacts, Target, call_target
 
 __all__ = ["Chain", "make_call"]
 
@@ -248,7 +248,7 @@ class Chain:
                     retryable=failed.status in (429, 503, 504), attempts=run.attempts)
 
     async def _first_of(self, req: TaskRequest, plan: Plan, walk: _Walk, t: Try) -> First:
-        return await self._first(t.target, req, plan, t.policy, t.admission != "closed", walk, t.t0)
+        return await self._first(t.target, req, plan, t.policy, t.admission != "closed", walk, t.t0, t.facts)
 
     async def _hedge(self, start: int, req: TaskRequest, plan: Plan, walk: _Walk) -> Try | None:
         """The first usable target from ``start`` on, admitted as a hedge (the skipped ones are
@@ -295,7 +295,7 @@ class Chain:
         texts: list[str] | None = [] if walk.output is not None else None
         try:
             yield Start(id=request_id, task=plan.task, provider=target.provider, model=target.model,
-                        attempt=walk.called, variant=plan.variant)
+                        attempt=walk.called, variant=plan.variant, input_tokens=won.facts.prompt_tokens)
             ev: Event | None = first
             while ev is not None:
                 if type(ev) is Usage:
@@ -329,13 +329,13 @@ class Chain:
                                            latency_ms=latency, retries=tried.retries))
 
     async def _first(self, target: Target, req: TaskRequest, plan: Plan, policy: Policy, suspect: bool,
-                     walk: _Walk, t0: float) -> Tried[tuple[Event, AsyncGenerator[Event, None]]]:
+                     walk: _Walk, t0: float, facts: CallFacts | None = None) -> Tried[tuple[Event, AsyncGenerator[Event, None]]]:
         """Send, with retries, until the first event; a failure is recorded (attempt, upstream
         time, a window floor after prompt-too-long) before it is returned. ``suspect``: the
         target is probing or has failures counted, so a success must reach the store."""
         report = partial(_reports, suspect, target.name, walk.failed_here)
         try:
-            tried = await first_event(partial(self._open, target, req, plan, policy, report), policy.retry,
+            tried = await first_event(partial(self._open, target, req, plan, policy, report, facts), policy.retry,
                                       walk.budget, self.clock.sleep,
                                       partial(self._failure, target, policy, walk.run, walk.failed_here))
         except BaseException:
@@ -369,12 +369,12 @@ class Chain:
         return tripped
 
     async def _open(self, target: Target, req: TaskRequest, plan: Plan, policy: Policy,
-                    report: Callable[[], bool]) -> tuple[Event, AsyncGenerator[Event, None]]:
+                    report: Callable[[], bool], facts: CallFacts | None = None) -> tuple[Event, AsyncGenerator[Event, None]]:
         """One try: send, and wait for the first event. A success closes the circuit only when
         the target was probing or failed before in this request (``report``), so a healthy
         target costs no store write."""
         upstream = call_target(self.transports[target.provider], target, make_call(target, req, plan, req.stream),
-                               policy.timeouts, self.clock)
+                               policy.timeouts, self.clock, facts)
         try:
             first = await anext(upstream, None)
             if first is None:

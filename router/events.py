@@ -47,7 +47,9 @@ class _Event(msgspec.Struct, tag_field="type", kw_only=True):
 
 class Start(_Event, tag="start"):
     """The router committed to a target. ``attempt``: the how-manieth target tried (from 1; 0 for a
-    cached answer); ``variant``: the experiment variant the request was assigned to, if any."""
+    cached answer); ``variant``: the experiment variant the request was assigned to, if any;
+    ``input_tokens``: the prompt's (uncached) input tokens when the upstream reported them before
+    its answer (Anthropic's ``message_start``), else null; the final count is ``usage``'s."""
 
     id: str
     task: str
@@ -56,6 +58,7 @@ class Start(_Event, tag="start"):
     attempt: int = 1
     cached: bool = False
     variant: str | None = None
+    input_tokens: int | None = None
 
 
 class ReasoningDelta(_Event, tag="reasoning.delta", omit_defaults=True):

@@ -19,7 +19,7 @@ from router.clock import Clock
 from router.events import Event
 from router.policy import Policy
 from router.retry import Tried
-from router.upstream import Target
+from router.upstream import CallFacts, Target
 
 __all__ = ["First", "Try", "race"]
 
@@ -31,7 +31,7 @@ class Try:
     ``admission`` its circuit's verdict (``closed``, ``failing``, ``probe``), ``tried`` the
     outcome once known, ``task`` when it runs beside a hedge, ``hedge`` whether it is the hedge."""
 
-    __slots__ = ("admission", "closed", "hedge", "index", "policy", "t0", "target", "task", "ticket", "tried")
+    __slots__ = ("admission", "closed", "facts", "hedge", "index", "policy", "t0", "target", "task", "ticket", "tried")
 
     def __init__(self, index: int, target: Target, policy: Policy, ticket: Any, admission: str, t0: float,
                  hedge: bool = False) -> None:
@@ -40,6 +40,7 @@ class Try:
         self.tried: First | None = None
         self.task: asyncio.Task[First] | None = None
         self.closed = False
+        self.facts = CallFacts()  # what its upstream call reported besides events
 
     @property
     def won(self) -> bool:

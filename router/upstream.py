@@ -33,7 +33,7 @@ from router.policy import EffectiveTimeouts
 from router.sse import SSEParser
 from router.transport import Transport
 
-__all__ = ["Target", "call_target", "make_targets"]
+__all__ = ["CallFacts", "Target", "call_target", "make_targets"]
 
 
 class Target(msgspec.Struct, kw_only=True):
@@ -68,7 +68,18 @@ def make_targets(providers: Mapping[str, Provider]) -> dict[str, Target]:
     return out
 
 
-async def _raw_events(transport: Transport, target: Target, call: Call, connect: float) -> AsyncGenerator[Event, None]:
+class CallFacts:
+    """What one upstream call learned besides its events: ``prompt_tokens``, when the stream
+    reported the prompt's tokens ahead of its answer (the chain puts them on ``start``)."""
+
+    __slots__ = ("prompt_tokens",)
+
+    def __init__(self) -> None:
+        self.prompt_tokens: int | None = None
+
+
+async def _raw_events(transport: Transport, target: Target, call: Call, connect: float,
+                      facts: CallFacts | None = None) -> AsyncGenerator[Event, None]:
     wire = target.adapter.encode(call, target.base_url, target.api_key, target.headers)
     response = await transport.send(wire, connect=connect, name=target.name, provider=target.provider)
     try:
@@ -89,6 +100,8 @@ async def _raw_events(transport: Transport, target: Target, call: Call, connect:
         async for chunk in response.chunks():
             for event, data in parser.feed(chunk):
                 for ev in decoder.feed(event, data):
+                    if facts is not None and facts.prompt_tokens is None:
+                        facts.prompt_tokens = decoder.prompt_tokens
                     yield ev
         for ev in decoder.finish():
             yield ev
@@ -142,7 +155,7 @@ class _Watchdog:
 
 
 async def call_target(transport: Transport, target: Target, call: Call, timeouts: EffectiveTimeouts,
-                      clock: Clock) -> AsyncGenerator[Event, None]:
+                      clock: Clock, facts: CallFacts | None = None) -> AsyncGenerator[Event, None]:
     """Yield the unified events of one upstream call (``call.stream`` picks the wire mode).
 
     Raises ``UpstreamError`` subclasses; a deadline raises ``UpstreamTimeout`` with code
@@ -150,7 +163,7 @@ async def call_target(transport: Transport, target: Target, call: Call, timeouts
     """
     t = timeouts
     total_deadline = clock.now() + t.total
-    gen = _raw_events(transport, target, call, t.connect)
+    gen = _raw_events(transport, target, call, t.connect, facts)
     limit, phase = (t.first_token, "first_token") if call.stream else (t.total, "total")
     dog = _Watchdog(clock)
     try:

@@ -299,11 +299,11 @@ class AnthropicDoor:
                     yield event("content_block_delta", {"index": index, "delta": {"type": "input_json_delta", "partial_json": a}})
                 case ToolCallEnd():
                     yield close()
-                case Start(id=rid, model=model):
+                case Start(id=rid, model=model, input_tokens=prompt):
                     yield event("message_start", {"message": {
                         "id": "msg_" + rid.removeprefix("req_"), "type": "message", "role": "assistant",
                         "model": model or opts.model, "content": [], "stop_reason": None, "stop_sequence": None,
-                        "usage": {"input_tokens": 0, "output_tokens": 0}}}) + b'event: ping\ndata: {"type": "ping"}\n\n'
+                        "usage": {"input_tokens": prompt or 0, "output_tokens": 0}}}) + b'event: ping\ndata: {"type": "ping"}\n\n'
                 case Usage():
                     usage = ev
                 case End(finish_reason=fr):

@@ -414,3 +414,21 @@ def test_review_fixes_remote_refs_top_k_with_thinking_and_beta_flags() -> None:
         assert bad.status_code == 400 and bad.json()["error"]["path"] == "anthropic_beta[0]"
 
     run(t)
+
+
+def test_anthropic_message_start_carries_the_prompt_tokens_the_upstream_reported() -> None:
+    async def t(a: InProcess) -> None:
+        def start_of(text: str) -> dict[str, Any]:
+            return next(json.loads(line[6:]) for line in text.split("\n") if '"message_start"' in line)
+
+        r = await a.client.post("/v1/messages", json={"model": "claude/claude-haiku-5-5", "max_tokens": 20, "stream": True,
+                                                      "messages": msgs({"*": {"text": "hi", "input_tokens": 42}})})
+        assert start_of(r.text)["message"]["usage"]["input_tokens"] == 42
+        g = await a.client.post("/v1/messages", json={"model": "glm/glm-4.6", "max_tokens": 20, "stream": True,
+                                                      "messages": msgs({"*": {"text": "hi", "input_tokens": 42}})})
+        assert start_of(g.text)["message"]["usage"]["input_tokens"] == 0  # GLM's wire reports usage only at the end
+        native = await a.client.post("/v1/tasks", json={"task": "claude/claude-haiku-5-5", "stream": True,
+                                                        "messages": msgs({"*": {"text": "hi", "input_tokens": 42}})})
+        assert '"input_tokens":42' in native.text.split("\n\n")[0]
+
+    run(t)
