@@ -380,6 +380,10 @@ class AnthropicAdapter:
             h["x-api-key"] = api_key
         return WireRequest(f"{base_url}/v1/messages", h, _encoder.encode(body))
 
+    def unsent(self, base_url: str) -> tuple[str, ...]:
+        """The canonical parameters the Messages API has no place for (dropped, logged once)."""
+        return ("seed", "frequency_penalty", "presence_penalty")
+
     def encode_count(self, call: Call, base_url: str, api_key: str | None,
                      headers: Mapping[str, str]) -> WireRequest:
         """``call``'s prompt as a token-count request: ``POST /v1/messages/count_tokens`` with the

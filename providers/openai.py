@@ -18,7 +18,9 @@ https://docs.z.ai/api-reference/llm/chat-completion, shared/fixtures/wire/QUIRKS
 * Structured output: Z.ai's ``response_format`` takes ``text`` and ``json_object`` only
   (https://docs.z.ai/guides/capabilities/struct-output), so a ``json_schema`` is sent as
   ``json_object`` with the schema in a system message. ``seed``, ``frequency_penalty``,
-  ``presence_penalty`` and ``tools[].function.strict`` are OpenAI chat-completions parameters.
+  ``presence_penalty`` and ``tools[].function.strict`` are OpenAI chat-completions parameters that
+  Z.ai's reference (https://docs.z.ai/api-reference/llm/chat-completion) does not list: they are
+  sent to other OpenAI-compatible endpoints, not to Z.ai's (``/paas/v4`` paths).
 * ``tool_stream: true`` (GLM-4.6 and later, streaming with tools) streams tool arguments; models that
   always think (GLM-5.2 and later) answer 1210 to ``thinking: {type: disabled}``, so it is not sent.
 """
@@ -133,6 +135,12 @@ def _content(m: Message) -> str | list[dict[str, Any]]:
             continue
         parts.append(msgspec.to_builtins(p))
     return parts
+
+
+def _is_zai(base_url: str) -> bool:
+    """Z.ai's OpenAI-compatible endpoints (``/api/paas/v4``, the Coding Plan's
+    ``/api/coding/paas/v4``)."""
+    return "/paas/v4" in base_url
 
 
 def schema_instruction(schema: dict[str, Any]) -> str:
@@ -294,11 +302,15 @@ class OpenAIAdapter:
             # Z.ai takes only text and json_object (and ignores json_schema): the schema is stated
             # in the system prompt, and the router checks the answer against it
             body["response_format"] = {"type": "json_object"}
-        for key in ("seed", "frequency_penalty", "presence_penalty"):
+        zai = _is_zai(base_url)
+        for key in () if zai else ("seed", "frequency_penalty", "presence_penalty"):
             if (v := getattr(call, key)) is not None:
                 body[key] = v
         if call.tools:
             body["tools"] = [msgspec.to_builtins(t) for t in call.tools]
+            if zai:  # Z.ai's reference has no strict on functions
+                for t in body["tools"]:
+                    t["function"].pop("strict", None)
         if call.tool_choice is not None:
             body["tool_choice"] = msgspec.to_builtins(call.tool_choice)
         for key in ("max_tokens", "temperature", "top_p", "stop") if call.sampling else ("max_tokens", "stop"):
@@ -316,6 +328,10 @@ class OpenAIAdapter:
         if api_key:
             h["authorization"] = f"Bearer {api_key}"
         return WireRequest(f"{base_url}/chat/completions", h, _encoder.encode(body))
+
+    def unsent(self, base_url: str) -> tuple[str, ...]:
+        """The canonical parameters this endpoint has no place for (dropped, logged once)."""
+        return ("top_k", "seed", "frequency_penalty", "presence_penalty") if _is_zai(base_url) else ("top_k",)
 
     def stream_decoder(self) -> _Decoder:
         return _Decoder()

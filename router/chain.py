@@ -56,18 +56,16 @@ log = logging.getLogger("llm_router")
 
 
 
-# parameters a protocol has no place for (source: each API reference; see the adapters' docstrings)
-_UNSENT = {"anthropic": ("seed", "frequency_penalty", "presence_penalty"), "openai": ("top_k",)}
 _noted: set[tuple[str, str]] = set()
 
 
 def _note_dropped(target: Target, req: TaskRequest) -> None:
-    """Log once per target and parameter that a request's parameter is not sent to it."""
-    for name in _UNSENT.get(target.adapter.protocol, ()):
+    """Log once per target and parameter that a request's parameter is not sent to it (the
+    adapter says which its endpoint has no place for)."""
+    for name in target.adapter.unsent(target.base_url):
         if getattr(req, name) is not None and (target.name, name) not in _noted:
             _noted.add((target.name, name))
-            log.warning("%s: %s is not sent (the %s protocol has no such parameter)", target.name, name,
-                        target.adapter.protocol)
+            log.warning("%s: %s is not sent (its API has no such parameter)", target.name, name)
 
 
 def make_call(target: Target, req: TaskRequest, plan: Plan, stream: bool) -> Call:

@@ -132,8 +132,8 @@ def test_structured_output_reaches_each_upstream_in_its_own_form() -> None:
         sent = a.emulator.last["glm-4.6"]["body"]
         assert sent["response_format"] == {"type": "json_object"}  # Z.ai: json_object, the schema in the prompt
         assert sent["messages"][0]["role"] == "system" and '"additionalProperties":false' in sent["messages"][0]["content"]
-        assert sent["tools"][0]["function"]["strict"] is True
-        assert (sent["seed"], sent["frequency_penalty"], sent["presence_penalty"]) == (7, 0.5, -0.5)
+        # Z.ai's reference lists none of these: not sent to its /paas/v4 endpoint
+        assert "strict" not in sent["tools"][0]["function"] and not {"seed", "frequency_penalty"} & set(sent)
         r = await a.client.post("/v1/messages", json={
             "model": "claude/claude-haiku-5-5", "max_tokens": 50, "top_k": 5,
             "messages": msgs({"*": {"text": '{"city": "Rome", "temp": 20}'}}),
@@ -192,6 +192,28 @@ def test_anthropic_output_config_errors_name_the_anthropic_field() -> None:
         assert r.status_code == 400 and r.json()["error"]["message"].startswith("output_config.format.schema: ")
 
     run(t)
+
+
+def test_openai_compatible_endpoints_other_than_zai_get_seed_penalties_and_strict() -> None:
+    yaml_text = YAML.replace("tasks:\n", """  oai:
+    protocol: openai
+    base_url: http://emulator/v1
+    api_key: k
+    models:
+      gpt-4o: {context_window: 128000}
+tasks:
+""", 1)
+
+    async def t(a: InProcess) -> None:
+        tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "strict": True}}
+        r = await a.client.post("/v1/chat/completions", json={"model": "oai/gpt-4o", "messages": msgs(), "tools": [tool],
+                                                               "seed": 7, "frequency_penalty": 0.5, "presence_penalty": -0.5})
+        assert r.status_code == 200
+        sent = a.emulator.last["gpt-4o"]["body"]
+        assert sent["tools"][0]["function"]["strict"] is True
+        assert (sent["seed"], sent["frequency_penalty"], sent["presence_penalty"]) == (7, 0.5, -0.5)
+
+    run(t, yaml_text)
 
 
 def test_glm_tool_stream_and_always_thinking_models_and_anthropic_beta_pass_through() -> None:
@@ -379,7 +401,7 @@ def test_a_parameter_a_protocol_cannot_take_is_dropped_and_logged_once(caplog: p
     with caplog.at_level("WARNING", logger="llm_router"):
         run(t)
     assert [r.getMessage() for r in caplog.records].count(
-        "claude/claude-haiku-5-5: seed is not sent (the anthropic protocol has no such parameter)") == 1
+        "claude/claude-haiku-5-5: seed is not sent (its API has no such parameter)") == 1
 
 
 def test_previous_response_id_continues_a_recent_conversation() -> None:
