@@ -55,6 +55,7 @@ class Call(msgspec.Struct, kw_only=True):
     sampling: bool = True
     tool_stream: bool = False
     anthropic_beta: list[str] | None = None
+    clear_thinking: bool | None = None
     response_format: ResponseFormat | None = None
     seed: int | None = None
     frequency_penalty: float | None = None

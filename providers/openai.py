@@ -319,6 +319,8 @@ class OpenAIAdapter:
                 body[key] = v
         if call.thinking is not None and not (call.thinking_style == "always" and not call.thinking):
             body["thinking"] = {"type": "enabled" if call.thinking else "disabled"}  # always-thinking: never disabled
+        if call.clear_thinking is not None and zai:  # Z.ai's preserved thinking (thinking-mode guide)
+            body.setdefault("thinking", {"type": "enabled"})["clear_thinking"] = call.clear_thinking
         if call.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}

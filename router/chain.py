@@ -79,7 +79,8 @@ def make_call(target: Target, req: TaskRequest, plan: Plan, stream: bool) -> Cal
                 max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, stop=p.stop,
                 thinking=p.thinking, stream=stream, thinking_style=target.spec.thinking,
                 sampling=target.spec.sampling, tool_stream=target.spec.tool_stream,
-                anthropic_beta=req.anthropic_beta, response_format=req.response_format, seed=req.seed,
+                anthropic_beta=req.anthropic_beta, clear_thinking=req.clear_thinking,
+                response_format=req.response_format, seed=req.seed,
                 frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty, top_k=req.top_k)
 
 

@@ -181,7 +181,9 @@ class TaskRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     ``seed``, ``frequency_penalty``, ``presence_penalty`` go to OpenAI-protocol upstreams,
     ``top_k`` to Anthropic ones; each is dropped (and logged once per target) where the protocol
     has no such parameter. ``anthropic_beta``: beta flags for Anthropic upstreams (the
-    Anthropic door fills it from the caller's ``anthropic-beta`` header).
+    Anthropic door fills it from the caller's ``anthropic-beta`` header). ``clear_thinking``:
+    GLM's preserved-thinking switch (false: the model keeps earlier turns' reasoning), passed to
+    Z.ai in ``thinking``.
     """
 
     task: str
@@ -201,6 +203,7 @@ class TaskRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     presence_penalty: float | None = None
     top_k: int | None = None
     anthropic_beta: list[str] | None = None
+    clear_thinking: bool | None = None
 
 
 _decoder = msgspec.json.Decoder(TaskRequest)

@@ -87,7 +87,11 @@ class ChatStreamOptions(msgspec.Struct):
 
 
 class ChatThinking(msgspec.Struct):
+    """GLM's ``thinking``: ``type`` and ``clear_thinking`` (false keeps earlier turns' reasoning:
+    Z.ai's preserved thinking, https://docs.bigmodel.cn/cn/guide/capabilities/thinking-mode)."""
+
     type: str = "enabled"
+    clear_thinking: bool | None = None
 
 
 class ChatCompletionRequest(msgspec.Struct):
@@ -227,6 +231,8 @@ class OpenAIDoor:
             obj["stop"] = [r.stop] if isinstance(r.stop, str) else r.stop
         if r.thinking is not None:
             obj["thinking"] = r.thinking.type != "disabled"
+            if r.thinking.clear_thinking is not None:
+                obj["clear_thinking"] = r.thinking.clear_thinking
         return canonical(obj, _PATHS), OpenAIOptions(model=r.model, include_usage=bool(
             r.stream_options and r.stream_options.include_usage))
 

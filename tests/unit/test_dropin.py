@@ -454,3 +454,12 @@ def test_anthropic_message_start_carries_the_prompt_tokens_the_upstream_reported
         assert '"input_tokens":42' in native.text.split("\n\n")[0]
 
     run(t)
+
+
+def test_clear_thinking_reaches_zai_in_its_thinking_object() -> None:
+    async def t(a: InProcess) -> None:
+        await a.client.post("/v1/chat/completions", json={"model": "glm/glm-4.6", "messages": msgs(),
+                                                           "thinking": {"type": "enabled", "clear_thinking": False}})
+        assert a.emulator.last["glm-4.6"]["body"]["thinking"] == {"type": "enabled", "clear_thinking": False}
+
+    run(t)
