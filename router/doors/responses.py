@@ -5,7 +5,8 @@ object, its ``output`` items ``message`` / ``function_call`` / ``reasoning``) an
 https://platform.openai.com/docs/api-reference/responses-streaming (``response.created``,
 ``response.in_progress``, ``response.output_item.added``/``.done``,
 ``response.content_part.added``/``.done``, ``response.output_text.delta``/``.done``,
-``response.function_call_arguments.delta``/``.done``, ``response.completed``, ``response.failed``;
+``response.function_call_arguments.delta``/``.done``, ``response.reasoning_summary_part.added``/``.done``,
+``response.reasoning_summary_text.delta``/``.done``, ``response.completed``, ``response.failed``;
 every event carries ``type`` and ``sequence_number``). ``model`` names a task, alias, model id or
 ``provider/model`` as on every door; ``input`` is a string or items (messages with
 ``input_text`` / ``input_image`` / ``input_file`` / ``output_text`` parts, ``function_call`` and
@@ -264,7 +265,15 @@ class ResponsesDoor(OpenAIDoor):
             if item is None:
                 return out
             index = len(output)
-            if item["type"] == "message":
+            if item["type"] == "reasoning":
+                text = "".join(reasoning)
+                summary = {"type": "summary_text", "text": text}
+                out += event("response.reasoning_summary_text.done", item_id=item["id"], output_index=index,
+                             summary_index=0, text=text)
+                out += event("response.reasoning_summary_part.done", item_id=item["id"], output_index=index,
+                             summary_index=0, part=summary)
+                item = {**item, "summary": [summary]}
+            elif item["type"] == "message":
                 text = "".join(texts)
                 part = {"type": "output_text", "text": text, "annotations": []}
                 out += event("response.output_text.done", item_id=item["id"], output_index=index, content_index=0, text=text)
@@ -281,25 +290,26 @@ class ResponsesDoor(OpenAIDoor):
             item = new
             return out + event("response.output_item.added", output_index=len(output), item=new)
 
-        def flush_reasoning() -> bytes:  # reasoning comes whole, before what it led to
-            if not reasoning:
-                return b""
-            r = {"type": "reasoning", "id": "rs_" + secrets.token_hex(8), "summary": [
-                {"type": "summary_text", "text": "".join(reasoning)}]}
-            reasoning.clear()
-            return open_(r) + close()
-
         async for ev in events:
             match ev:
                 case Start(model=m):
                     model = m or model
                     skeleton = _response(rid, model, opts, "in_progress", [], None)
                     yield event("response.created", response=skeleton) + event("response.in_progress", response=skeleton)
-                case ReasoningDelta(text=t):
-                    if t:
-                        reasoning.append(t)
+                case ReasoningDelta(text=t) if t:
+                    out = b""
+                    if item is None or item["type"] != "reasoning":
+                        reasoning.clear()
+                        rs = {"type": "reasoning", "id": "rs_" + secrets.token_hex(8), "summary": []}
+                        out += open_(rs) + event("response.reasoning_summary_part.added", item_id=rs["id"],
+                                                 output_index=len(output), summary_index=0,
+                                                 part={"type": "summary_text", "text": ""})
+                    reasoning.append(t)
+                    assert item is not None
+                    yield out + event("response.reasoning_summary_text.delta", item_id=item["id"],
+                                      output_index=len(output), summary_index=0, delta=t)
                 case TextDelta(text=t):
-                    out = flush_reasoning()
+                    out = b""
                     if item is None or item["type"] != "message":
                         texts.clear()
                         msg = {"type": "message", "id": "msg_" + secrets.token_hex(8), "status": "in_progress",
@@ -313,7 +323,7 @@ class ResponsesDoor(OpenAIDoor):
                 case ToolCallStart(id=cid, name=name):
                     fc = {"type": "function_call", "id": "fc_" + secrets.token_hex(8), "call_id": cid, "name": name,
                           "arguments": "", "status": "in_progress"}
-                    yield flush_reasoning() + open_(fc)
+                    yield open_(fc)
                 case ToolCallDelta(arguments=a) if item is not None and item["type"] == "function_call":
                     yield event("response.function_call_arguments.delta", item_id=item["id"], output_index=len(output), delta=a)
                 case ToolCallEnd(arguments=a) if item is not None and item["type"] == "function_call":
@@ -325,7 +335,7 @@ class ResponsesDoor(OpenAIDoor):
                 case Fallback(from_=a, to=b, reason=why):
                     yield f": fallback {a} -> {b} ({why})\n\n".encode()
                 case End(finish_reason=fr):
-                    out = flush_reasoning() + close()
+                    out = close()
                     text = "".join(c["text"] for o in output if o["type"] == "message" for c in o["content"])
                     calls = [(o["call_id"], o["name"], o["arguments"]) for o in output if o["type"] == "function_call"]
                     self.recent.put(rid, req, _assistant(text, calls))

@@ -43,3 +43,13 @@ def test_responses_stream_through_the_sdk(oai: openai.OpenAI) -> None:
         oai.responses.create(model="glm_task", input="x", previous_response_id="resp_123")
     follow = oai.responses.create(model="glm_task", input=say({"text": "Norway."}), previous_response_id=final.id)
     assert follow.output_text == "Norway."
+
+
+def test_responses_stream_with_reasoning_through_the_sdk(oai: openai.OpenAI) -> None:
+    with oai.responses.stream(model="claude_task", input=say({"reasoning": "Think first.", "text": "Then answer."}),
+                              reasoning={"effort": "medium"}) as stream:
+        kinds = [e.type for e in stream]
+        final = stream.get_final_response()
+    assert "response.reasoning_summary_text.delta" in kinds
+    summary = next(o for o in final.output if o.type == "reasoning").summary[0].text  # type: ignore[union-attr]
+    assert summary == "Think first." and final.output_text == "Then answer."

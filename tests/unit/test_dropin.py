@@ -371,6 +371,8 @@ def test_responses_stream_event_sequence() -> None:
         done = evs[-1]["response"]
         assert [o["type"] for o in done["output"]] == ["reasoning", "message", "function_call"]
         assert done["output"][0]["summary"][0]["text"] == "think" and done["usage"]["output_tokens"] > 0
+        assert "".join(e["delta"] for e in evs if e["type"] == "response.reasoning_summary_text.delta") == "think"
+        assert kinds.index("response.reasoning_summary_part.added") < kinds.index("response.reasoning_summary_text.done")
         cut = await a.client.post("/v1/responses", json={"model": "glm/glm-4.6", "stream": True,
                                                          "input": "x\nemulate: " + json.dumps({"*": {"text": "a b c d", "cut_after": 2}})})
         last = responses_events(cut.text)[-1]
