@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 from router.telemetry import Telemetry
 from tests.unit._app import InProcess, app
@@ -251,34 +251,43 @@ def test_a_streams_headers_wait_for_the_commit_and_name_who_served() -> None:
 
 # -- 12: a caller who leaves stops the upstream work -------------------------------------------
 
-def test_a_non_streamed_caller_who_leaves_cancels_its_upstream_call() -> None:
-    async def t(a: InProcess) -> None:
-        body = json.dumps({"task": "only_glm", "messages": [
-            {"role": "user", "content": "x\nemulate: " + json.dumps({"glm-a": {"hang": True}})}]}).encode()
-        incoming = [{"type": "http.request", "body": body, "more_body": False}]
-        gone = asyncio.Event()
+class Leaving:
+    """One ``POST /v1/tasks`` sent straight to the app over ASGI by a caller who disconnects when
+    ``leave()`` is called; ``sent`` is what the app answered."""
 
-        async def receive() -> dict[str, Any]:
-            if incoming:
-                return incoming.pop(0)
-            await gone.wait()
-            return {"type": "http.disconnect"}
-
-        sent: list[dict[str, Any]] = []
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
+    def __init__(self, a: InProcess, task: str, spec: dict[str, Any]) -> None:
+        body = json.dumps({"task": task, "messages": [
+            {"role": "user", "content": "x\nemulate: " + json.dumps(spec)}]}).encode()
+        self.incoming = [{"type": "http.request", "body": body, "more_body": False}]
+        self.gone = asyncio.Event()
+        self.sent: list[dict[str, Any]] = []
         scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
                  "scheme": "http", "path": "/v1/tasks", "raw_path": b"/v1/tasks", "query_string": b"",
                  "root_path": "", "headers": [(b"host", b"router"), (b"content-type", b"application/json")],
                  "client": ("127.0.0.1", 5000), "server": ("router", 80), "state": {}}
-        call = asyncio.ensure_future(a.app(scope, receive, send))
+        self.call = asyncio.ensure_future(a.app(scope, self.receive, self.send))
+
+    async def receive(self) -> dict[str, Any]:
+        if self.incoming:
+            return self.incoming.pop(0)
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+    async def leave(self) -> None:
+        self.gone.set()
+        await self.call
+
+
+def test_a_non_streamed_caller_who_leaves_cancels_its_upstream_call() -> None:
+    async def t(a: InProcess) -> None:
+        caller = Leaving(a, "only_glm", {"glm-a": {"hang": True}})
         await settle(lambda: stats(a).get("glm-a", {}).get("requests") == 1)
-        gone.set()
-        await call
+        await caller.leave()
         await settle(lambda: stats(a)["glm-a"]["aborted"] == 1)  # the upstream saw its call closed
-        assert sent == []  # nothing is answered to a caller who is gone
+        assert caller.sent == []  # nothing is answered to a caller who is gone
 
     run(t, config(timeouts="{first_token: 300, idle: 300, total: 600}"))
 
@@ -433,7 +442,7 @@ def test_a_frozen_redis_costs_a_request_one_store_timeout_not_one_per_call(redis
     class Watched(RedisStore):
         """Records how long each store call of the frozen request waited."""
 
-        waits: list[float] = []
+        waits: ClassVar[list[float]] = []
 
         async def _call(self, coro: Any) -> Any:
             t0 = time.perf_counter()
@@ -491,33 +500,12 @@ def test_a_caller_who_leaves_during_a_hedge_race_stops_both_calls() -> None:
     """Both targets slow, the hedge started, then the caller goes: both upstream calls are
     closed (the hedge is the walk's to close, however the race ends)."""
     async def t(a: InProcess) -> None:
-        spec = {"glm-a": {"delay_ms": 60000}, "claude-a": {"delay_ms": 60000}}
-        body = json.dumps({"task": "hedged", "messages": [{"role": "user", "content": "x\nemulate: " + json.dumps(spec)}]}).encode()
-        incoming = [{"type": "http.request", "body": body, "more_body": False}]
-        gone = asyncio.Event()
-
-        async def receive() -> dict[str, Any]:
-            if incoming:
-                return incoming.pop(0)
-            await gone.wait()
-            return {"type": "http.disconnect"}
-
-        sent: list[dict[str, Any]] = []
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "scheme": "http", "path": "/v1/tasks", "raw_path": b"/v1/tasks", "query_string": b"",
-                 "root_path": "", "headers": [(b"host", b"router"), (b"content-type", b"application/json")],
-                 "client": ("127.0.0.1", 5000), "server": ("router", 80), "state": {}}
-        call = asyncio.ensure_future(a.app(scope, receive, send))
+        caller = Leaving(a, "hedged", {"glm-a": {"delay_ms": 60000}, "claude-a": {"delay_ms": 60000}})
         await settle(lambda: stats(a).get("glm-a", {}).get("requests") == 1)
         a.clock.advance(5.1)  # past hedge.after: the hedge starts
         await settle(lambda: stats(a).get("claude-a", {}).get("requests") == 1)
-        gone.set()
-        await call
+        await caller.leave()
         await settle(lambda: stats(a)["glm-a"]["aborted"] == 1 and stats(a)["claude-a"]["aborted"] == 1)
-        assert sent == []
+        assert caller.sent == []
 
     run(t, HEDGED)
