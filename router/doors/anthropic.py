@@ -46,6 +46,7 @@ from router.events import (
     Usage,
 )
 from router.request import TaskRequest, decode_body
+from router.stores.base import Store
 
 __all__ = ["AnthropicDoor", "AnthropicOptions"]
 
@@ -221,7 +222,7 @@ class AnthropicDoor:
     def __init__(self, max_body_bytes: int) -> None:
         self.max_body_bytes = max_body_bytes
 
-    def decode(self, body: bytes, headers: Mapping[str, str]) -> tuple[TaskRequest, AnthropicOptions]:
+    async def decode(self, body: bytes, headers: Mapping[str, str], store: Store) -> tuple[TaskRequest, AnthropicOptions]:
         r = decode_body(body, _decoder, self.max_body_bytes)
         messages, origins = _messages(r)
         obj: dict[str, Any] = {"task": r.model, "messages": messages, "max_tokens": r.max_tokens,
@@ -316,7 +317,7 @@ class AnthropicDoor:
                 case Error(code=code, message=message, retryable=retryable):
                     yield _error_event(code, message, retryable)
 
-    def answer(self, answer: Answer, req: TaskRequest, opts: AnthropicOptions) -> bytes:
+    async def answer(self, answer: Answer, req: TaskRequest, opts: AnthropicOptions) -> bytes:
         content: list[ThinkingBlock | RedactedThinkingBlock | TextBlock | ToolUseBlock] = []
         if answer.reasoning or answer.reasoning_signature:
             content.append(ThinkingBlock(thinking=answer.reasoning, signature=answer.reasoning_signature or ""))

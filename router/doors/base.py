@@ -1,6 +1,7 @@
 """The door interface, and what the doors share.
 
-A door is stateless: ``decode`` (body -> canonical request + the door's own options), ``stream``
+A door keeps no state of its own: ``decode`` (body -> canonical request + the door's own options;
+it may read the shared store, as the Responses door does for ``previous_response_id``), ``stream``
 (unified events -> the door's stream bytes), ``answer`` (folded answer -> the door's JSON),
 ``error`` (a router error -> status and body in the door's error shape, for every status) and
 ``error_event`` (a router error -> the door's terminal stream event, for a failure after a stream
@@ -19,6 +20,7 @@ import msgspec
 from router.errors import RequestError, RouterError
 from router.events import Answer, Event
 from router.request import TaskRequest, check_request, msgspec_error_path
+from router.stores.base import Store
 
 __all__ = ["Door", "PathMap", "canonical", "error_headers"]
 
@@ -32,16 +34,19 @@ class Door(Protocol):
     # spliced into one
     restarts: bool
 
-    def decode(self, body: bytes, headers: Mapping[str, str]) -> tuple[TaskRequest, Any]:
-        """The canonical request and door options; raises ``RequestError``/``PayloadTooLarge``."""
+    async def decode(self, body: bytes, headers: Mapping[str, str], store: Store) -> tuple[TaskRequest, Any]:
+        """The canonical request and door options; ``store`` is the router's shared store (Redis
+        or in-memory) for a door whose requests continue earlier answers. Raises
+        ``RequestError``/``PayloadTooLarge`` (and ``StoreError`` when the store fails)."""
         ...
 
     def stream(self, events: AsyncIterator[Event], req: TaskRequest, opts: Any) -> AsyncIterator[bytes]:
         """The door's stream bytes for these events (one chunk per event at most)."""
         ...
 
-    def answer(self, answer: Answer, req: TaskRequest, opts: Any) -> bytes:
-        """The door's JSON for a complete answer."""
+    async def answer(self, answer: Answer, req: TaskRequest, opts: Any) -> bytes:
+        """The door's JSON for a complete answer (a door may record the answer first, as the
+        Responses door does, so a follow-up to any replica finds it)."""
         ...
 
     def error(self, err: RouterError) -> tuple[int, bytes]:

@@ -59,7 +59,7 @@ async def serve_door(door: Door, scope: Any, receive: Any, send: Any) -> None:
     except CallerLeft:
         return
     tenant = router.auth.identify(headers)
-    req, opts = door.decode(body, headers)
+    req, opts = await door.decode(body, headers, router.store)
     plan = router.plan(req)
     if req.stream and not door.restarts:
         plan.midstream = "error"  # this door's stream cannot say an answer starts over
@@ -78,7 +78,7 @@ async def serve_door(door: Door, scope: Any, receive: Any, send: Any) -> None:
             async with CallerWatch(receive, done=lambda: run.over):
                 if not req.stream:
                     answer = await router.complete(req, plan, run, rid, ctx, ticket)
-                    await respond(send, 200, door.answer(answer, req, opts), door.media_type,
+                    await respond(send, 200, await door.answer(answer, req, opts), door.media_type,
                                   {**out, **served_by(answer.provider, answer.model, plan.task)})
                     return
                 # closed before the admission settles, however the stream ends: the run's facts
@@ -114,7 +114,7 @@ async def serve_count(door: Door, scope: Any, receive: Any, send: Any) -> None:
         raw = None
     if isinstance(raw, dict) and "max_tokens" not in raw:  # the count takes no max_tokens
         body = msgspec.json.encode({**raw, "max_tokens": 1})
-    req, _ = door.decode(body, headers)
+    req, _ = await door.decode(body, headers, router.store)
     plan = router.plan(req)
     router.auth.allow(tenant, plan.task)
     count, estimated, target = await router.count_tokens(req, plan)

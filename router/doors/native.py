@@ -8,6 +8,7 @@ from typing import Any
 from router.errors import RouterError
 from router.events import Answer, Error, Event, encode_json, encode_sse
 from router.request import TaskRequest, decode_task_request
+from router.stores.base import Store
 
 __all__ = ["NativeDoor"]
 
@@ -21,14 +22,14 @@ class NativeDoor:
     def __init__(self, max_body_bytes: int) -> None:
         self.max_body_bytes = max_body_bytes
 
-    def decode(self, body: bytes, headers: Mapping[str, str]) -> tuple[TaskRequest, Any]:
+    async def decode(self, body: bytes, headers: Mapping[str, str], store: Store) -> tuple[TaskRequest, Any]:
         return decode_task_request(body, self.max_body_bytes), None
 
     async def stream(self, events: AsyncIterator[Event], req: TaskRequest, opts: Any) -> AsyncIterator[bytes]:
         async for ev in events:
             yield encode_sse(ev)
 
-    def answer(self, answer: Answer, req: TaskRequest, opts: Any) -> bytes:
+    async def answer(self, answer: Answer, req: TaskRequest, opts: Any) -> bytes:
         return encode_json(answer)
 
     def error(self, err: RouterError) -> tuple[int, bytes]:

@@ -47,6 +47,7 @@ from router.events import (
     Usage,
 )
 from router.request import TaskRequest, decode_body
+from router.stores.base import Store
 
 __all__ = ["OpenAIDoor", "OpenAIOptions", "completion_json", "openai_error_type"]
 
@@ -211,7 +212,7 @@ class OpenAIDoor:
     def __init__(self, max_body_bytes: int) -> None:
         self.max_body_bytes = max_body_bytes
 
-    def decode(self, body: bytes, headers: Mapping[str, str]) -> tuple[TaskRequest, OpenAIOptions]:
+    async def decode(self, body: bytes, headers: Mapping[str, str], store: Store) -> tuple[TaskRequest, OpenAIOptions]:
         r = decode_body(body, _decoder, self.max_body_bytes)
         if r.n != 1:
             raise RequestError("only n=1 is supported", "n")
@@ -282,7 +283,7 @@ class OpenAIDoor:
                 case Error(code=code, message=message):
                     yield _error_chunk(message, code)
 
-    def answer(self, answer: Answer, req: TaskRequest, opts: OpenAIOptions) -> bytes:
+    async def answer(self, answer: Answer, req: TaskRequest, opts: OpenAIOptions) -> bytes:
         return _enc.encode(completion_json(answer, answer.model or opts.model))
 
     def error(self, err: RouterError) -> tuple[int, bytes]:

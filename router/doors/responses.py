@@ -12,17 +12,17 @@ every event carries ``type`` and ``sequence_number``). ``model`` names a task, a
 ``input_text`` / ``input_image`` / ``input_file`` / ``output_text`` parts, ``function_call`` and
 ``function_call_output`` items; earlier ``reasoning`` items are accepted and not sent on).
 ``instructions`` is the system prompt; ``text.format`` the structured output; function tools only.
-``previous_response_id`` continues a conversation this process answered recently (the last
-``RECENT`` responses, kept in memory for ``RECENT_SECONDS``; earlier ``instructions`` are not
-carried, as OpenAI does); any other id is a clear 400 naming the field (another replica's
-response, or an old one: send the conversation in ``input``). Errors use the OpenAI envelope.
+``previous_response_id`` continues a conversation the router answered within ``RECENT_SECONDS``
+(kept in the shared store, so any replica on the same Redis continues any replica's response;
+earlier ``instructions`` are not carried, as OpenAI does); an unknown or expired id is a clear
+400 naming the field (send the conversation in ``input``). Errors use the OpenAI envelope.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -46,40 +46,44 @@ from router.events import (
     Usage,
 )
 from router.request import TaskRequest, decode_body
+from router.stores.base import Store, StoreError
 
 __all__ = ["ResponsesDoor", "ResponsesRequest"]
 
 _enc = msgspec.json.Encoder()
-RECENT = 1000  # responses kept for previous_response_id, per process
-RECENT_SECONDS = 3600.0
+log = logging.getLogger("router.responses")
+RECENT_SECONDS = 3600.0  # how long a response can be continued
 RECENT_MAX_BYTES = 256 * 1024  # a conversation larger than this is not kept
 
 
 class Recent:
-    """The conversations of the last ``RECENT`` responses (canonical messages, the answer's
-    included), each for ``RECENT_SECONDS``: what ``previous_response_id`` continues."""
+    """The conversations of recent responses (canonical messages, the answer's included), kept in
+    the router's store for ``RECENT_SECONDS`` under ``responses:{id}``: what ``previous_response_id``
+    continues. With Redis every replica finds every replica's responses; the in-memory store keeps
+    this process's (its own bound on entries applies)."""
 
-    def __init__(self, size: int = RECENT, ttl: float = RECENT_SECONDS) -> None:
-        self.size, self.ttl = size, ttl
-        self._items: OrderedDict[str, tuple[float, list[dict[str, Any]]]] = OrderedDict()
+    def __init__(self, ttl: float = RECENT_SECONDS) -> None:
+        self.ttl = ttl
 
-    def put(self, rid: str, req: TaskRequest, answer: dict[str, Any]) -> None:
+    async def put(self, store: Store, rid: str, req: TaskRequest, answer: dict[str, Any]) -> None:
         """Keep ``req``'s messages (not its system prompt) and the assistant's ``answer``, when
-        they encode to at most ``RECENT_MAX_BYTES`` (a conversation full of images is not kept)."""
+        they encode to at most ``RECENT_MAX_BYTES`` (a conversation full of images is not kept).
+        A store that fails is logged, not raised: the answer is still served, and a follow-up
+        naming it gets the 400 that says to send the conversation."""
         messages = [m for m in msgspec.to_builtins(req.messages) if m.get("role") != "system"]
-        if len(_enc.encode(messages)) > RECENT_MAX_BYTES:
+        value = _enc.encode([*messages, answer])
+        if len(value) > RECENT_MAX_BYTES:
             return
-        self._items[rid] = (time.monotonic() + self.ttl, [*messages, answer])
-        self._items.move_to_end(rid)
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
+        try:
+            await store.kv_set(f"responses:{rid}", value, self.ttl)
+        except StoreError as e:
+            log.warning("responses: %s not kept for previous_response_id (store: %s)", rid, e)
 
-    def get(self, rid: str) -> list[dict[str, Any]] | None:
-        got = self._items.get(rid)
-        if got is None or got[0] < time.monotonic():
-            self._items.pop(rid, None)
-            return None
-        return got[1]
+    async def get(self, store: Store, rid: str) -> list[dict[str, Any]] | None:
+        """The conversation up to and including response ``rid``, or None when it is unknown or
+        expired. Raises ``StoreError`` (answered 503) when the store fails."""
+        raw = await store.kv_get(f"responses:{rid}")
+        return None if raw is None else msgspec.json.decode(raw)
 
 
 def _assistant(text: str, calls: list[tuple[str, str, str]]) -> dict[str, Any]:
@@ -114,8 +118,12 @@ _RENAMES = ((r"^max_tokens\b", "max_output_tokens"), (r"^response_format\.json_s
 
 
 class ResponsesOptions(msgspec.Struct):
+    """What the answer needs of the request: its ``model`` name, ``instructions`` and the store
+    that keeps the response for ``previous_response_id``."""
+
     model: str
     instructions: str | None
+    store: Store
 
 
 def _part(p: Any, where: str) -> dict[str, Any]:
@@ -209,11 +217,11 @@ class ResponsesDoor(OpenAIDoor):
         super().__init__(max_body_bytes)
         self.recent = Recent()
 
-    def decode(self, body: bytes, headers: Mapping[str, str]) -> tuple[TaskRequest, ResponsesOptions]:  # type: ignore[override]
+    async def decode(self, body: bytes, headers: Mapping[str, str], store: Store) -> tuple[TaskRequest, ResponsesOptions]:  # type: ignore[override]
         r = decode_body(body, _decoder, self.max_body_bytes)
         messages, origins = _messages(r)
         if r.previous_response_id is not None:
-            earlier = self.recent.get(r.previous_response_id)
+            earlier = await self.recent.get(store, r.previous_response_id)
             if earlier is None:
                 raise RequestError(f"response {r.previous_response_id!r} is not one of this router's recent responses; "
                                    "send the conversation in input", "previous_response_id")
@@ -242,7 +250,7 @@ class ResponsesDoor(OpenAIDoor):
         if r.reasoning is not None:
             obj["thinking"] = r.reasoning.get("effort") not in ("none", "minimal")
         paths = PathMap(origins, {"tool_call_id": "call_id"}, _RENAMES)
-        return canonical(obj, paths), ResponsesOptions(model=r.model, instructions=r.instructions)
+        return canonical(obj, paths), ResponsesOptions(model=r.model, instructions=r.instructions, store=store)
 
     async def stream(self, events: AsyncIterator[Event], req: TaskRequest,  # type: ignore[override]
                      opts: ResponsesOptions) -> AsyncIterator[bytes]:
@@ -338,13 +346,13 @@ class ResponsesDoor(OpenAIDoor):
                     out = close()
                     text = "".join(c["text"] for o in output if o["type"] == "message" for c in o["content"])
                     calls = [(o["call_id"], o["name"], o["arguments"]) for o in output if o["type"] == "function_call"]
-                    self.recent.put(rid, req, _assistant(text, calls))
+                    await self.recent.put(opts.store, rid, req, _assistant(text, calls))
                     yield out + event("response.completed", response=_response(rid, model, opts, "completed", output, usage, fr))
                 case Error(code=code, message=message):
                     yield event("response.failed", response=_response(rid, model, opts, "failed", output, usage,
                                                                       error={"code": code, "message": message}))
 
-    def answer(self, answer: Answer, req: TaskRequest, opts: ResponsesOptions) -> bytes:  # type: ignore[override]
+    async def answer(self, answer: Answer, req: TaskRequest, opts: ResponsesOptions) -> bytes:  # type: ignore[override]
         output: list[dict[str, Any]] = []
         if answer.reasoning:
             output.append({"type": "reasoning", "id": "rs_" + secrets.token_hex(8),
@@ -356,7 +364,7 @@ class ResponsesDoor(OpenAIDoor):
             output.append({"type": "function_call", "id": "fc_" + secrets.token_hex(8), "call_id": tc.id,
                            "name": tc.function["name"], "arguments": tc.function["arguments"], "status": "completed"})
         rid = "resp_" + secrets.token_hex(16)  # ours: never derived from the caller's X-Request-ID
-        self.recent.put(rid, req, _assistant(answer.text, [(t.id, t.function["name"], t.function["arguments"])
+        await self.recent.put(opts.store, rid, req, _assistant(answer.text, [(t.id, t.function["name"], t.function["arguments"])
                                                            for t in answer.tool_calls]))
         body = _response(rid, answer.model or opts.model, opts, "completed", output, _usage(answer.usage),
                          answer.finish_reason)

@@ -25,6 +25,7 @@ from router.doors.openai import completion_json
 from router.errors import RequestError, RouterError
 from router.events import Answer, End, Error, Event, Start, TextDelta
 from router.request import TaskRequest, decode_body
+from router.stores.base import Store
 
 __all__ = ["ChatDoor", "ChatOptions"]
 
@@ -66,7 +67,7 @@ class ChatDoor:
         self.max_body_bytes = max_body_bytes
         self.known = known
 
-    def decode(self, body: bytes, headers: Mapping[str, str]) -> tuple[TaskRequest, ChatOptions]:
+    async def decode(self, body: bytes, headers: Mapping[str, str], store: Store) -> tuple[TaskRequest, ChatOptions]:
         r = decode_body(body, _decoder, self.max_body_bytes)
         kept = [(i, m) for i, m in enumerate(r.messages) if m.role and m.content]
         messages = [{"role": m.role, "content": m.content} for _, m in kept]
@@ -95,7 +96,7 @@ class ChatDoor:
             elif isinstance(ev, Error):
                 yield _error_line(ev.message)
 
-    def answer(self, answer: Answer, req: TaskRequest, opts: ChatOptions) -> bytes:
+    async def answer(self, answer: Answer, req: TaskRequest, opts: ChatOptions) -> bytes:
         return msgspec.json.encode(completion_json(answer, answer.model or opts.model))
 
     def error(self, err: RouterError) -> tuple[int, bytes]:

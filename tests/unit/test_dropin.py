@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from router.loading import ConfigError, parse_config
+from router.stores.redis import RedisStore
 from tests.unit._app import InProcess, app
 
 YAML = """
@@ -424,6 +425,33 @@ def test_previous_response_id_continues_a_recent_conversation() -> None:
         assert third.status_code == 200 and a.emulator.last["glm-4.6"]["body"]["messages"][1]["content"] == "Bergen."
 
     run(t)
+
+
+def test_previous_response_id_is_found_by_another_replica_on_the_same_redis(redis_url: str, redis_prefix: str) -> None:
+    """Two routers (one process each in production; two apps here) on one Redis: a response
+    answered by one is continued through the other; an expired one is the 400 naming the field."""
+    async def go() -> None:
+        stores = [RedisStore(redis_url, prefix=redis_prefix, timeout=1.0) for _ in range(2)]
+        try:
+            async with app(store=stores[0]) as one, app(store=stores[1]) as two:
+                first = await one.client.post("/v1/responses", json={"model": "chat", "input": "Name a city.\nemulate: " +
+                                                                     json.dumps({"*": {"text": "Oslo."}})})
+                rid = first.json()["id"]
+                follow = await two.client.post("/v1/responses", json={"model": "chat", "previous_response_id": rid,
+                                                                      "input": "Its country?"})
+                assert follow.status_code == 200, follow.text
+                sent = two.emulator.last["glm-4.6"]["body"]["messages"]
+                assert [m["content"].split("\n")[0] for m in sent] == ["Name a city.", "Oslo.", "Its country?"]
+                raw = await stores[0].kv_get(f"responses:{rid}")
+                assert raw is not None and b"Oslo." in raw
+                await stores[0].client.delete(f"{redis_prefix}:kv:{{responses:{rid}}}")  # expired
+                gone = await two.client.post("/v1/responses", json={"model": "chat", "previous_response_id": rid, "input": "x"})
+                assert gone.status_code == 400 and gone.json()["error"]["param"] == "previous_response_id"
+        finally:
+            for st in stores:
+                await st.close()
+
+    asyncio.run(go())
 
 
 def test_review_fixes_remote_refs_top_k_with_thinking_and_beta_flags() -> None:
