@@ -101,6 +101,65 @@ const checks = {
       { type: "image", source: { type: "base64", media_type: "image/png", data: "iVBORw0KGgo=" } }, { type: "text", text: "And this?" }] }] });
     if (!m.content[0].text.includes("1 image(s)")) throw new Error(m.content[0].text);
   },
+  "openai: tools round trip": async () => {
+    const first = [{ role: "user", content: say({ tool_calls: [{ id: "call_9", name: "weather", arguments: { city: "Oslo" } }] }) }];
+    const r = await oai.chat.completions.create({ model: "claude_task", tools: [weather], messages: first });
+    const m = r.choices[0].message;
+    const again = await oai.chat.completions.create({ model: "claude_task", tools: [weather], messages: [
+      { role: "user", content: say({ text: "Cold in Oslo." }) }, m,
+      { role: "tool", tool_call_id: m.tool_calls[0].id, content: "-3C" }] });
+    eq([m.tool_calls[0].id, again.choices[0].message.content], ["call_9", "Cold in Oslo."], "round trip");
+  },
+  "openai: GLM reasoning_content": async () => {
+    const r = await oai.chat.completions.create({ model: "glm_task", messages: [{ role: "user", content: say({ reasoning: "Hmm.", text: "Yes." }) }] });
+    eq([r.choices[0].message.reasoning_content, r.choices[0].message.content], ["Hmm.", "Yes."], "reasoning");
+  },
+  "openai: responses function_call round trip": async () => {
+    const tool = { type: "function", name: "weather", parameters: weather.function.parameters, strict: false };
+    const r = await oai.responses.create({ model: "glm_task", tools: [tool],
+      input: say({ tool_calls: [{ id: "call_r", name: "weather", arguments: { city: "Rome" } }] }) });
+    const call = r.output.find((o) => o.type === "function_call");
+    const again = await oai.responses.create({ model: "glm_task", tools: [tool], input: [
+      { role: "user", content: say({ text: "Warm in Rome." }) },
+      { type: "function_call", call_id: call.call_id, name: call.name, arguments: call.arguments },
+      { type: "function_call_output", call_id: call.call_id, output: "25C" }] });
+    eq([JSON.parse(call.arguments), again.output_text], [{ city: "Rome" }, "Warm in Rome."], "round trip");
+  },
+  "openai: responses reasoning, structured output, image, NotFoundError": async () => {
+    const s = oai.responses.stream({ model: "claude_task", reasoning: { effort: "medium" }, input: say({ reasoning: "Think.", text: "Ok." }) });
+    let summary = ""; for await (const e of s) if (e.type === "response.reasoning_summary_text.delta") summary += e.delta;
+    eq([summary, (await s.finalResponse()).output_text], ["Think.", "Ok."], "reasoning");
+    const format = { type: "json_schema", name: "w", strict: true, schema: { type: "object", properties: { city: { type: "string" } },
+      required: ["city"], additionalProperties: false } };
+    const j = await oai.responses.create({ model: "glm_task", text: { format }, input: say({ text: '{"city":"Bergen"}' }) });
+    eq(JSON.parse(j.output_text), { city: "Bergen" }, "structured");
+    const img = await oai.responses.create({ model: "claude_task", input: [{ role: "user", content: [
+      { type: "input_text", text: "What?" }, { type: "input_image", image_url: "data:image/png;base64,iVBORw0KGgo=", detail: "auto" }] }] });
+    eq(img.output_text, "I see 1 image(s) or document(s) (the claude-sonnet-5-5 emulator).", "image");
+    try { await oai.responses.create({ model: "nope", input: "x" }); }
+    catch (e) { if (e instanceof OpenAI.NotFoundError) return; throw e; }
+    throw new Error("no error");
+  },
+  "anthropic: tool_result round trip": async () => {
+    const tools = [{ name: "weather", input_schema: { type: "object", properties: { city: { type: "string" } } } }];
+    const m = await ant.messages.create({ model: "glm_task", max_tokens: 64, tools,
+      messages: [{ role: "user", content: say({ tool_calls: [{ id: "toolu_9", name: "weather", arguments: { city: "Lima" } }] }) }] });
+    const use = m.content.find((b) => b.type === "tool_use");
+    const again = await ant.messages.create({ model: "glm_task", max_tokens: 64, tools, messages: [
+      { role: "user", content: say({ text: "Mild in Lima." }) }, { role: "assistant", content: m.content },
+      { role: "user", content: [{ type: "tool_result", tool_use_id: use.id, content: "18C" }] }] });
+    eq([use.id, again.content[0].text], ["toolu_9", "Mild in Lima."], "round trip");
+  },
+  "anthropic: output_config structured output, valid and invalid": async () => {
+    const output_config = { format: { type: "json_schema", schema: { type: "object", properties: { n: { type: "number" } },
+      required: ["n"], additionalProperties: false } } };
+    const m = await ant.messages.create({ model: "claude_task", max_tokens: 64, output_config,
+      messages: [{ role: "user", content: say({ text: '{"n": 4}' }) }] });
+    eq(JSON.parse(m.content[0].text), { n: 4 }, "object");
+    try { await ant.messages.create({ model: "claude_task", max_tokens: 64, output_config, messages: [{ role: "user", content: say({ text: "four" }) }] }); }
+    catch (e) { if (e instanceof Anthropic.APIError && e.status === 502) return; throw e; }
+    throw new Error("an invalid answer was accepted");
+  },
   "vercel ai: generateText (default provider: Responses API)": async () => {
     const r = await generateText({ model: vercel("glm_task"), prompt: say({ text: "Four." }) });
     eq(r.text, "Four.", "text");

@@ -114,6 +114,15 @@ def test_structured_output_and_images_through_both_sdks(oai: openai.OpenAI, ant:
     m = ant.messages.create(model="claude_task", max_tokens=64, messages=[{"role": "user", "content": "Weather?"}],
                             extra_body={"output_config": {"format": {"type": "json_schema", "schema": SCHEMA}}})
     assert json.loads(m.content[0].text) == {"city": "", "temp": 0}  # type: ignore[union-attr]
+    oc = {"output_config": {"format": {"type": "json_schema", "schema": SCHEMA}}}
+    with pytest.raises(anthropic.APIStatusError) as refused:  # invalid from every target, not streamed: a 502
+        ant.messages.create(model="claude_task", max_tokens=64, extra_body=oc,
+                            messages=[{"role": "user", "content": say({"*": {"text": '{"city": 1}'}})}])
+    assert refused.value.status_code == 502 and "does not match" in str(refused.value.body)
+    with pytest.raises(anthropic.APIStatusError, match="does not match|invalid_output"), \
+            ant.messages.stream(model="claude_task", max_tokens=64, extra_body=oc,
+                                messages=[{"role": "user", "content": say({"*": {"text": '{"city": "x"}'}})}]) as s:
+        s.get_final_message()  # streamed, then found invalid: the stream's error event, which the SDK raises
     png = "iVBORw0KGgo="
     r = oai.chat.completions.create(model="claude_task", messages=[{"role": "user", "content": [  # type: ignore[list-item]
         {"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64," + png}}]}])

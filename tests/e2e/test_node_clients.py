@@ -34,4 +34,4 @@ def test_node_clients(node_clients: Path, router: str) -> None:
     results = json.loads(run.stdout)
     failed = {name: why for name, why in results.items() if why != "ok"}
     assert not failed, json.dumps(failed, indent=1)
-    assert len(results) >= 19
+    assert len(results) >= 25

@@ -53,3 +53,28 @@ def test_responses_stream_with_reasoning_through_the_sdk(oai: openai.OpenAI) -> 
     assert "response.reasoning_summary_text.delta" in kinds
     summary = next(o for o in final.output if o.type == "reasoning").summary[0].text  # type: ignore[union-attr]
     assert summary == "Think first." and final.output_text == "Then answer."
+
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "temp": {"type": "number"}},
+          "required": ["city", "temp"], "additionalProperties": False}
+
+
+def test_responses_structured_output_images_and_errors_as_the_sdks_classes(oai: openai.OpenAI) -> None:
+    fmt = {"format": {"type": "json_schema", "name": "weather", "schema": SCHEMA, "strict": True}}
+    good = oai.responses.create(model="claude_task", input=say({"text": '{"city": "Oslo", "temp": 3}'}), text=fmt)  # type: ignore[arg-type]
+    assert json.loads(good.output_text) == {"city": "Oslo", "temp": 3}
+    with pytest.raises(openai.APIStatusError) as bad:  # every target answered JSON that is not the schema's
+        oai.responses.create(model="glm_task", input=say({"text": '{"city": 3}'}), text=fmt)  # type: ignore[arg-type]
+    assert bad.value.status_code == 502 and "invalid_output" in str(bad.value.body)
+    with oai.responses.stream(model="claude_task", input=say({"text": "not json"}), text=fmt) as stream:  # type: ignore[arg-type]
+        kinds = [e.type for e in stream]
+    assert kinds[-1] == "response.failed" and "response.completed" not in kinds
+    seen = oai.responses.create(model="claude_task", input=[{"role": "user", "content": [
+        {"type": "input_text", "text": "What is this?"},
+        {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo=", "detail": "auto"}]}])
+    assert seen.output_text == "I see 1 image(s) or document(s) (the claude-sonnet-5-5 emulator)."
+    with pytest.raises(openai.NotFoundError):
+        oai.responses.create(model="no_such_task", input="x")
+    with pytest.raises(openai.BadRequestError) as empty:
+        oai.responses.create(model="glm_task", input="x", max_output_tokens=0)
+    assert empty.value.body["param"] == "max_output_tokens"  # type: ignore[index]
