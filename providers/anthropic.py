@@ -395,6 +395,12 @@ class AnthropicAdapter:
         kept = {k: v for k, v in body.items() if k in ("model", "system", "messages", "tools", "tool_choice", "thinking")}
         return WireRequest(f"{base_url}/v1/messages/count_tokens", wire.headers, _encoder.encode(kept))
 
+    def decode_count(self, body: bytes) -> int | None:
+        """``input_tokens`` of the count answer."""
+        got = msgspec.json.decode(body)
+        n = got.get("input_tokens") if isinstance(got, dict) else None
+        return n if isinstance(n, int) else None
+
     def stream_decoder(self) -> _Decoder:
         return _Decoder()
 

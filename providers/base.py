@@ -105,4 +105,14 @@ class Adapter(Protocol):
 
     def decode_response(self, body: bytes) -> list[Event]: ...
 
+    def encode_count(self, call: Call, base_url: str, api_key: str | None,
+                     headers: Mapping[str, str]) -> WireRequest | None:
+        """``call``'s prompt as the endpoint's token-count request, or None when the endpoint
+        has no such API (the router estimates)."""
+        ...
+
+    def decode_count(self, body: bytes) -> int | None:
+        """The input tokens of a token-count answer (None when the body has no count)."""
+        ...
+
     def decode_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError: ...

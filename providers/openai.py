@@ -21,6 +21,10 @@ https://docs.z.ai/api-reference/llm/chat-completion, shared/fixtures/wire/QUIRKS
   ``presence_penalty`` and ``tools[].function.strict`` are OpenAI chat-completions parameters that
   Z.ai's reference (https://docs.z.ai/api-reference/llm/chat-completion) does not list: they are
   sent to other OpenAI-compatible endpoints, not to Z.ai's (``/paas/v4`` paths).
+* Token counting: Z.ai's tokenizer, ``POST {base_url}/tokenizer`` with ``model``, ``messages``
+  and ``tools``, answers ``{"usage": {"prompt_tokens": N}}``
+  (https://docs.z.ai/api-reference/tools/tokenizer; listed for glm-4.6, glm-4.6v, glm-4.5).
+  Other OpenAI-compatible endpoints have no counting API.
 * ``tool_stream: true`` (GLM-4.6 and later, streaming with tools) streams tool arguments; models that
   always think (GLM-5.2 and later) answer 1210 to ``thinking: {type: disabled}``, so it is not sent.
 """
@@ -334,6 +338,23 @@ class OpenAIAdapter:
     def unsent(self, base_url: str) -> tuple[str, ...]:
         """The canonical parameters this endpoint has no place for (dropped, logged once)."""
         return ("top_k", "seed", "frequency_penalty", "presence_penalty") if _is_zai(base_url) else ("top_k",)
+
+    def encode_count(self, call: Call, base_url: str, api_key: str | None,
+                     headers: Mapping[str, str]) -> WireRequest | None:
+        """Z.ai's tokenizer request for ``call``'s prompt (model, messages, tools; see the module
+        docstring); None for other endpoints."""
+        if not _is_zai(base_url):
+            return None
+        wire = self.encode(call, base_url, api_key, headers)
+        body = msgspec.json.decode(wire.body)
+        kept = {k: v for k, v in body.items() if k in ("model", "messages", "tools")}
+        return WireRequest(f"{base_url}/tokenizer", wire.headers, _encoder.encode(kept))
+
+    def decode_count(self, body: bytes) -> int | None:
+        """``usage.prompt_tokens`` of Z.ai's tokenizer answer."""
+        got = msgspec.json.decode(body)
+        n = (got.get("usage") or {}).get("prompt_tokens") if isinstance(got, dict) else None
+        return n if isinstance(n, int) else None
 
     def stream_decoder(self) -> _Decoder:
         return _Decoder()

@@ -160,15 +160,15 @@ class Router:
 
     async def count_tokens(self, req: TaskRequest, plan: Plan) -> tuple[int, bool, str]:
         """The prompt's input tokens for the first usable target of the plan: (tokens, estimated,
-        target). An Anthropic-protocol target counts upstream (its ``count_tokens`` endpoint,
-        within its connect and total timeouts); others (Z.ai documents no tokenizer endpoint for
-        its chat models) and a failed count get the router's estimate, flagged ``estimated``."""
+        target). The target's provider counts when its API can (Anthropic's ``count_tokens``,
+        Z.ai's tokenizer: the adapter's ``encode_count``), within its connect and total timeouts;
+        other endpoints, and a count that fails, get the router's estimate, flagged ``estimated``."""
         usable = [t for t in plan.chain if not t.unusable_reason] or plan.chain
         target = usable[0]
-        encode = getattr(target.adapter, "encode_count", None)
-        if encode is not None and not target.unusable_reason:
+        wire = None if target.unusable_reason else target.adapter.encode_count(
+            make_call(target, req, plan, stream=False), target.base_url, target.api_key, target.headers)
+        if wire is not None:
             timeouts = plan.policies[target.name].timeouts
-            wire = encode(make_call(target, req, plan, stream=False), target.base_url, target.api_key, target.headers)
             try:
                 async with asyncio.timeout(timeouts.total):
                     response = await self.transports[target.provider].send(
@@ -177,11 +177,10 @@ class Router:
                         body = await response.read()
                     finally:
                         response.close()
-                if response.status == 200:
-                    n = msgspec.json.decode(body).get("input_tokens")
-                    if isinstance(n, int):
-                        return n, False, target.name
-            except (UpstreamError, TimeoutError, msgspec.DecodeError, AttributeError):
+                n = target.adapter.decode_count(body) if response.status == 200 else None
+                if n is not None:
+                    return n, False, target.name
+            except (UpstreamError, TimeoutError, msgspec.DecodeError):
                 pass
         return plan.prompt_tokens, True, target.name
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,23 @@ class Emulator:
         self._seen: dict[str, int] = defaultdict(int)
         self.last: dict[str, Any] = {}  # model -> {"path", "headers" (no credentials), "body"}
 
+    async def _count(self, path: str, receive: Any, send: Any) -> None:
+        """Anthropic's ``count_tokens`` (``{"input_tokens": N}``) or Z.ai's tokenizer
+        (``{"usage": {"prompt_tokens": N}}``), N the prompt's characters / 4 here; a directive's
+        ``status`` answers that error instead. Kept in ``last["_count_tokens"]`` / ``["_tokenizer"]``."""
+        counted = json.loads(await _read_body(receive) or b"{}")
+        kind = "_tokenizer" if path.endswith("/tokenizer") else "_count_tokens"
+        self.stats[kind]["requests"] += 1
+        self.last[kind] = {"path": path, "body": counted}
+        status = select(find_directive(counted), str(counted.get("model", ""))).status
+        if status is not None and status >= 400:
+            return await _send_json(send, status, {"error": {"message": "emulated count failure"}})
+        n = max(1, len(json.dumps([counted.get("system"), counted.get("messages"), counted.get("tools")])) // 4)
+        if kind == "_count_tokens":
+            return await _send_json(send, 200, {"input_tokens": n})
+        return await _send_json(send, 200, {"id": "emulated", "created": int(time.time()), "request_id": "emulated",
+                                            "usage": {"prompt_tokens": n}})
+
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
@@ -73,11 +91,8 @@ class Emulator:
             self.stats["_otlp"]["requests"] += 1
             self.stats["_otlp"]["completed"] += size > 0
             return await _send(send, 200, [(b"content-type", b"application/x-protobuf")], b"")
-        if method == "POST" and path.endswith("/v1/messages/count_tokens"):  # Anthropic's counter: chars / 4 here
-            counted = json.loads(await _read_body(receive) or b"{}")
-            self.stats["_count_tokens"]["requests"] += 1
-            text = json.dumps([counted.get("system"), counted.get("messages"), counted.get("tools")])
-            return await _send_json(send, 200, {"input_tokens": max(1, len(text) // 4)})
+        if method == "POST" and path.endswith(("/v1/messages/count_tokens", "/paas/v4/tokenizer")):
+            return await self._count(path, receive, send)
         if method != "POST" or not path.endswith(("/chat/completions", "/messages")):
             return await _send_json(send, 404, {"error": {"message": f"no route {method} {path}"}})
         raw = await _read_body(receive)

@@ -242,19 +242,36 @@ def test_glm_tool_stream_and_always_thinking_models_and_anthropic_beta_pass_thro
 
 
 def test_count_tokens_for_a_task_or_model() -> None:
+    yaml_text = YAML.replace("tasks:\n", """  oai:
+    protocol: openai
+    base_url: http://emulator/v1
+    api_key: k
+    models:
+      gpt-4o: {context_window: 128000}
+tasks:
+""")
+
     async def t(a: InProcess) -> None:
         r = await a.client.post("/v1/messages/count_tokens", json={"model": "claude/claude-haiku-5-5",
                                                                    "messages": msgs(), "system": "Be brief."})
         assert r.status_code == 200 and r.json() == {"input_tokens": r.json()["input_tokens"]} and r.json()["input_tokens"] > 0
         assert r.headers["x-llm-router-estimated"] == "false" and a.emulator.stats["_count_tokens"]["requests"] == 1
-        g = await a.client.post("/v1/messages/count_tokens", json={"model": "chat", "messages": msgs()})
-        assert g.status_code == 200 and g.json()["estimated"] is True and g.headers["x-llm-router-target"] == "glm/glm-4.6"
+        g = await a.client.post("/v1/messages/count_tokens", json={"model": "chat", "messages": msgs()})  # Z.ai's tokenizer
+        assert g.status_code == 200 and "estimated" not in g.json() and g.headers["x-llm-router-target"] == "glm/glm-4.6"
+        assert a.emulator.stats["_tokenizer"]["requests"] == 1
+        sent = a.emulator.last["_tokenizer"]
+        assert sent["path"] == "/api/paas/v4/tokenizer" and sent["body"]["model"] == "glm-4.6"
+        assert set(sent["body"]) == {"model", "messages"}
+        o = await a.client.post("/v1/messages/count_tokens", json={"model": "oai/gpt-4o", "messages": msgs()})
+        assert o.status_code == 200 and o.json()["estimated"] is True  # no counting API there: the estimate
+        failed = await a.client.post("/v1/messages/count_tokens", json={"model": "chat", "messages": msgs({"*": {"status": 500}})})
+        assert failed.status_code == 200 and failed.json()["estimated"] is True  # the tokenizer failed: the estimate
         bad = await a.client.post("/v1/messages/count_tokens", json={"model": "nope", "messages": msgs()})
         assert bad.status_code == 404 and bad.json()["type"] == "error"  # the Anthropic door's shape
         missing = await a.client.post("/v1/messages/count_tokens", json={"model": "chat"})
         assert missing.status_code == 400 and missing.json()["error"]["message"].startswith("messages")
 
-    run(t)
+    run(t, yaml_text)
 
 
 # -- images and documents --------------------------------------------------------------------
