@@ -52,7 +52,8 @@ def cache_key(chain: list[Target], req: TaskRequest, params: Params) -> str:
     """The hex SHA-256 of the canonical JSON of everything that decides the answer."""
     material = (
         [(t.name, t.spec.thinking, t.spec.sampling) for t in chain],
-        req.messages, req.tools, req.tool_choice, params,
+        req.messages, req.tools, req.tool_choice, params, req.response_format,
+        req.seed, req.frequency_penalty, req.presence_penalty, req.top_k,
     )
     return hashlib.sha256(_key_encoder.encode(material)).hexdigest()
 
@@ -209,11 +210,12 @@ class ResponseCache:
                 await self.finish(key, None, policy.ttl, policy.max_bytes)
 
 
-def replay(entry: CacheEntry, request_id: str, task: str, variant: str | None = None) -> list[Event]:
+def replay(entry: CacheEntry, request_id: str, task: str, variant: str | None = None,
+           task_version: str | None = None) -> list[Event]:
     """A cached answer as a fresh event sequence: ``start`` (cached) then the stored events,
     with usage at no cost."""
     out: list[Event] = [Start(id=request_id, task=task, provider=entry.provider, model=entry.model,
-                              attempt=0, cached=True, variant=variant)]
+                              attempt=0, cached=True, variant=variant, task_version=task_version)]
     for ev in entry.events:
         if isinstance(ev, Usage):
             ev = msgspec.structs.replace(ev, cost_usd=0.0)

@@ -294,7 +294,8 @@ class Chain:
         texts: list[str] | None = [] if walk.output is not None else None
         try:
             yield Start(id=request_id, task=plan.task, provider=target.provider, model=target.model,
-                        attempt=walk.called, variant=plan.variant, input_tokens=won.facts.prompt_tokens)
+                        attempt=walk.called, variant=plan.variant, input_tokens=won.facts.prompt_tokens,
+                        task_version=plan.task_version)
             ev: Event | None = first
             while ev is not None:
                 if type(ev) is Usage:

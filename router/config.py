@@ -16,6 +16,7 @@ __all__ = [
     "CachePolicy",
     "Cooldown",
     "Cors",
+    "Example",
     "Experiment",
     "GlobalLimits",
     "Limits",
@@ -204,13 +205,25 @@ class Params(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, fro
     thinking: bool | None = None
 
 
+class Example(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One few-shot pair of a typed task: ``input`` (an object, as a request's) and the
+    ``output`` it should give (an object under ``output_schema``, else text)."""
+
+    input: dict[str, Any]
+    output: Any
+
+
 class Variant(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """One arm of an experiment: its own ``chain`` (falls back like any chain), ``params`` over the
-    task's, and a relative ``weight``."""
+    task's, a relative ``weight``, and optionally its own prompt: ``system``, ``user`` and
+    ``examples`` over the task's (an A/B of two prompts on one model)."""
 
     chain: list[str]
     weight: Annotated[float, msgspec.Meta(gt=0)]
     params: Params | None = None
+    system: str | None = None
+    user: str | None = None
+    examples: list[Example] | None = None
 
 
 class Experiment(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -241,10 +254,20 @@ class Task(msgspec.Struct, forbid_unknown_fields=True):
     ``content_filter`` (a provider's content filter refused the request; by default the caller
     gets that refusal, a 400, rather than the next provider's answer). ``hedge``: over the
     providers' own ``hedge``.
+
+    Typed tasks (``router.prompts``): ``system`` and ``user`` are Jinja2 templates over the
+    request's ``input`` object, ``input_schema`` checks that input (a 400 naming the JSON path
+    when it fails), ``output_schema`` is asked of every target and checked on the answer (an
+    invalid answer is the target's failure, ``invalid_output``), ``examples`` are few-shot pairs.
     """
 
     chain: list[str]
     params: Params = Params()
+    system: str | None = None
+    user: str | None = None
+    input_schema: dict[str, Any] | None = None
+    output_schema: dict[str, Any] | None = None
+    examples: list[Example] | None = None
     timeouts: Timeouts | None = None
     retry: Retry | None = None
     midstream: Literal["error", "restart"] = "error"

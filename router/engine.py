@@ -26,6 +26,7 @@ from router.errors import TargetUnusable, UpstreamError
 from router.events import Answer, Error, Event, Usage, fold
 from router.limits import Admission, Limiter, Ticket
 from router.outcomes import Tracker
+from router.output import parsed_output
 from router.plan import Plan, Planner
 from router.policy import Policy
 from router.request import TaskRequest
@@ -113,7 +114,7 @@ class Router:
         events: AsyncGenerator[Event, None]
         if plan.cache is not None and not ctx.no_cache:
             def start(entry: CacheEntry) -> list[Event]:
-                return replay(entry, request_id, plan.task, plan.variant)
+                return replay(entry, request_id, plan.task, plan.variant, plan.task_version)
 
             events = self.cache.serve(cache_key(plan.chain, req, plan.params), plan.cache,
                                       lambda: self.chain.walk(req, plan, request_id, run), run,
@@ -142,7 +143,10 @@ class Router:
             raise run.error
         if events and isinstance(events[-1], Error):  # a cached answer never ends so; defensive
             raise UpstreamError(events[-1].message, code=events[-1].code, retryable=events[-1].retryable)
-        return fold(events, Answer(attempts=run.attempts))
+        answer = fold(events, Answer(attempts=run.attempts))
+        if req.response_format is not None and req.response_format.type != "text":
+            answer.output = parsed_output(answer.text)
+        return answer
 
     def finish(self, run: Run, req: TaskRequest, plan: Plan, request_id: str, ctx: RequestContext,
                primary: Any = None) -> None:
@@ -150,10 +154,11 @@ class Router:
         run.stop()
         if plan.tracked:
             self.tracker.finish(run, task=plan.task, variant=plan.variant or "primary", request_id=request_id,
-                                primary=primary)
+                                primary=primary, task_version=plan.task_version)
         if self.observer is not None:
             self.observer(run.record(
                 request_id=request_id, task=plan.task, caller=ctx.caller, variant=plan.variant, stream=req.stream,
+                task_version=plan.task_version,
                 prompt_tokens=plan.prompt_tokens, max_tokens=plan.params.max_tokens, trace=ctx.trace,
                 price=lambda name: t.spec.price if (t := self.targets.get(name)) else None,
                 prompt="\n".join(m.text() for m in req.messages) if self.log_content else None))

@@ -14,7 +14,7 @@ The contract is DESIGN.md's "Unified stream events" table.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -49,7 +49,9 @@ class Start(_Event, tag="start"):
     """The router committed to a target. ``attempt``: the how-manieth target tried (from 1; 0 for a
     cached answer); ``variant``: the experiment variant the request was assigned to, if any;
     ``input_tokens``: the prompt's (uncached) input tokens when the upstream reported them before
-    its answer (Anthropic's ``message_start``), else null; the final count is ``usage``'s."""
+    its answer (Anthropic's ``message_start``), else null; the final count is ``usage``'s;
+    ``task_version``: the content hash of the task's definition (its prompt, schemas, chain), null
+    for a pinned target or model id."""
 
     id: str
     task: str
@@ -59,6 +61,7 @@ class Start(_Event, tag="start"):
     cached: bool = False
     variant: str | None = None
     input_tokens: int | None = None
+    task_version: str | None = None
 
 
 class ReasoningDelta(_Event, tag="reasoning.delta", omit_defaults=True):
@@ -195,7 +198,9 @@ class TokenUsage(msgspec.Struct):
 
 
 class Answer(msgspec.Struct):
-    """A non-streaming answer: the stream's events folded into one object."""
+    """A non-streaming answer: the stream's events folded into one object. ``output``: the
+    answer's JSON, parsed, when the request asked for structured output (a typed task's
+    ``output_schema``, a ``response_format``); ``task_version`` as in ``start``."""
 
     id: str = ""
     task: str = ""
@@ -211,6 +216,8 @@ class Answer(msgspec.Struct):
     attempts: list[AttemptRecord] = msgspec.field(default_factory=list)
     cached: bool = False
     variant: str | None = None
+    task_version: str | None = None
+    output: Any = None
 
 
 def fold(events: Iterable[Event], answer: Answer | None = None) -> Answer:
@@ -238,8 +245,9 @@ def fold(events: Iterable[Event], answer: Answer | None = None) -> Answer:
             case Usage():
                 a.usage = TokenUsage(ev.input_tokens, ev.output_tokens, ev.reasoning_tokens,
                                      ev.cached_tokens, ev.cost_usd)
-            case Start(id=rid, task=task, provider=prov, model=model, cached=cached, variant=variant):
+            case Start(id=rid, task=task, provider=prov, model=model, cached=cached, variant=variant, task_version=tv):
                 a.id, a.task, a.provider, a.model, a.cached, a.variant = rid, task, prov, model, cached, variant
+                a.task_version = tv
                 text.clear()  # a midstream restart: the answer is the one that ends, never a splice
                 reasoning.clear()
                 a.tool_calls, a.reasoning_signature, a.reasoning_redacted = [], None, []

@@ -93,6 +93,8 @@ def summarize(stats: dict[str, float]) -> dict[str, Any]:
         "feedback": {"count": int(fb), "mean_score": round(stats.get("feedback_sum", 0) / fb, 4) if fb else None,
                      "labels": {k.removeprefix("label:"): int(v) for k, v in stats.items() if k.startswith("label:")}},
         "dropped": int(stats.get("dropped", 0)),
+        "invalid_output": int(stats.get("invalid_output", 0)),
+        "task_versions": {k.removeprefix("version:"): int(v) for k, v in stats.items() if k.startswith("version:")},
     }
 
 

@@ -28,6 +28,7 @@ from router.config import (
     Task,
     Tenant,
 )
+from router.prompts import prompt_problems, spec_of
 from router.request import msgspec_error_path
 
 __all__ = ["ConfigError", "environment", "load_config", "parse_config"]
@@ -214,6 +215,13 @@ def _task(name: str, body: Any, env: Mapping[str, str], raw_providers: dict[str,
             problems.append(f"{where}.experiment.variants: at least one variant is needed")
         for vname, v in t.experiment.variants.items():
             _check_chain(v.chain, f"{where}.experiment.variants.{vname}", raw_providers, providers, problems)
+    if t is not None:  # templates compile, schemas are JSON Schema, examples match them
+        problems += prompt_problems(spec_of(t), where)[0]
+        for vname, v in (t.experiment.variants.items() if t.experiment else ()):
+            if v.system is not None or v.user is not None or v.examples is not None:
+                vwhere = f"{where}.experiment.variants.{vname}"
+                problems += [p for p in prompt_problems(spec_of(t, v), vwhere)[0]  # the task's schemas: reported once
+                             if not p.startswith((f"{vwhere}.input_schema", f"{vwhere}.output_schema"))]
     if t is not None and t.shadow is not None:
         pname, _, mname = t.shadow.target.partition("/")
         if pname not in providers or mname not in providers[pname].models:

@@ -37,8 +37,12 @@ SHADOW_LOG_KEEP = 200
 
 
 def _fields(latency_ms: float, ttft_ms: float | None, usage: Usage | None, *, error: bool,
-            fallbacks: int, cached: bool) -> dict[str, float]:
+            fallbacks: int, cached: bool, version: str | None = None, invalid: bool = False) -> dict[str, float]:
     f: dict[str, float] = {"requests": 1, "latency_ms_sum": latency_ms, bucket_field("latency", latency_ms): 1}
+    if version is not None:  # which definition of the task answered (its task_version)
+        f[f"version:{version}"] = 1
+    if invalid:  # a target's answer failed the output schema (whether or not the chain recovered)
+        f["invalid_output"] = 1
     if error:
         f["errors"] = 1
     if fallbacks:
@@ -88,13 +92,14 @@ class Tracker:
         return primary
 
     def finish(self, run: Run, *, task: str, variant: str, request_id: str,
-               primary: asyncio.Future[str] | None) -> None:
+               primary: asyncio.Future[str] | None, task_version: str | None = None) -> None:
         """Record the outcome of a finished request (read from its ``run``), in the background."""
         duration = run.stop()
         if primary is not None and not primary.done():
             primary.set_result(run.text() if run.ended else "")
         fields = _fields(duration * 1e3, run.ttft * 1e3 if run.ttft is not None else None, run.usage,
-                         error=not run.ended, fallbacks=len(run.fallbacks), cached=run.cache == "hit")
+                         error=not run.ended, fallbacks=len(run.fallbacks), cached=run.cache == "hit",
+                         version=task_version, invalid=any(a.code == "invalid_output" for a in run.attempts))
         self._spawn(self._write(f"exp:{task}:{variant}", fields, lambda: self.store.kv_set(
             f"resp:{request_id}", f"{task}\t{variant}".encode(), RESPONSE_TTL)))
 

@@ -18,7 +18,7 @@ from router.request import ResponseFormat
 
 _NOTHING_REMOTE = referencing.Registry()  # an empty registry: no $ref is ever fetched
 
-__all__ = ["output_problem"]
+__all__ = ["output_problem", "parsed_output"]
 
 
 def _strip_fence(text: str) -> str:
@@ -28,6 +28,14 @@ def _strip_fence(text: str) -> str:
         t = t[3:-3]
         t = t[t.find("\n") + 1:] if "\n" in t else t
     return t.strip()
+
+
+def parsed_output(text: str) -> Any:
+    """The answer's JSON (a surrounding code fence stripped), or None when it is not JSON."""
+    try:
+        return json.loads(_strip_fence(text))
+    except ValueError:
+        return None
 
 
 def output_problem(text: str, fmt: ResponseFormat) -> str | None:

@@ -4,8 +4,10 @@
 a task; an alias from routing.yaml's ``aliases`` (to a task or a target); a pinned
 ``provider/model`` (a one-target chain with its provider's policy, no task params or cache); or a
 bare model id (``glm-4.6``: every provider's target of that id, in config order, as the chain, each
-with its provider's policy). Then it picks the experiment variant, merges the params (the request's own over the variant's over
-the task's) and estimates the tokens for limits and context-window skips.
+with its provider's policy). Then it picks the experiment variant, renders a typed task's prompt
+(``router.prompts``: the variant's templates over the task's; the request as sent is
+``Plan.request``), merges the params (the request's own over the variant's over the task's) and
+estimates the tokens for limits and context-window skips.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from collections.abc import Mapping
 import msgspec
 
 from router.config import CachePolicy, Params, RoutingConfig, Shadow, overlay
-from router.errors import UnknownTask
+from router.errors import RequestError, UnknownTask
 from router.experiments import assign
 from router.limits import DEFAULT_MAX_TOKENS_ESTIMATE
 from router.policy import Policy, resolve
+from router.prompts import TaskPrompt, compile_prompt, spec_of, task_version
 from router.request import TaskRequest
 from router.upstream import Target
 
@@ -28,10 +31,12 @@ class Plan(msgspec.Struct, kw_only=True):
     """What a request will do: its ``task``, the ordered ``chain`` with each target's ``policies``
     (by target name), merged ``params``, the ``midstream`` failure mode, the ``cache`` policy, the
     token estimates (``prompt_tokens``; ``estimate`` = prompt + ``max_tokens`` or 4096), the
-    experiment ``variant`` and ``shadow``, whether A/B outcomes are recorded (``tracked``), and
-    the failures the task routes around besides the usual (``fallback_on``)."""
+    experiment ``variant`` and ``shadow``, whether A/B outcomes are recorded (``tracked``), the
+    failures the task routes around besides the usual (``fallback_on``), the ``request`` as sent
+    (a typed task's prompt rendered) and the task definition's ``task_version``."""
 
     task: str
+    request: TaskRequest
     chain: list[Target]
     policies: Mapping[str, Policy]
     params: Params
@@ -43,6 +48,7 @@ class Plan(msgspec.Struct, kw_only=True):
     shadow: Shadow | None = None
     tracked: bool = False
     fallback_on: frozenset[str] = frozenset()
+    task_version: str | None = None
 
 
 def estimate_prompt_tokens(req: TaskRequest) -> int:
@@ -75,6 +81,8 @@ class _TaskPlan(msgspec.Struct, frozen=True):
     midstream: str
     cache: CachePolicy | None
     fallback_on: frozenset[str] = frozenset()
+    prompts: dict[str | None, TaskPrompt | None] = {}  # by variant (None: the task's own)
+    version: str | None = None
 
 
 class Planner:
@@ -87,8 +95,12 @@ class Planner:
             variants = [t for v in (task.experiment.variants.values() if task.experiment else ()) for t in v.chain]
             policies = {t: resolve(config.providers[targets[t].provider], task)
                         for t in dict.fromkeys([*task.chain, *variants])}
+            prompts: dict[str | None, TaskPrompt | None] = {None: compile_prompt(name, spec_of(task))}
+            for vname, v in (task.experiment.variants.items() if task.experiment else ()):
+                prompts[vname] = compile_prompt(name, spec_of(task, v))
             self._plans[name] = _TaskPlan([targets[t] for t in task.chain], policies, task.params,
-                                          task.midstream, task.cache, frozenset(task.fallback_on))
+                                          task.midstream, task.cache, frozenset(task.fallback_on),
+                                          prompts, task_version(task))
         for name, target in targets.items():  # a pinned target is a one-target chain of its own
             self._plans.setdefault(name, _TaskPlan([target], {name: resolve(config.providers[target.provider])},
                                                    Params(), "error", None))
@@ -107,6 +119,16 @@ class Planner:
         """What a request's ``task`` / ``model`` names: a task, a target or a model id (aliases
         followed); None when nothing."""
         return self._names.get(name)
+
+    def version(self, task: str) -> str | None:
+        """The ``task_version`` of a task (None for a target or model id)."""
+        found = self._plans.get(task)
+        return found.version if found is not None else None
+
+    def typed(self, task: str) -> bool:
+        """Whether the task has a prompt of its own (templates, schemas or examples)."""
+        found = self._plans.get(task)
+        return found is not None and any(p is not None for p in found.prompts.values())
 
     def policy(self, task: str, target: str) -> Policy:
         """The effective policy of ``target`` within ``task`` (raises ``KeyError``)."""
@@ -127,10 +149,15 @@ class Planner:
             chain = [self.targets[t] for t in v.chain]
             if v.params is not None:
                 params = overlay(params, v.params)
+        prompt_of = found.prompts.get(variant)
+        if prompt_of is not None:
+            req = prompt_of.render(req)
+        elif req.input is not None:
+            raise RequestError(f"{name!r} is not a typed task (no templates or input_schema); send messages", "input")
         merged = _merge(req, params)
         prompt = estimate_prompt_tokens(req)
         shadow = task.shadow if task is not None else None
-        return Plan(task=name, chain=chain, policies=found.policies, params=merged, midstream=found.midstream,
+        return Plan(task=name, request=req, task_version=found.version, chain=chain, policies=found.policies, params=merged, midstream=found.midstream,
                     cache=found.cache, prompt_tokens=prompt,
                     estimate=prompt + (merged.max_tokens or DEFAULT_MAX_TOKENS_ESTIMATE), variant=variant,
                     shadow=shadow, tracked=task is not None and (task.experiment is not None or shadow is not None),

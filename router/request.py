@@ -183,11 +183,14 @@ class TaskRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     has no such parameter. ``anthropic_beta``: beta flags for Anthropic upstreams (the
     Anthropic door fills it from the caller's ``anthropic-beta`` header). ``clear_thinking``:
     GLM's preserved-thinking switch (false: the model keeps earlier turns' reasoning), passed to
-    Z.ai in ``thinking``.
+    Z.ai in ``thinking``. ``input``: the object a typed task's templates render (its
+    ``input_schema`` checks it); ``messages`` may then be empty, and are appended after the
+    rendered prompt.
     """
 
     task: str
-    messages: list[Message]
+    messages: list[Message] = msgspec.field(default_factory=list)
+    input: dict[str, Any] | None = None
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     max_tokens: int | None = None
@@ -321,8 +324,8 @@ def _remote_ref(node: Any) -> str | None:
 
 def check_request(req: TaskRequest) -> None:
     """Semantic checks a schema cannot express; raises ``RequestError`` naming the field."""
-    if not req.messages:
-        raise RequestError("messages must not be empty", "messages")
+    if not req.messages and req.input is None:
+        raise RequestError("messages must not be empty (or send input, for a typed task)", "messages")
     if req.max_tokens is not None and req.max_tokens < 1:
         raise RequestError("max_tokens must be at least 1", "max_tokens")
     if req.temperature is not None and not 0 <= req.temperature <= 2:

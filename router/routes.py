@@ -110,6 +110,11 @@ async def _routes_view(router: Router, live: LiveConfig) -> dict[str, Any]:
         "targets": await router.target_states(),
         "limits": router.limiter.describe(),
         "tasks": {name: {"chain": t.chain, "params": t.params, "midstream": t.midstream, "cache": t.cache,
+                         "task_version": router.planner.version(name),
+                         **({"typed": {"input_schema": t.input_schema, "output_schema": t.output_schema,
+                                       "templates": [k for k in ("system", "user") if getattr(t, k) is not None],
+                                       "examples": len(t.examples or ())}}
+                            if router.planner.typed(name) else {}),
                          "policies": {tg: router.policy(name, tg) for tg in t.chain}}
                   for name, t in config.tasks.items()},
         "providers": {

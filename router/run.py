@@ -45,6 +45,7 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     task: str
     caller: str
     variant: str | None = None
+    task_version: str | None = None
     provider: str = ""
     model: str = ""
     stream: bool = False
@@ -196,9 +197,11 @@ class Run:
 
     def record(self, *, request_id: str, task: str, caller: str, variant: str | None, stream: bool,
                prompt_tokens: int, max_tokens: int | None, price: Callable[[str], Price | None],
-               trace: dict[str, str] | None = None, prompt: str | None = None) -> RequestRecord:
+               trace: dict[str, str] | None = None, prompt: str | None = None,
+               task_version: str | None = None) -> RequestRecord:
         """The summary telemetry, logs and the ledger take (call after ``stop``)."""
         rec = RequestRecord(request_id=request_id, task=task, caller=caller, variant=variant, stream=stream,
+                            task_version=task_version,
                             provider=self.provider, model=self.model, start_ns=self.start_ns,
                             duration=self.stop(), ttft=self.ttft, attempts=self.attempts,
                             fallbacks=self.fallbacks, cooldown_trips=self.trips, hedge=self.hedge, cache=self.cache,

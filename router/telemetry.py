@@ -219,6 +219,7 @@ class Telemetry:
         """The request's log line: outcome summary; prompt/output only when content logging is on."""
         out: dict[str, Any] = {
             "event": "request", "request_id": rec.request_id, "task": rec.task, "variant": rec.variant,
+            "task_version": rec.task_version,
             "caller": rec.caller, "target": f"{rec.provider}/{rec.model}" if rec.provider else None,
             "stream": rec.stream, "status": rec.status, "outcome": rec.outcome, "error": rec.error_code,
             "attempts": [f"{a.target}:{a.outcome}{':' + a.code if a.code else ''}" for a in rec.attempts],
@@ -246,6 +247,7 @@ class Telemetry:
                                           "llm_router.cached": rec.outcome == "cached",
                                           "llm_router.attempts": len(rec.attempts), "llm_router.stream": rec.stream,
                                           **({"llm_router.variant": rec.variant} if rec.variant else {}),
+                                          **({"llm_router.task_version": rec.task_version} if rec.task_version else {}),
                                           **({"gen_ai.provider.name": rec.provider, "gen_ai.response.model": rec.model}
                                              if rec.provider else {}),
                                           **self._usage_attrs(rec)})

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from router.config import RoutingConfig
+from router.prompts import prompt_problems, spec_of
 
 __all__ = ["redacted", "warnings"]
 
@@ -17,8 +18,8 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}")
 
 
 def warnings(config: RoutingConfig, text: str, env: Mapping[str, str]) -> list[str]:
-    """Environment variables referenced but unset (and without a default), models without a
-    price, providers that do not stream upstream, chains whose targets all share one provider (no real fallback), and, when tenants exist,
+    """Environment variables referenced but unset (and without a default), template variables a
+    typed task's input schema does not declare, models without a price, providers that do not stream upstream, chains whose targets all share one provider (no real fallback), and, when tenants exist,
     tasks no tenant may use."""
     out = []
     for m in _VAR.finditer(text):
@@ -32,6 +33,12 @@ def warnings(config: RoutingConfig, text: str, env: Mapping[str, str]) -> list[s
             if spec.price is None:
                 out.append(f"providers.{pname}.models.{mname}: no price; its cost will be reported as 0")
     for tname, task in config.tasks.items():
+        out += prompt_problems(spec_of(task), f"tasks.{tname}")[1]
+        for vname, v in (task.experiment.variants.items() if task.experiment else ()):
+            if v.system is not None or v.user is not None:
+                vwhere = f"tasks.{tname}.experiment.variants.{vname}"
+                own = tuple(f"{vwhere}.{k}:" for k in ("system", "user") if getattr(v, k) is not None)
+                out += [w for w in prompt_problems(spec_of(task, v), vwhere)[1] if w.startswith(own)]
         providers = {t.partition("/")[0] for t in task.chain}
         if len(providers) == 1:
             out.append(f"tasks.{tname}.chain: every target is on provider {providers.pop()!r}; "

@@ -61,6 +61,7 @@ async def serve_door(door: Door, scope: Any, receive: Any, send: Any) -> None:
     tenant = router.auth.identify(headers)
     req, opts = await door.decode(body, headers, router.store)
     plan = router.plan(req)
+    req = plan.request  # as sent: a typed task's prompt rendered
     if req.stream and not door.restarts:
         plan.midstream = "error"  # this door's stream cannot say an answer starts over
     router.auth.allow(tenant, plan.task)
@@ -116,6 +117,7 @@ async def serve_count(door: Door, scope: Any, receive: Any, send: Any) -> None:
         body = msgspec.json.encode({**raw, "max_tokens": 1})
     req, _ = await door.decode(body, headers, router.store)
     plan = router.plan(req)
+    req = plan.request
     router.auth.allow(tenant, plan.task)
     count, estimated, target = await router.count_tokens(req, plan)
     answer = {"input_tokens": count, **({"estimated": True} if estimated else {})}
