@@ -8,11 +8,11 @@ provider of the config at it, with a placeholder key, so the service runs with n
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import sys
-from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -253,62 +253,104 @@ async def _compare_over_http(url: str, run: Any) -> None:
         await run(call=lambda t, r: sse_events(client, url, t, r))
 
 
-async def _compare_in_process(config_path: str, names: list[str], run: Any) -> None:
-    """``compare`` without ``--url``: a router of this process calls each target once per line."""
+async def _compare_in_process(config: Any, demo: bool, run: Any) -> None:
+    """``compare`` without ``--url``: a router of this process calls each target once per line;
+    with ``demo``, every provider is the emulator, in this process (no socket, no key)."""
     from router.engine import Router
-    from router.loading import ConfigError, load_config
     from router.settings import Settings
-    from router.stores import store_for
-    from router.transport import AiohttpTransport
+    from router.stores import MemoryStore, store_for
+    from router.transport import AiohttpTransport, Transport
 
-    try:
-        config = load_config(config_path)
-    except ConfigError as e:
-        raise click.ClickException("; ".join(e.problems)) from None
-    unknown = [t for t in names if t.partition("/")[0] not in config.providers
-               or t.partition("/")[2] not in config.providers[t.partition("/")[0]].models]
-    if unknown:
-        raise click.ClickException(f"unknown targets: {', '.join(unknown)}")
-    store = store_for(Settings.from_env())
-    transports = {p: AiohttpTransport() for p in config.providers}
+    transports: dict[str, Transport]
+    if demo:
+        from router.emulator import create_emulator
+        from router.inproc import ASGITransport
+
+        shared = ASGITransport(create_emulator())
+        transports = dict.fromkeys(config.providers, shared)
+        store: Any = MemoryStore()
+    else:
+        transports = {p: AiohttpTransport() for p in config.providers}
+        store = store_for(Settings.from_env())
     try:
         await run(call=Router(config, transports, store=store).call_one)
     finally:
-        for t in transports.values():
+        for t in set(transports.values()):
             await t.aclose()
         await store.close()
 
 
 @main.command()
 @click.option("--tasks", "tasks_file", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="JSON lines, each a request without task (messages, and optionally id, max_tokens, ...)")
+              help="JSON lines: a request without task (messages, and optionally id, max_tokens, ...), "
+                   "or a typed task's {task, input}")
 @click.option("--targets", required=True, help="comma-separated provider/model targets")
 @click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 256))
 @click.option("--repeat", default=1, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--out", "out_dir", default="compare-out", show_default=True, type=click.Path(file_okay=False))
 @click.option("--url", default=None, help="a running router to call instead of calling in-process")
 @click.option("--config", "config_path", envvar="ROUTER_CONFIG", default=DEFAULT_CONFIG, show_default=True)
+@click.option("--demo", is_flag=True, help="every provider is the built-in emulator, in this process (no keys)")
+@click.option("--judge", default=None, metavar="PROVIDER/MODEL",
+              help="score every pair of targets' answers with this model, in both orders")
+@click.option("--rubric", default=None, help="what the judge weighs (default: correct, complete, follows "
+                                             "the instructions and format, concise)")
 def compare(tasks_file: str, targets: str, concurrency: int, repeat: int, out_dir: str, url: str | None,
-            config_path: str) -> None:
+            config_path: str, demo: bool, judge: str | None, rubric: str | None) -> None:
     """Run every task line on every target; write results.jsonl, report.md and chart.html."""
     import asyncio
     from pathlib import Path
 
-    from router.compare import load_tasks, render_chart, render_report, run_compare
+    from router.compare import (
+        DEFAULT_RUBRIC,
+        judge_pairs,
+        load_tasks,
+        render_chart,
+        render_jobs,
+        render_report,
+        run_compare,
+    )
+    from router.loading import ConfigError, load_config
 
     logging.basicConfig(level=logging.WARNING, format=_LOG_FORMAT)
+    if demo and url:
+        raise click.UsageError("--demo runs in process; it cannot be combined with --url")
+    config = None
+    if not url or os.path.exists(config_path):  # --url needs the config only to render typed task lines
+        try:
+            config = load_config(config_path)
+        except ConfigError as e:
+            raise click.ClickException("; ".join(e.problems)) from None
+    if demo:
+        config = demo_config(config, "http://emulator")
+    names = [t.strip() for t in targets.split(",") if t.strip()]
+    if config is not None and not url:
+        unknown = [t for t in [*names, *([judge] if judge else [])] if t.partition("/")[0] not in config.providers
+                   or t.partition("/")[2] not in config.providers[t.partition("/")[0]].models]
+        if unknown:
+            raise click.ClickException(f"unknown targets: {', '.join(unknown)}")
     jobs, bad = load_tasks(Path(tasks_file))
+    jobs, unrendered = render_jobs(jobs, config)
+    bad = sorted([*bad, *unrendered], key=lambda b: int(b.split(":")[0].removeprefix("line ")))
     for b in bad:
         click.echo(f"{tasks_file}: {b} (skipped)", err=True)
-    names = [t.strip() for t in targets.split(",") if t.strip()]
     out = Path(out_dir)
     rows: list[dict] = []  # type: ignore[type-arg]
+    judged: dict | None = None  # type: ignore[type-arg]
 
     async def main_async() -> None:
-        with click.progressbar(length=len(jobs) * len(names) * repeat, label="comparing", file=sys.stderr) as bar:
-            run = partial(run_compare, jobs, names, concurrency=concurrency, repeat=repeat,
-                          results_path=out / "results.jsonl", rows=rows, progress=bar.update)
-            await (_compare_over_http(url, run) if url else _compare_in_process(config_path, names, run))
+        nonlocal judged
+
+        async def everything(call: Any) -> None:
+            nonlocal judged
+            with click.progressbar(length=len(jobs) * len(names) * repeat, label="comparing", file=sys.stderr) as bar:
+                await run_compare(jobs, names, call=call, concurrency=concurrency, repeat=repeat,
+                                  results_path=out / "results.jsonl", rows=rows, progress=bar.update)
+            if judge:
+                judged = await judge_pairs(jobs, rows, names, judge, call=call, rubric=rubric or DEFAULT_RUBRIC,
+                                           concurrency=concurrency)
+
+        await (_compare_over_http(url, everything) if url else _compare_in_process(config, demo, everything))
 
     interrupted = False
     try:
@@ -317,9 +359,12 @@ def compare(tasks_file: str, targets: str, concurrency: int, repeat: int, out_di
         interrupted = True
         click.echo("interrupted: writing the report of the runs finished so far", err=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(render_report(rows, names, bad, interrupted))
+    if judged is not None:
+        (out / "judgements.json").write_text(json.dumps(judged, indent=1))
+    (out / "report.md").write_text(render_report(rows, names, bad, interrupted, judged))
     (out / "chart.html").write_text(render_chart(rows, names))
-    click.echo(f"{len(rows)} runs: {out / 'results.jsonl'}, {out / 'report.md'}, {out / 'chart.html'}")
+    click.echo(f"{len(rows)} runs: {out / 'results.jsonl'}, {out / 'report.md'}, {out / 'chart.html'}"
+               + (f", {out / 'judgements.json'}" if judged is not None else ""))
 
 
 @main.command()
