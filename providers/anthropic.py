@@ -399,7 +399,7 @@ class AnthropicAdapter:
         """``input_tokens`` of the count answer."""
         got = msgspec.json.decode(body)
         n = got.get("input_tokens") if isinstance(got, dict) else None
-        return n if isinstance(n, int) else None
+        return n if type(n) is int and n >= 0 else None
 
     def stream_decoder(self) -> _Decoder:
         return _Decoder()

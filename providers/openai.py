@@ -353,8 +353,9 @@ class OpenAIAdapter:
     def decode_count(self, body: bytes) -> int | None:
         """``usage.prompt_tokens`` of Z.ai's tokenizer answer."""
         got = msgspec.json.decode(body)
-        n = (got.get("usage") or {}).get("prompt_tokens") if isinstance(got, dict) else None
-        return n if isinstance(n, int) else None
+        usage = got.get("usage") if isinstance(got, dict) else None
+        n = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        return n if type(n) is int and n >= 0 else None
 
     def stream_decoder(self) -> _Decoder:
         return _Decoder()

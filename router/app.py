@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -42,13 +43,16 @@ from router.engine import Router
 from router.errors import RouterError
 from router.events import encode_json
 from router.openapi import openapi_config
+from router.queue import Queue, queue_for
 from router.reload import LiveConfig
 from router.requestid import RequestIdMiddleware, request_id_of
 from router.routes import ROUTES
 from router.settings import Settings
 from router.stores import Store, StoreError, store_for
+from router.tasks_api import TASK_ROUTES
 from router.telemetry import Telemetry
 from router.transport import AiohttpTransport, Transport
+from router.worker import Workers
 
 __all__ = ["create_app", "to_router_error"]
 
@@ -104,9 +108,10 @@ class _Resources:
 
     def __init__(self, config: RoutingConfig, settings: Settings, transports: Mapping[str, Transport] | None,
                  store: Store | None, telemetry: Telemetry | None, clock: Clock | None, notes: list[str],
-                 load: Callable[[], RoutingConfig] | None) -> None:
+                 load: Callable[[], RoutingConfig] | None, callback_client: Any = None) -> None:
         self.config, self.settings, self.transports, self.store = config, settings, transports, store
         self.telemetry, self.clock, self.notes, self.load = telemetry, clock, notes, load
+        self.callback_client = callback_client
 
     def _startup_log(self, st: Store, reachable: bool | None) -> None:
         for line in self.notes:
@@ -143,9 +148,16 @@ class _Resources:
 
         config = self.config
         live = LiveConfig(config.source, self.load or (lambda: config), build, build(config))
-        app.state.live, app.state.telemetry = live, tel
-        app.state.door = DoorState(live, tel, cfg.max_body_bytes, cfg.read_timeout)  # what a door request reads, in one lookup
+        queue = queue_for(st, self.clock.wall if self.clock is not None else time.time)
+        workers = Workers(queue, lambda: live.router, config.queue.workers, clock=self.clock,
+                          client=self.callback_client, telemetry=tel)
+        app.state.live, app.state.telemetry, app.state.queue, app.state.workers = live, tel, queue, workers
+        app.state.door = DoorState(live, tel, cfg.max_body_bytes, cfg.read_timeout, queue, workers)  # what a door request reads, in one lookup
         self._startup_log(st, None if st.kind == "memory" else await st.ping())
+        log.warning("queue: %s, %d worker(s) here%s", "Redis Streams (shared by every replica)" if queue.kind == "redis"
+                    else "in-memory (no REDIS_URL): async tasks are this process's own and lost when it stops",
+                    config.queue.workers, "" if config.queue.workers else " (API-only: this replica queues, others run)")
+        workers.start()
         stop = asyncio.Event()
         watcher = None
         if self.load is not None:
@@ -156,6 +168,7 @@ class _Resources:
         try:
             yield
         finally:
+            await workers.stop()
             stop.set()
             if watcher is not None:
                 watcher.cancel()
@@ -166,18 +179,20 @@ class _Resources:
             await tel.close()  # the ledger's pending sums, before the store closes
             if self.store is None:
                 await st.close()
-            del app.state.live, app.state.door
+            del app.state.live, app.state.door, app.state.queue, app.state.workers
 
 
 class DoorState:
     """What every door request reads from the app's state: the live config (and its router), the
-    telemetry, the body limit (bytes), the body's read timeout (seconds)."""
+    telemetry, the body limit (bytes), the body's read timeout (seconds), the async task queue
+    and this replica's workers."""
 
-    __slots__ = ("live", "max_body_bytes", "read_timeout", "telemetry")
+    __slots__ = ("live", "max_body_bytes", "queue", "read_timeout", "telemetry", "workers")
 
-    def __init__(self, live: LiveConfig, telemetry: Telemetry, max_body_bytes: int, read_timeout: float) -> None:
+    def __init__(self, live: LiveConfig, telemetry: Telemetry, max_body_bytes: int, read_timeout: float,
+                 queue: Queue, workers: Workers) -> None:
         self.live, self.telemetry, self.max_body_bytes = live, telemetry, max_body_bytes
-        self.read_timeout = read_timeout
+        self.read_timeout, self.queue, self.workers = read_timeout, queue, workers
 
 
 def _cors(config: RoutingConfig) -> CORSConfig | None:
@@ -194,7 +209,7 @@ def _cors(config: RoutingConfig) -> CORSConfig | None:
 def create_app(config: RoutingConfig, settings: Settings | None = None, *,
                transports: Mapping[str, Transport] | None = None, store: Store | None = None,
                telemetry: Telemetry | None = None, clock: Clock | None = None, notes: list[str] | None = None,
-               load: Callable[[], RoutingConfig] | None = None) -> Litestar:
+               load: Callable[[], RoutingConfig] | None = None, callback_client: Any = None) -> Litestar:
     """The router's ASGI app for ``config``.
 
     ``settings``: the environment, read once (``Settings.from_env()`` when not given).
@@ -205,9 +220,12 @@ def create_app(config: RoutingConfig, settings: Settings | None = None, *,
     inject a ``FakeClock``). ``load``: re-reads the config (raises ``ConfigError``); given, the
     app watches ``config.source`` and reloads on change and on SIGHUP. ``notes``: lines logged at
     startup. CORS comes from ``config.cors`` as the app is made (a reload does not change it).
+    ``callback_client``: the ``httpx.AsyncClient`` async tasks' callbacks are POSTed with (tests
+    pass one over an in-process receiver). The queue is on the store's Redis when there is one,
+    else in memory; ``config.queue.workers`` (read at startup) run here.
     """
     cfg = settings or Settings.from_env()
-    resources = _Resources(config, cfg, transports, store, telemetry, clock, notes or [], load)
+    resources = _Resources(config, cfg, transports, store, telemetry, clock, notes or [], load, callback_client)
     holder: list[Litestar] = []
     doors: dict[str, Door] = {
         "/v1/tasks": NativeDoor(cfg.max_body_bytes),  # the canonical request, the unified events
@@ -221,7 +239,7 @@ def create_app(config: RoutingConfig, settings: Settings | None = None, *,
         # the other routes get the request id from RequestIdMiddleware (on their router)
         route_handlers=[*(door_route(path, door, summary=type(door).__doc__ or path) for path, door in doors.items()),
                         count_route(COUNT_PATH, doors["/v1/messages"]),
-                        HTTPRouter(path="/", route_handlers=ROUTES, middleware=[RequestIdMiddleware()])],
+                        HTTPRouter(path="/", route_handlers=[*ROUTES, *TASK_ROUTES], middleware=[RequestIdMiddleware()])],
         lifespan=[resources.lifespan],
         exception_handlers={Exception: _error_handler({**doors, COUNT_PATH: doors["/v1/messages"]})},
         cors_config=_cors(config),

@@ -53,7 +53,7 @@ def cache_key(chain: list[Target], req: TaskRequest, params: Params) -> str:
     material = (
         [(t.name, t.spec.thinking, t.spec.sampling) for t in chain],
         req.messages, req.tools, req.tool_choice, params, req.response_format,
-        req.seed, req.frequency_penalty, req.presence_penalty, req.top_k,
+        req.seed, req.frequency_penalty, req.presence_penalty, req.top_k, req.clear_thinking, req.anthropic_beta,
     )
     return hashlib.sha256(_key_encoder.encode(material)).hexdigest()
 

@@ -162,7 +162,7 @@ class Chain:
                 skip = ("cooldown", f"{target.name}: cooling down after repeated failures")
                 retry_after = await self.circuits.reopens_in(target.name)
         if skip is None:
-            got = await self.limiter.admit_target(target.provider, target.model, plan.estimate)
+            got = await self.limiter.admit_target(target.provider, target.model, plan.estimate, plan.background)
             if isinstance(got, Ticket):
                 return got, admission
             skip, retry_after = ("rate_limited", f"{target.name}: over its upstream rate limit"), got

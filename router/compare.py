@@ -111,7 +111,7 @@ def render_jobs(jobs: list[Job], config: RoutingConfig | None) -> tuple[list[Job
             out.append(job)
             continue
         try:
-            rendered = planner.plan(job.request).request
+            rendered = planner.render(job.request)
         except RouterError as e:
             where = getattr(e, "path", None)
             bad.append(f"line {job.line}: {where + ': ' if where else ''}{e.message}")

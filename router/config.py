@@ -24,6 +24,7 @@ __all__ = [
     "Params",
     "Price",
     "Provider",
+    "QueueConfig",
     "Retry",
     "RoutingConfig",
     "Shadow",
@@ -176,6 +177,9 @@ class Provider(msgspec.Struct, forbid_unknown_fields=True):
     (POST {base_url}/v1/messages). ``api_key``: after interpolation; ``None`` when its variable
     is unset (then ``unusable_reason`` says so). ``headers``: extra request headers. ``limits``:
     the provider's upstream quota, shared by every replica (a target over it is skipped).
+    ``queue_share``: the fraction (0..1] of each of those quotas (the provider's and its
+    models') that queued async work may use, paced evenly, so a backlog never starves
+    interactive callers.
     ``stream_upstream``: the router asks this provider for a stream also for a non-streamed
     caller (and folds it), so ``first_token``, ``idle`` and hedging protect both; ``false``
     sends non-streamed calls as such, bounded by ``timeouts.total`` alone.
@@ -192,6 +196,7 @@ class Provider(msgspec.Struct, forbid_unknown_fields=True):
     limits: Limits | None = None
     hedge: Hedge | None = None
     stream_upstream: bool = True
+    queue_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
     unusable_reason: str | None = msgspec.field(default=None, name="_unusable_reason")
 
 
@@ -284,11 +289,28 @@ KeyHash = Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
 
 class Tenant(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A calling service: its API keys as SHA-256 hashes (``llm-router hash-key`` prints one), the
-    tasks it may use (``None``: every task) and its own RPM/TPM (instead of ``limits.per_caller``)."""
+    tasks it may use (``None``: every task), its own RPM/TPM (instead of ``limits.per_caller``)
+    and ``callback_secret``, the key that signs its async tasks' callbacks (``${VAR}``)."""
 
     keys: list[KeyHash]
     tasks: list[str] | None = None
     limits: Limits | None = None
+    callback_secret: str | None = None
+
+
+class QueueConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Async tasks and batches (``router.queue``). ``workers``: tasks one replica runs at once (0:
+    an API-only replica that queues but never runs). Seconds: ``visibility_timeout`` (a task
+    whose worker stopped renewing its claim this long ago is run again by another replica),
+    ``result_ttl`` (how long a task, its answer and a batch are kept), ``callback_max_age`` (how
+    long a failing callback is retried). ``callback_secret``: signs callbacks of callers that are
+    not tenants (``${VAR}``)."""
+
+    workers: Annotated[int, msgspec.Meta(ge=0, le=1024)] = 8
+    visibility_timeout: Seconds = 60.0
+    result_ttl: Seconds = 86400.0
+    callback_max_age: Seconds = 86400.0
+    callback_secret: str | None = None
 
 
 class GlobalLimits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -327,6 +349,7 @@ class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True):
     log_content: bool = False
     cors: Cors | None = None
     aliases: dict[str, str] = {}
+    queue: QueueConfig = QueueConfig()
     source: str = msgspec.field(default="<memory>", name="_source")
     digest: str = msgspec.field(default="", name="_digest")
 

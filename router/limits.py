@@ -124,6 +124,7 @@ class Limiter:
         self._providers = {name: p.limits for name, p in config.providers.items()}
         self._models = {(p, m): spec.limits for p, prov in config.providers.items()
                         for m, spec in prov.models.items()}
+        self._shares = {name: p.queue_share for name, p in config.providers.items()}
 
     def caller_specs(self, caller: str, task: str, estimate: int, own: Limits | None = None) -> list[LimitSpec]:
         """The caller's limiters for ``task`` (one hash tag: ``{c:<caller>}``): its ``own``
@@ -132,11 +133,20 @@ class Limiter:
         return (_specs(tag, own or self._global, estimate)
                 + _specs(f"{tag}:t:{task}", self._tasks.get(task), estimate))
 
-    def target_specs(self, provider: str, model: str, estimate: int) -> list[LimitSpec]:
-        """The provider's and the model's limiters (one hash tag: ``{p:<provider>}``)."""
+    def target_specs(self, provider: str, model: str, estimate: int, background: bool = False) -> list[LimitSpec]:
+        """The provider's and the model's limiters (one hash tag: ``{p:<provider>}``). For
+        ``background`` work (async tasks) also each one's paced share (``queue_share`` of the
+        limit, no burst, on its own ``:bg`` key): the shared bucket still counts it, so
+        interactive requests see what the queue used and keep the rest."""
         tag = "{p:" + provider + "}"
-        return (_specs(tag, self._providers.get(provider), estimate)
-                + _specs(f"{tag}:m:{model}", self._models.get((provider, model)), estimate))
+        own = [(tag, self._providers.get(provider)), (f"{tag}:m:{model}", self._models.get((provider, model)))]
+        specs = [s for prefix, limits in own for s in _specs(prefix, limits, estimate)]
+        if background:
+            share = self._shares.get(provider, 1.0)
+            for prefix, limits in own:
+                for s in _specs(prefix + ":bg", limits, estimate):
+                    specs.append(LimitSpec(s.key, max(1, int(s.limit * share)), s.cost, paced=True))
+        return specs
 
     async def _acquire(self, specs: list[LimitSpec], estimate: int) -> Ticket | LimitResult:
         if not specs:
@@ -165,9 +175,10 @@ class Limiter:
             raise RateLimited(msg, retry_after=got.retry_after, headers=_headers(specs, got))
         return got
 
-    async def admit_target(self, provider: str, model: str, estimate: int) -> Ticket | float:
-        """Charge a target's upstream quota; returns the ticket, or the seconds until it would fit."""
-        got = await self._acquire(self.target_specs(provider, model, estimate), estimate)
+    async def admit_target(self, provider: str, model: str, estimate: int, background: bool = False) -> Ticket | float:
+        """Charge a target's upstream quota (``background``: within the queue's paced share);
+        returns the ticket, or the seconds until it would fit."""
+        got = await self._acquire(self.target_specs(provider, model, estimate, background), estimate)
         return got.retry_after if isinstance(got, LimitResult) else got
 
     def quota(self, ticket: Ticket) -> Held:

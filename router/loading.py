@@ -24,6 +24,7 @@ from router.config import (
     KeyHash,
     ModelSpec,
     Provider,
+    QueueConfig,
     RoutingConfig,
     Task,
     Tenant,
@@ -107,7 +108,7 @@ def _check_chain(chain: list[Any], where: str, raw_providers: dict[str, Any],
 
 
 _TOP = ("version", "providers", "tasks", "limits", "on_store_error", "tenants", "admin_keys", "log_content", "cors",
-        "aliases")
+        "aliases", "queue")
 
 
 def _yaml(text: str) -> dict[str, Any]:
@@ -122,7 +123,7 @@ def _yaml(text: str) -> dict[str, Any]:
     return raw
 
 
-def _globals(raw: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+def _globals(raw: dict[str, Any], problems: list[str], env: Mapping[str, str]) -> dict[str, Any]:
     """The top-level keys besides providers, tasks and tenants, checked."""
     problems += [f"{key}: unknown key" for key in raw if key not in _TOP]
     extras: dict[str, Any] = {}
@@ -130,6 +131,10 @@ def _globals(raw: dict[str, Any], problems: list[str]) -> dict[str, Any]:
         extras["limits"] = _convert(raw["limits"], GlobalLimits, "limits", problems)
     if "cors" in raw:
         extras["cors"] = _convert(raw["cors"], Cors, "cors", problems)
+    if "queue" in raw:
+        queue = _convert(_walk(raw["queue"], env, "queue", problems), QueueConfig, "queue", problems)
+        if queue is not None:
+            extras["queue"] = queue
     if "log_content" in raw:
         if not isinstance(raw["log_content"], bool):
             problems.append("log_content: expected true or false")
@@ -229,12 +234,13 @@ def _task(name: str, body: Any, env: Mapping[str, str], raw_providers: dict[str,
     return t
 
 
-def _tenants(raw_tenants: dict[str, Any], raw_tasks: dict[str, Any], problems: list[str]) -> dict[str, Tenant]:
+def _tenants(raw_tenants: dict[str, Any], raw_tasks: dict[str, Any], problems: list[str],
+             env: Mapping[str, str]) -> dict[str, Tenant]:
     tenants: dict[str, Tenant] = {}
     seen_keys: dict[str, str] = {}
     for name, body in raw_tenants.items():
         where = f"tenants.{name}"
-        t: Tenant | None = _convert(body, Tenant, where, problems)
+        t: Tenant | None = _convert(_walk(body, env, where, problems), Tenant, where, problems)
         if t is None:
             continue
         for i, task in enumerate(t.tasks or ()):
@@ -257,14 +263,15 @@ def parse_config(text: str, env: Mapping[str, str] | None = None, source: str = 
     env = os.environ if env is None else env
     problems: list[str] = []
     raw = _yaml(text)
-    extras = _globals(raw, problems)
+    extras = _globals(raw, problems, env)
     raw_providers = _mapping(raw, "providers", "provider name to provider", problems)
     providers = {str(n): p for n, body in raw_providers.items()
                  if (p := _provider(str(n), body, env, problems)) is not None}
     raw_tasks = _mapping(raw, "tasks", "task name to task", problems)
     tasks = {str(n): t for n, body in raw_tasks.items()
              if (t := _task(str(n), body, env, raw_providers, providers, problems)) is not None}
-    tenants = _tenants(_mapping(raw, "tenants", "tenant name to tenant", problems, required=False), raw_tasks, problems)
+    tenants = _tenants(_mapping(raw, "tenants", "tenant name to tenant", problems, required=False), raw_tasks, problems,
+                       env)
     if tenants:
         extras["tenants"] = tenants
     _check_aliases(extras.get("aliases", {}), raw_tasks, providers, problems)

@@ -105,6 +105,15 @@ def door_operations() -> tuple[dict[str, Any], dict[str, Any]]:
                                              "headers": _headers(200), "content": {
                                                  "application/json": {"schema": answer},
                                                  "text/event-stream": {"schema": stream_schema}}}}
+        if path == "/v1/tasks":  # "mode": "async" or Prefer: respond-async (router.worker)
+            task = {"type": "object", "description": "The async task (GET /v1/tasks/{id} shows it)",
+                    "required": ["id", "object", "status"], "properties": {
+                        "id": {"type": "string"}, "object": {"const": "task"},
+                        "status": {"enum": ["queued", "running", "succeeded", "failed", "cancelled"]}}}
+            loc = {"Location": {**_HEADER, "description": "/v1/tasks/{id}"}, **_headers(202)}
+            responses["202"] = {"description": "Queued as an async task (a repeated idempotency_key: the earlier task)",
+                                "headers": loc,
+                                "content": {"application/json": {"schema": task}}}
         for status, why in _ERRORS.items():
             responses[str(status)] = {"description": why, "headers": _headers(status),
                                       "content": {"application/json": {"schema": error}}}

@@ -49,6 +49,7 @@ class Plan(msgspec.Struct, kw_only=True):
     tracked: bool = False
     fallback_on: frozenset[str] = frozenset()
     task_version: str | None = None
+    background: bool = False  # an async task's run: provider quotas within their queue_share, paced
 
 
 def estimate_prompt_tokens(req: TaskRequest) -> int:
@@ -95,9 +96,11 @@ class Planner:
             variants = [t for v in (task.experiment.variants.values() if task.experiment else ()) for t in v.chain]
             policies = {t: resolve(config.providers[targets[t].provider], task)
                         for t in dict.fromkeys([*task.chain, *variants])}
-            prompts: dict[str | None, TaskPrompt | None] = {None: compile_prompt(name, spec_of(task))}
+            own = compile_prompt(name, spec_of(task))
+            typed = own is not None and own.templated
+            prompts: dict[str | None, TaskPrompt | None] = {None: own}
             for vname, v in (task.experiment.variants.items() if task.experiment else ()):
-                prompts[vname] = compile_prompt(name, spec_of(task, v))
+                prompts[vname] = compile_prompt(name, spec_of(task, v), accepts_input=typed)
             self._plans[name] = _TaskPlan([targets[t] for t in task.chain], policies, task.params,
                                           task.midstream, task.cache, frozenset(task.fallback_on),
                                           prompts, task_version(task))
@@ -126,9 +129,24 @@ class Planner:
         return found.version if found is not None else None
 
     def typed(self, task: str) -> bool:
-        """Whether the task has a prompt of its own (templates, schemas or examples)."""
+        """Whether the task takes an ``input`` (it has templates, examples or an input schema)."""
         found = self._plans.get(task)
-        return found is not None and any(p is not None for p in found.prompts.values())
+        own = found.prompts.get(None) if found is not None else None
+        return own is not None and own.templated
+
+    def render(self, req: TaskRequest) -> TaskRequest:
+        """``req`` with its task's own prompt rendered (no experiment variant: what ``compare``
+        sends every target). Raises ``UnknownTask`` and ``RequestError`` as ``plan`` does."""
+        name = self._names.get(req.task)
+        found = self._plans.get(name) if name is not None else None
+        if found is None:
+            raise UnknownTask(req.task, list(self.config.tasks), list(self.config.aliases), self.models)
+        own = found.prompts.get(None)
+        if own is not None:
+            return own.render(req)
+        if req.input is not None:
+            raise RequestError(f"{name!r} is not a typed task (no templates or input_schema); send messages", "input")
+        return req
 
     def policy(self, task: str, target: str) -> Policy:
         """The effective policy of ``target`` within ``task`` (raises ``KeyError``)."""

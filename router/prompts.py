@@ -65,9 +65,12 @@ class PromptSpec(msgspec.Struct, frozen=True):
     output_schema: dict[str, Any] | None = None
 
 
-def task_version(definition: Any) -> str:
-    """12 hex digits of the SHA-256 of ``definition`` (a Struct) as canonical JSON (sorted keys)."""
-    canonical = json.dumps(msgspec.to_builtins(definition), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def task_version(definition: Task) -> str:
+    """12 hex digits of the SHA-256 of the task's fields that are set (not at their defaults, so
+    a field added to ``Task`` later changes no version), as canonical JSON (sorted keys)."""
+    defaults = msgspec.to_builtins(Task(chain=[]))
+    fields = {k: v for k, v in msgspec.to_builtins(definition).items() if k == "chain" or v != defaults.get(k)}
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
@@ -86,15 +89,15 @@ def _validator(schema: dict[str, Any]) -> Any:
 class TaskPrompt:
     """One task's (or variant's) compiled prompt. ``render(req)`` is the request as sent."""
 
-    def __init__(self, task: str, spec: PromptSpec) -> None:
+    def __init__(self, task: str, spec: PromptSpec, accepts_input: bool | None = None) -> None:
         self.task, self.spec = task, spec
         self.system = _env.from_string(spec.system) if spec.system is not None else None
         self.user = _env.from_string(spec.user) if spec.user is not None else None
         self.input_validator = _validator(spec.input_schema) if spec.input_schema is not None else None
         self.response_format = ResponseFormat(type="json_schema", json_schema=JsonSchemaFormat(
             schema=spec.output_schema, name=_schema_name(task), strict=True)) if spec.output_schema is not None else None
-        self.templated = spec.system is not None or spec.user is not None or bool(spec.examples) \
-            or spec.input_schema is not None
+        # whether requests bring an input: decided by the task (a variant's own prompt does not change it)
+        self.templated = _typed(spec) if accepts_input is None else accepts_input
         self._examples = [m for ex in spec.examples or () for m in self._pair(ex)]
 
     def _pair(self, ex: Example) -> list[Message]:
@@ -111,7 +114,10 @@ class TaskPrompt:
         (``type``, ``required``, ...) when ``value`` fails ``input_schema``."""
         if self.input_validator is None:
             return
-        error = jsonschema.exceptions.best_match(self.input_validator.iter_errors(value))
+        try:
+            error = jsonschema.exceptions.best_match(self.input_validator.iter_errors(value))
+        except referencing.exceptions.Unresolvable as e:
+            raise RequestError(f"the task's input_schema has a $ref that does not resolve: {e.ref!r}", "input") from None
         if error is not None:
             raise RequestError(f"{error.message} (rule: {error.validator})", _json_path(error, "input"))
 
@@ -135,8 +141,8 @@ class TaskPrompt:
                 messages.append(Message(role="user", content=self._user(values)))
         except UndefinedError as e:
             raise RequestError(f"the task's template needs it: {e.message}", "input") from None
-        except TemplateError as e:  # the sandbox's SecurityError included
-            raise RequestError(f"the task's template failed on this input: {e}", "input") from None
+        except Exception as e:  # noqa: BLE001 - the sandbox's SecurityError, and what an expression raises (1/0, "a" + 1)
+            raise RequestError(f"the task's template failed on this input: {type(e).__name__}: {e}", "input") from None
         messages += req.messages
         if not messages:
             raise RequestError("messages must not be empty", "messages")
@@ -154,18 +160,27 @@ def _schema_name(task: str) -> str:
     return "".join(c if c.isalnum() or c in "_-" else "_" for c in task)[:64] or "output"
 
 
-def compile_prompt(task: str, spec: PromptSpec) -> TaskPrompt | None:
-    """The compiled prompt, or None when the task defines none of the prompt fields."""
+def _typed(spec: PromptSpec) -> bool:
+    """Whether a task takes an ``input``: it has a template, examples or an input schema."""
+    return spec.system is not None or spec.user is not None or bool(spec.examples) or spec.input_schema is not None
+
+
+def compile_prompt(task: str, spec: PromptSpec, accepts_input: bool | None = None) -> TaskPrompt | None:
+    """The compiled prompt, or None when it defines none of the prompt fields. ``accepts_input``:
+    the task's own answer (for a variant's prompt over a task's)."""
     if spec == PromptSpec():
         return None
-    return TaskPrompt(task, spec)
+    return TaskPrompt(task, spec, accepts_input)
 
 
 def _template_problem(text: str, where: str) -> tuple[str | None, set[str]]:
     try:
         ast = _env.parse(text)
+        _env.from_string(text)  # compiles: unknown filters and tests are found here
     except TemplateSyntaxError as e:
         return f"{where}: line {e.lineno}: {e.message}", set()
+    except TemplateError as e:
+        return f"{where}: {e.message}", set()
     return None, meta.find_undeclared_variables(ast)
 
 
@@ -195,6 +210,11 @@ def prompt_problems(spec: PromptSpec, where: str) -> tuple[list[str], list[str]]
                             f"{where}.{name}: uses {var!r}, but the task has no input_schema declaring it")
     if problems:
         return problems, warnings
+    try:
+        rendered = TaskPrompt("check", spec)  # every example through the templates, as requests will be
+        del rendered
+    except Exception as e:  # noqa: BLE001 - reported as the config's problem, with where
+        problems.append(f"{where}.examples: an example does not render through the templates: {type(e).__name__}: {e}")
     for i, ex in enumerate(spec.examples or ()):
         for name, schema, value in (("input", spec.input_schema, ex.input), ("output", spec.output_schema, ex.output)):
             if schema is None:

@@ -62,10 +62,17 @@ class LiveConfig:
                     log.error("config reload (%s) rejected, keeping version %s: %s: %s", reason,
                               self.router.config.digest, self.path, p)
                 return False
-            self.rejected = None
             if config.digest == self.router.config.digest and not force:
+                self.rejected = None
                 return True
-            self.router = self.build(config)
+            try:
+                built = self.build(config)
+            except Exception as e:  # a bug the checks missed: keep serving the last good config
+                log.exception("config reload (%s) rejected, keeping version %s", reason, self.router.config.digest)
+                self.rejected = {"at": time.time(), "reason": reason, "errors": [f"(building the router): {e}"]}
+                return False
+            self.rejected = None
+            self.router = built
             self.loaded_at = time.time()
             log.warning("config reloaded (%s): version %s", reason, config.digest)
             return True

@@ -9,7 +9,7 @@ Unknown fields are rejected so a caller's typo (``max_token``) is an error, not 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -185,7 +185,9 @@ class TaskRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     GLM's preserved-thinking switch (false: the model keeps earlier turns' reasoning), passed to
     Z.ai in ``thinking``. ``input``: the object a typed task's templates render (its
     ``input_schema`` checks it); ``messages`` may then be empty, and are appended after the
-    rendered prompt.
+    rendered prompt. ``mode: async`` queues the request (``202``; ``router.worker``) with an
+    optional ``priority``, ``callback_url`` (the result is POSTed there, signed) and
+    ``idempotency_key`` (a repeated key returns the first task).
     """
 
     task: str
@@ -207,6 +209,10 @@ class TaskRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     top_k: int | None = None
     anthropic_beta: list[str] | None = None
     clear_thinking: bool | None = None
+    mode: Literal["sync", "async"] = "sync"
+    priority: Literal["high", "normal", "low"] | None = None
+    callback_url: str | None = None
+    idempotency_key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
 
 
 _decoder = msgspec.json.Decoder(TaskRequest)
@@ -288,7 +294,7 @@ def decode_task_request(body: bytes, max_bytes: int) -> TaskRequest:
     """Decode and check a ``POST /v1/tasks`` body.
 
     Raises ``PayloadTooLarge`` (over ``max_bytes``) or ``RequestError`` with ``path`` naming the
-    field: malformed JSON, wrong types, unknown fields, empty ``messages``, a ``tool`` message
+    field: malformed JSON, wrong types, unknown fields, empty ``messages`` without an ``input``, a ``tool`` message
     whose ``tool_call_id`` matches no earlier assistant tool call, out-of-range numbers.
     """
     req: TaskRequest = decode_body(body, _decoder, max_bytes)
@@ -308,6 +314,26 @@ def check_schema(schema: dict[str, Any], path: str) -> None:
     remote = _remote_ref(schema)
     if remote is not None:  # nothing is fetched on a caller's behalf
         raise RequestError(f"only local $ref (\"#...\") is allowed, got {remote!r}", path)
+    import referencing
+    import referencing.jsonschema
+
+    resource = referencing.Resource.from_contents(schema, default_specification=referencing.jsonschema.DRAFT202012)
+    resolver = referencing.Registry().resolver_with_root(resource)
+    for ref in _local_refs(schema):
+        try:
+            resolver.lookup(ref)
+        except referencing.exceptions.Unresolvable:
+            raise RequestError(f"$ref {ref!r} points to nothing in the schema", path) from None
+
+
+def _local_refs(node: Any) -> list[str]:
+    """Every ``$ref`` in ``node`` (all local, once ``_remote_ref`` found none)."""
+    if isinstance(node, dict):
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [r for v in node.values() for r in _local_refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _local_refs(v)]
+    return []
 
 
 def _remote_ref(node: Any) -> str | None:

@@ -27,12 +27,18 @@ from router.experiments import (
 from router.ledger import usage_report
 from router.reload import LiveConfig
 
-__all__ = ["ROUTES", "parse_since"]
+__all__ = ["ROUTES", "errors_of", "parse_since"]
 
 _PROMETHEUS = "text/plain; version=0.0.4"  # Litestar adds "; charset=utf-8"
 _WHY = {400: "Bad input; `path` names the field", 401: "No API key, or an unknown one (auth is on)",
-        403: "An admin key is needed", 404: "Unknown task or response id", 500: "Internal error",
+        403: "An admin key is needed", 404: "Unknown task, response, async task or batch id",
+        409: "The async task already ended", 413: "The body is over the limit", 500: "Internal error",
         503: "The store (Redis) did not answer"}
+
+
+def errors_of(*statuses: int) -> dict[int, ResponseSpec]:
+    """The documented error answers of a route (the native error body), 500 included."""
+    return _errors(*statuses)
 
 
 def _errors(*statuses: int) -> dict[int, ResponseSpec]:

@@ -47,7 +47,7 @@ def _env_on(*names: str) -> bool:
 
 class _Prometheus:
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = CollectorRegistry()
@@ -75,6 +75,18 @@ class _Prometheus:
                               ["task", "outcome"], registry=reg)
         self.overhead = Histogram("llm_router_overhead_seconds", "Time spent outside upstream calls", ["task"],
                                   buckets=_OVERHEAD_BUCKETS, registry=reg)
+        # async tasks (router.worker): depth and age are the shared queue's (every replica sees the same: max)
+        self.queue_depth = Gauge("llm_router_queue_depth", "Async tasks waiting, by priority", ["priority"],
+                                 registry=reg, multiprocess_mode="max")
+        self.queue_running = Gauge("llm_router_queue_running", "Async tasks claimed by a worker", registry=reg,
+                                   multiprocess_mode="max")
+        self.queue_age = Gauge("llm_router_queue_oldest_age_seconds", "Age of the oldest queued or running task",
+                               registry=reg, multiprocess_mode="max")
+        self.queue_workers = Gauge("llm_router_queue_workers", "Workers (state: total, busy) of this replica",
+                                   ["state"], registry=reg, multiprocess_mode="livesum")
+        self.queue_done = Counter("llm_router_queue_tasks", "Async tasks finished, by status", ["status"], registry=reg)
+        self.callback_failures = Counter("llm_router_callback_failures", "Callback deliveries that failed",
+                                         registry=reg)
 
     def text(self) -> bytes:
         from prometheus_client import CollectorRegistry, generate_latest
@@ -150,6 +162,25 @@ class Telemetry:
 
     def rate_limited(self, task: str, scope: str) -> None:
         self.prom.limited.labels(task, scope).inc()
+
+    def queue_workers(self, total: int, busy: int) -> None:
+        """This replica's worker pool: its size and how many are running a task."""
+        self.prom.queue_workers.labels("total").set(total)
+        self.prom.queue_workers.labels("busy").set(busy)
+
+    def queue_task_done(self, status: str) -> None:
+        """An async task ended (succeeded, failed, cancelled)."""
+        self.prom.queue_done.labels(status).inc()
+
+    def queue_callback_failed(self) -> None:
+        self.prom.callback_failures.inc()
+
+    def queue_depth(self, depth: dict[str, Any]) -> None:
+        """The queue's depth by priority, running count and oldest age (``Queue.depth``)."""
+        for p, n in depth["queued"].items():
+            self.prom.queue_depth.labels(p).set(n)
+        self.prom.queue_running.set(depth["running"])
+        self.prom.queue_age.set(depth["oldest_age"] or 0)
 
     def _children(self, labels: tuple[str, ...], outcome: str) -> tuple[Any, ...]:
         """The labelled metric children of one (task, provider, model, variant, outcome), made once."""

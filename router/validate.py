@@ -65,6 +65,10 @@ def redacted(config: RoutingConfig) -> dict[str, Any]:
         p["headers"] = {k: "<set>" for k in p.get("headers") or {}}
     for t in out.get("tenants", {}).values():
         t["keys"] = f"<{len(t['keys'])} key hash(es)>"
+        if t.get("callback_secret"):
+            t["callback_secret"] = "<set>"
+    if out.get("queue", {}).get("callback_secret"):
+        out["queue"]["callback_secret"] = "<set>"
     if out.get("admin_keys"):
         out["admin_keys"] = f"<{len(out['admin_keys'])} key hash(es)>"
     return out  # type: ignore[no-any-return]

@@ -218,6 +218,7 @@ class AnthropicDoor:
 
     media_type = "application/json"
     restarts = False
+    queues = False
 
     def __init__(self, max_body_bytes: int) -> None:
         self.max_body_bytes = max_body_bytes

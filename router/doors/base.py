@@ -33,6 +33,8 @@ class Door(Protocol):
     # where it cannot, a task's ``midstream: restart`` acts as ``error``: two answers are never
     # spliced into one
     restarts: bool
+    # whether ``"mode": "async"`` / ``Prefer: respond-async`` queue the request (``/v1/tasks`` only)
+    queues: bool
 
     async def decode(self, body: bytes, headers: Mapping[str, str], store: Store) -> tuple[TaskRequest, Any]:
         """The canonical request and door options; ``store`` is the router's shared store (Redis

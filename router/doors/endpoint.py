@@ -25,9 +25,11 @@ from router.engine import RequestContext, Router
 from router.errors import PayloadTooLarge, RateLimited
 from router.events import Error, Event, Start
 from router.limits import caller_id
+from router.request import TaskRequest
 from router.requestid import DOOR_OPT, request_id_of
 from router.run import Run
 from router.stores.base import new_store_budget
+from router.worker import submit
 
 __all__ = ["SSE_HEADERS", "count_route", "door_route", "served_by", "until_commit"]
 
@@ -37,6 +39,23 @@ SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 def _current(scope: Scope) -> tuple[Router, Any, int, float]:
     door: Any = Litestar.from_scope(scope).state.door  # set by the app's lifespan
     return door.live.router, door.telemetry, door.max_body_bytes, door.read_timeout
+
+
+def _asks_async(door: Door, req: TaskRequest, headers: dict[str, str]) -> bool:
+    """``"mode": "async"`` or ``Prefer: respond-async`` (RFC 7240), on a door that queues."""
+    return door.queues and (req.mode == "async" or "respond-async" in headers.get("prefer", "").lower())
+
+
+async def _queue(scope: Any, send: Any, router: Router, req: TaskRequest, task: str, caller: str,
+                 tenant: str | None, rid: str) -> None:
+    """Queue the request as an async task: ``202`` with the task and ``Location`` (the earlier
+    task, and ``X-LLM-Router-Idempotent-Replay: true``, for a repeated ``idempotency_key``)."""
+    state: Any = Litestar.from_scope(scope).state.door
+    rec, fresh = await submit(router, state.queue, req, task=task, caller=caller, tenant=tenant, wall=router.clock.wall())
+    state.workers.notify()
+    await respond(send, 202, msgspec.json.encode(rec.public()), "application/json",
+                  {"location": f"/v1/tasks/{rec.id}", "x-request-id": rid,
+                   **({} if fresh else {"x-llm-router-idempotent-replay": "true"})})
 
 
 async def serve_door(door: Door, scope: Any, receive: Any, send: Any) -> None:
@@ -59,18 +78,23 @@ async def serve_door(door: Door, scope: Any, receive: Any, send: Any) -> None:
     except CallerLeft:
         return
     tenant = router.auth.identify(headers)
-    req, opts = await door.decode(body, headers, router.store)
-    plan = router.plan(req)
-    req = plan.request  # as sent: a typed task's prompt rendered
+    asked, opts = await door.decode(body, headers, router.store)
+    name = router.planner.resolve(asked.task)
+    if name is not None:
+        router.auth.allow(tenant, name)  # before a typed task's input is checked or rendered
+    plan = router.plan(asked)  # raises UnknownTask (404) for an unknown name
+    req = plan.request  # as sent: a typed task's prompt rendered; the door answers in the terms of `asked`
     if req.stream and not door.restarts:
         plan.midstream = "error"  # this door's stream cannot say an answer starts over
-    router.auth.allow(tenant, plan.task)
     cc = headers.get("cache-control", "").lower()
     client = scope.get("client")
     trace = {k: v for k in ("traceparent", "tracestate") if (v := headers.get(k))}
     ctx = RequestContext(caller=tenant or caller_id(headers.get("x-caller"), client[0] if client else None),
                          no_cache="no-cache" in cc, no_store="no-store" in cc,
                          limits=router.auth.limits(tenant) if tenant else None, trace=trace or None)
+    if _asks_async(door, asked, headers):
+        await _queue(scope, send, router, asked, plan.task, ctx.caller, tenant, rid)
+        return
     try:
         async with router.admit(plan, ctx) as ticket:
             run = router.run(req, plan, ctx)
@@ -79,7 +103,7 @@ async def serve_door(door: Door, scope: Any, receive: Any, send: Any) -> None:
             async with CallerWatch(receive, done=lambda: run.over):
                 if not req.stream:
                     answer = await router.complete(req, plan, run, rid, ctx, ticket)
-                    await respond(send, 200, await door.answer(answer, req, opts), door.media_type,
+                    await respond(send, 200, await door.answer(answer, asked, opts), door.media_type,
                                   {**out, **served_by(answer.provider, answer.model, plan.task)})
                     return
                 # closed before the admission settles, however the stream ends: the run's facts
@@ -88,7 +112,7 @@ async def serve_door(door: Door, scope: Any, receive: Any, send: Any) -> None:
                     head = await until_commit(events, run)
                     start = head[-1]
                     target = served_by(start.provider, start.model, plan.task) if type(start) is Start else {}
-                    await stream_sse(send, door.stream(_Replay(head, events), req, opts),
+                    await stream_sse(send, door.stream(_Replay(head, events), asked, opts),
                                      {**SSE_HEADERS, **out, **target}, lambda err: door.error_event(err, run.count))
     except RateLimited:
         if "ratelimit_headers" not in scope["state"]:  # refused at admission, not by an upstream
@@ -116,9 +140,11 @@ async def serve_count(door: Door, scope: Any, receive: Any, send: Any) -> None:
     if isinstance(raw, dict) and "max_tokens" not in raw:  # the count takes no max_tokens
         body = msgspec.json.encode({**raw, "max_tokens": 1})
     req, _ = await door.decode(body, headers, router.store)
+    name = router.planner.resolve(req.task)
+    if name is not None:
+        router.auth.allow(tenant, name)
     plan = router.plan(req)
     req = plan.request
-    router.auth.allow(tenant, plan.task)
     count, estimated, target = await router.count_tokens(req, plan)
     answer = {"input_tokens": count, **({"estimated": True} if estimated else {})}
     await respond(send, 200, msgspec.json.encode(answer), "application/json",

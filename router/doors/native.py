@@ -18,6 +18,7 @@ class NativeDoor:
 
     media_type = "application/json"
     restarts = True
+    queues = True  # "mode": "async" (router.worker)
 
     def __init__(self, max_body_bytes: int) -> None:
         self.max_body_bytes = max_body_bytes

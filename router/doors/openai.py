@@ -208,6 +208,7 @@ class OpenAIDoor:
 
     media_type = "application/json"
     restarts = False
+    queues = False
 
     def __init__(self, max_body_bytes: int) -> None:
         self.max_body_bytes = max_body_bytes

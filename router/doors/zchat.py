@@ -62,6 +62,7 @@ class ChatDoor:
 
     media_type = "application/json"
     restarts = False
+    queues = False
 
     def __init__(self, max_body_bytes: int, known: Any) -> None:
         self.max_body_bytes = max_body_bytes

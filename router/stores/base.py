@@ -89,11 +89,17 @@ class BreakerState(msgspec.Struct):
 
 
 class LimitSpec(NamedTuple):
-    """One limiter: ``key`` (namespaced), ``limit`` units per minute, this request's ``cost``."""
+    """One limiter: ``key`` (namespaced), ``limit`` units per minute, this request's ``cost``.
+
+    ``paced``: admitted only once the bucket has drained to now (GCRA with no burst: requests at
+    least ``cost * 60 / limit`` seconds apart, so no 60-second window ever holds more than
+    ``limit`` units); otherwise a whole minute's ``limit`` may arrive at once (a token bucket of
+    ``limit`` refilled over the minute, as Anthropic describes its own limits)."""
 
     key: str
     limit: int
     cost: int
+    paced: bool = False
 
 
 class LimitResult(msgspec.Struct):

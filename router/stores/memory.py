@@ -106,14 +106,14 @@ class MemoryStore:
     async def limit_acquire(self, specs: list[LimitSpec]) -> LimitResult:
         now = self.clock()
         news, retry = [], 0.0
-        for key, limit, cost in specs:
+        for key, limit, cost, paced in specs:
             tat = max(self._tat.get(key, now), now)
             new = tat + cost * PERIOD / limit
-            retry = max(retry, new - now - PERIOD)
+            retry = max(retry, tat - now if paced else new - now - PERIOD)
             news.append((tat, new))
         allowed = retry <= 0
         remaining, reset = [], []
-        for (key, limit, _), (tat, new) in zip(specs, news, strict=True):
+        for (key, limit, _, _), (tat, new) in zip(specs, news, strict=True):
             t = new if allowed else tat
             if allowed:
                 self._tat[key] = new

@@ -36,24 +36,27 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: limiter keys; ARGV[1]: period ms; ARGV[2i], ARGV[2i+1]: limit and cost of KEYS[i].
+# KEYS: limiter keys; ARGV[1]: period ms; ARGV[3i-1], ARGV[3i], ARGV[3i+1]: limit, cost and paced
+# (1: no burst, admitted only once the bucket drained to now) of KEYS[i].
 # Returns {allowed, retry_after_ms, remaining_1, reset_ms_1, remaining_2, reset_ms_2, ...}.
 _ACQUIRE = _NOW_MS + """
 local period = tonumber(ARGV[1])
 local tats, news = {}, {}
 local retry = 0
 for i = 1, #KEYS do
-  local limit, cost = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+  local limit, cost, paced = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i]), ARGV[3 * i + 1] == '1'
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
   if tat < now then tat = now end
   local new = tat + cost * period / limit
   tats[i], news[i] = tat, new
-  if new - now - period > retry then retry = new - now - period end
+  local over = new - now - period
+  if paced then over = tat - now end
+  if over > retry then retry = over end
 end
 local allowed = retry <= 0
 local out = {allowed and 1 or 0, tostring(retry)}
 for i = 1, #KEYS do
-  local limit = tonumber(ARGV[2 * i])
+  local limit = tonumber(ARGV[3 * i - 1])
   local t = tats[i]
   if allowed then
     t = news[i]
@@ -242,7 +245,7 @@ class RedisStore:
     async def limit_acquire(self, specs: list[LimitSpec]) -> LimitResult:
         args: list[Any] = [int(PERIOD * 1000)]
         for s in specs:
-            args += [s.limit, s.cost]
+            args += [s.limit, s.cost, 1 if s.paced else 0]
         got = await self._call(self._acquire(keys=[f"{self.prefix}:rl:{s.key}" for s in specs], args=args))
         allowed = int(got[0]) == 1
         return LimitResult(allowed=allowed, retry_after=0.0 if allowed else round(float(got[1]) / 1000, 3),

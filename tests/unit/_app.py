@@ -92,17 +92,17 @@ class InProcess:
 async def app(yaml_text: str = YAML, *, store: Store | None = None, telemetry: Telemetry | None = None,
               transports: dict[str, Transport] | None = None, fixtures: str | Path | None = None,
               settings: Settings | None = None, load: Callable[[], RoutingConfig] | None = None,
-              **config_env: str) -> AsyncIterator[InProcess]:
+              callback_client: Any = None, **config_env: str) -> AsyncIterator[InProcess]:
     """The app for ``yaml_text`` served in process until the block ends; every provider is the
     in-process emulator unless ``transports`` names another transport for it."""
     clock = FakeClock()
     emulator = create_emulator(fixtures, clock=clock)
     transport = ASGITransport(emulator)
     config = parse_config(yaml_text, config_env)
-    st = store or MemoryStore()
+    st = store or MemoryStore(clock=clock.wall)  # limits and cache on the fake clock too
     application = create_app(config, settings or Settings(telemetry=telemetry is not None),
                              transports={p: (transports or {}).get(p, transport) for p in config.providers},
-                             store=st, clock=clock, load=load,
+                             store=st, clock=clock, load=load, callback_client=callback_client,
                              telemetry=telemetry)
     jumper = asyncio.ensure_future(clock.autojump())
     try:

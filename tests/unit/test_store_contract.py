@@ -183,3 +183,17 @@ def test_stats_kv_and_logs(make_store) -> None:  # type: ignore[no-untyped-def]
     stats, empty, hit, miss, log = run(make_store, body)
     assert stats == {"requests": 2.0, "cost_usd": 0.75, "errors": 1.0} and empty == {}
     assert hit == b"t\ta" and miss is None and log == [b"4", b"3", b"2"]
+
+
+def test_a_paced_limiter_admits_one_unit_per_interval_beside_the_shared_bucket(make_store) -> None:  # type: ignore[no-untyped-def]
+    """Background work: paced (no burst) on its own key, and counted in the shared bucket."""
+    async def body(s):  # type: ignore[no-untyped-def]
+        specs = [LimitSpec("{p:q}:rpm", 10, 1), LimitSpec("{p:q}:bg:rpm", 5, 1, paced=True)]
+        first = await s.limit_acquire(specs)
+        second = await s.limit_acquire(specs)  # paced: 12 s after the first, at 5 per minute
+        interactive = [await s.limit_acquire(specs[:1]) for _ in range(10)]
+        return first, second, interactive
+
+    first, second, interactive = run(make_store, body)
+    assert first.allowed and not second.allowed and 11.5 < second.retry_after <= 12.0
+    assert [r.allowed for r in interactive] == [True] * 9 + [False]  # the background request used one of 10
