@@ -136,8 +136,6 @@ class Workers:
         """Start the workers and the callback dispatcher (none with ``size`` 0)."""
         if self.size <= 0:
             return
-        if self.client is None:
-            self.client = httpx.AsyncClient(timeout=CALLBACK_TIMEOUT)
         self._loops = [asyncio.create_task(self._work(i)) for i in range(self.size)]
         self._loops.append(asyncio.create_task(self._callbacks()))
 
@@ -160,12 +158,14 @@ class Workers:
         """A task was queued here: wake an idle worker now."""
         self.wake.set()
 
-    async def _idle(self) -> None:
-        """Until a task is queued here, or ``POLL`` seconds of real time (another replica's): an
-        idle pool never reads the router's clock, so a test's fake clock is not moved by it."""
+    async def _idle(self, n: int) -> None:
+        """Until a task is queued here or another worker found one; worker 0 also looks again
+        after ``POLL`` seconds of real time (another replica's submissions), so an idle pool
+        asks the queue twice a second, not once per worker. It never reads the router's clock:
+        a test's fake clock is not moved by it."""
         self.wake.clear()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(POLL):
+            async with asyncio.timeout(POLL if n == 0 else None):
                 await self.wake.wait()
 
     async def _work(self, n: int) -> None:
@@ -178,8 +178,9 @@ class Workers:
                 await self.clock.sleep(1.0)
                 continue
             if claim is None:
-                await self._idle()
+                await self._idle(n)
                 continue
+            self.wake.set()  # there may be more: the next idle worker looks too
             self.busy += 1
             self._gauge()
             try:
@@ -242,8 +243,8 @@ class Workers:
         await self.queue.ack(claim)
         if saved:
             self._counted(status)
-            if rec.callback is not None:
-                await self.queue.schedule_callback(rec.id, now)
+            if rec.callback is not None:  # due a lease from now: delivered here at once, by another replica if this one stops
+                await self.queue.schedule_callback(rec.id, now + CALLBACK_TIMEOUT * 3)
                 await self._deliver(rec.id)
 
     def _counted(self, status: str) -> None:
@@ -315,8 +316,10 @@ class Workers:
         now = self.clock.wall()
         cb.attempts += 1
         ok = False
+        if self.client is None:  # made at the first callback (an SSL context costs tens of ms)
+            self.client = httpx.AsyncClient(timeout=CALLBACK_TIMEOUT)
         try:
-            assert self.client is not None and secret is not None
+            assert secret is not None
             r = await self.client.post(cb.url, content=body, timeout=CALLBACK_TIMEOUT, headers={
                 "content-type": "application/json", "x-llm-router-task": rec.id,
                 "x-llm-router-signature": sign(secret, body, int(time.time()))})

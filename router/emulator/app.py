@@ -14,7 +14,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class Emulator:
             lambda: {"requests": 0, "completed": 0, "aborted": 0, "cut": 0, "failed": 0})
         self._seen: dict[str, int] = defaultdict(int)
         self.last: dict[str, Any] = {}  # model -> {"path", "headers" (no credentials), "body"}
+        self.arrivals: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=100_000))  # model -> wall times
 
     async def _count(self, path: str, receive: Any, send: Any) -> None:
         """Anthropic's ``count_tokens`` (``{"input_tokens": N}``) or Z.ai's tokenizer
@@ -76,6 +77,8 @@ class Emulator:
         path, method = scope["path"], scope["method"]
         if method == "GET" and path == "/_emulator/stats":
             return await _send_json(send, 200, dict(self.stats))
+        if method == "GET" and path.startswith("/_emulator/arrivals/"):  # when each request of a model arrived
+            return await _send_json(send, 200, list(self.arrivals.get(path.removeprefix("/_emulator/arrivals/"), ())))
         if method == "GET" and path.startswith("/_emulator/last/"):
             last = self.last.get(path.removeprefix("/_emulator/last/"))
             return await _send_json(send, 200 if last else 404, last or {"error": "no request seen"})
@@ -83,6 +86,7 @@ class Emulator:
             self.stats.clear()
             self._seen.clear()
             self.last.clear()
+            self.arrivals.clear()
             return await _send_json(send, 200, {"reset": True})
         if method == "GET" and path in ("/health", "/healthz"):
             return await _send_json(send, 200, {"status": "ok"})
@@ -111,6 +115,7 @@ class Emulator:
                             "credential_sha256": hashlib.sha256(credential.encode()).hexdigest() if credential else None}
         stats = self.stats[model]
         stats["requests"] += 1
+        self.arrivals[model].append(self.clock.wall())
         disconnected = asyncio.Event()
         watcher = asyncio.ensure_future(_watch_disconnect(receive, disconnected))
         try:
