@@ -225,7 +225,16 @@ async def routes(request: Request[Any, Any, Any], state: State) -> dict[str, Any
     """The effective routing (an admin key is needed when tenants exist)."""
     router = _router(state)
     router.auth.admin(request.headers)
-    return await _routes_view(router, state.live)
+    view = await _routes_view(router, state.live)
+    queue, workers = state.queue, state.workers
+    try:
+        depth: dict[str, Any] = await queue.depth(router.clock.wall())
+    except Exception as e:  # noqa: BLE001 - the queue's store failed: say so, show the rest
+        depth = {"error": f"{type(e).__name__}: the queue's store did not answer"}
+    view["queue"] = {"kind": queue.kind, **msgspec.to_builtins(router.config.queue),
+                     "callback_secret": "set" if router.config.queue.callback_secret else "unset",
+                     "workers_here": {"total": workers.size, "busy": workers.busy}, **depth}
+    return view
 
 
 ROUTES: list[HTTPRouteHandler] = [models, health, healthz, readyz, routes, experiment, feedback, metrics, usage]

@@ -42,8 +42,9 @@ tenants:
   svc:
     keys: ["%s"]
     callback_secret: s3cret
+admin_keys: ["%s"]
 queue: {workers: 2, visibility_timeout: 30}
-""" % ("sha256:" + hashlib.sha256(b"key-1").hexdigest())
+""" % ("sha256:" + hashlib.sha256(b"key-1").hexdigest(), "sha256:" + hashlib.sha256(b"admin-1").hexdigest())
 
 AUTH = {"authorization": "Bearer key-1"}
 
@@ -81,6 +82,11 @@ def test_submit_is_202_with_location_and_the_worker_answers() -> None:
         assert done["attempts"][0]["target"] == "glm/glm-4.6" and "request" not in done
         p = await a.client.post("/v1/tasks", json={"task": "typed", "input": {"text": "x"}}, headers={**AUTH, "prefer": "respond-async"})
         assert p.status_code == 202 and (await finished(a, p.json()["id"]))["status"] == "succeeded"
+        queue = (await a.client.get("/v1/routes", headers={"authorization": "Bearer admin-1"})).json()["queue"]
+        assert queue["kind"] == "memory" and queue["workers"] == 2 and queue["workers_here"] == {"total": 2, "busy": 0}
+        assert queue["queued"] == {"high": 0, "normal": 0, "low": 0} and queue["callback_secret"] == "unset"
+        metrics = (await a.client.get("/metrics")).text
+        assert 'llm_router_queue_tasks_total{status="succeeded"} 2.0' in metrics
 
     run(t)
 
