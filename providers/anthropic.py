@@ -19,7 +19,11 @@ Wire facts (https://docs.anthropic.com/en/api/messages, .../messages-streaming,
   (2024 recordings: only ``output_tokens``), so the two are merged, not overwritten.
 * Structured output: ``output_config: {format: {type: "json_schema", schema}}`` and strict tool
   use ``tools[].strict: true`` (https://docs.claude.com/en/docs/build-with-claude/structured-outputs);
-  ``top_k`` is a Messages parameter (https://docs.anthropic.com/en/api/messages).
+  ``top_k`` is a Messages parameter (https://docs.anthropic.com/en/api/messages). The schema
+  compiler rejects numeric, string-length and most array/object bounds ("For 'integer' type,
+  property 'minimum' is not supported": the structured-outputs page's JSON Schema limitations), so
+  ``output_config`` carries the schema without them (``claude_schema``); the router still checks
+  the answer against the whole schema.
 * Thinking: ``{"type": "adaptive"}`` on models configured ``thinking: adaptive`` (Claude 4.6+;
   required on Opus 4.7+ and 5.x), else ``{"type": "enabled", "budget_tokens": N}`` with
   N >= 1024 and < ``max_tokens``. Thinking does not allow ``temperature``/``top_p`` changes, and
@@ -68,6 +72,34 @@ STOP_REASONS = {
 
 
 # -- wire structs (tolerate unknown fields) --------------------------------------------------
+
+_UNSUPPORTED = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minLength",
+                          "maxLength", "maxItems", "uniqueItems", "minProperties", "maxProperties"})
+_SUBSCHEMAS = ("items", "additionalProperties", "not", "contains", "if", "then", "else")
+_SCHEMA_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems")
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+
+
+def claude_schema(schema: Any) -> Any:
+    """``schema`` without the keywords Claude's structured outputs reject (numeric bounds, string
+    lengths, ``maxItems``, ``uniqueItems``, property counts; ``minItems`` above 1), at every
+    level; property names are never touched."""
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for k, v in schema.items():
+        if k in _UNSUPPORTED or (k == "minItems" and isinstance(v, int) and v > 1):
+            continue
+        if k in _SCHEMA_MAPS and isinstance(v, dict):
+            out[k] = {name: claude_schema(sub) for name, sub in v.items()}
+        elif k in _SCHEMA_LISTS and isinstance(v, list):
+            out[k] = [claude_schema(sub) for sub in v]
+        elif k in _SUBSCHEMAS:
+            out[k] = [claude_schema(x) for x in v] if isinstance(v, list) else claude_schema(v)
+        else:
+            out[k] = v
+    return out
+
 class _OutDetails(msgspec.Struct):
     thinking_tokens: int | None = None
 
@@ -347,7 +379,7 @@ class AnthropicAdapter:
                              for t in call.tools]
         rf = call.response_format
         if rf is not None and rf.type == "json_schema" and rf.json_schema is not None:
-            body["output_config"] = {"format": {"type": "json_schema", "schema": rf.json_schema.schema}}
+            body["output_config"] = {"format": {"type": "json_schema", "schema": claude_schema(rf.json_schema.schema)}}
         elif rf is not None and rf.type == "json_object":  # no native form: say it
             body["system"] = "\n\n".join([*system, "Answer with one JSON object only, no prose and no code fence."])
         tc_ = call.tool_choice

@@ -25,6 +25,7 @@ import msgspec
 from router.config import Shadow
 from router.events import Event, Usage
 from router.experiments import bucket_field
+from router.output import output_problem
 from router.request import TaskRequest
 from router.run import Run
 from router.stores import Store, StoreError
@@ -137,6 +138,11 @@ class Tracker:
                  "ttft_ms": round(ttft, 3) if ttft is not None else None,
                  "usage": msgspec.to_builtins(run.usage) if run.usage else None, "finish_reason": finish,
                  "error": error, "output": run.text()[:4000], "primary_output": primary_text[:4000]}
-        fields = _fields(latency, ttft, run.usage, error=error is not None or finish is None, fallbacks=0, cached=False)
+        fmt = req.response_format
+        invalid = (error is None and finish is not None and fmt is not None and fmt.type != "text"
+                   and output_problem(run.text(), fmt) is not None)  # a typed task's shadow: does it give valid output?
+        entry["valid_output"] = None if fmt is None or fmt.type == "text" or error is not None else not invalid
+        fields = _fields(latency, ttft, run.usage, error=error is not None or finish is None, fallbacks=0, cached=False,
+                         invalid=invalid)
         await self._write(key, fields, lambda: self.store.log_push(
             f"exp:{task}:shadow_log", msgspec.json.encode(entry), SHADOW_LOG_KEEP))

@@ -239,3 +239,46 @@ def test_validate_reports_template_and_schema_errors_with_locations_and_undeclar
     undeclared = YAML.replace("{{ company }}", "{{ company }} in {{ country }}")
     found = warnings(parse_config(undeclared, {}), undeclared, {})
     assert "tasks.extract_invoice.system: uses 'country', which input_schema does not declare" in found
+
+
+def test_claude_gets_the_schema_without_the_bounds_it_rejects_and_the_router_still_checks_them() -> None:
+    yaml_text = YAML.replace("  plain:\n", """  scored:
+    chain: [claude/claude-sonnet-5-5]
+    user: "{{ text }}"
+    input_schema: {type: object, properties: {text: {type: string}}, required: [text]}
+    output_schema:
+      type: object
+      properties:
+        minimum: {type: number, minimum: 0, maximum: 1}
+        tags: {type: array, items: {type: string, maxLength: 5}, minItems: 2, maxItems: 4}
+      required: [minimum, tags]
+  plain:
+""")
+
+    async def t(a: InProcess) -> None:
+        r = await a.client.post("/v1/tasks", json={"task": "scored", "input": {"text": "x"}, "messages": script(
+            {"*": {"text": '{"minimum": 7, "tags": ["a", "b"]}'}})})
+        assert r.status_code == 502 and "invalid_output" in r.text  # 7 > maximum: caught by the router
+        sent = a.emulator.last["claude-sonnet-5-5"]["body"]["output_config"]["format"]["schema"]
+        assert sent == {"type": "object", "required": ["minimum", "tags"], "properties": {
+            "minimum": {"type": "number"}, "tags": {"type": "array", "items": {"type": "string"}}}}
+
+    run(t, yaml_text)
+
+
+def test_templates_that_cannot_compile_or_render_are_config_errors_and_failures_on_input_are_400s() -> None:
+    for bad, where in ((YAML.replace("{{ company }}", "{{ company|nosuchfilter }}"), "tasks.extract_invoice.system: "),
+                       (YAML.replace("{company: ACME, text:", "{text:"), "tasks.extract_invoice.examples"),
+                       (YAML.replace('"type": "number"}', '"type": "number"}, "x": {"$ref": "#/$defs/nope"}'),
+                        "tasks.extract_invoice.output_schema: $ref")):
+        with pytest.raises(ConfigError) as e:
+            parse_config(bad, {})
+        assert any(p.startswith(where) for p in e.value.problems), e.value.problems
+    divide = YAML.replace('user: "{{ text }}"\n    input_schema: {type: object, properties: {text: {type: string}}, required: [text]}\n    output_schema: {type: object, properties: {label:',
+                          'user: "{{ 100 / n }}"\n    input_schema: {type: object, properties: {n: {type: number}}, required: [n]}\n    output_schema: {type: object, properties: {label:')
+
+    async def t(a: InProcess) -> None:
+        r = await a.client.post("/v1/tasks", json={"task": "cached_extract", "input": {"n": 0}})
+        assert r.status_code == 400 and r.json()["error"]["path"] == "input" and "ZeroDivisionError" in r.text
+
+    run(t, divide)
