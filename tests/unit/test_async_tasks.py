@@ -31,9 +31,17 @@ providers:
     queue_share: 0.5
     models:
       glm-4.6: {context_window: 200000}
+  bulk:
+    protocol: openai
+    base_url: http://emulator/api/paas/v4
+    api_key: k
+    models:
+      glm-4.6: {context_window: 200000}
 tasks:
   chat:
     chain: [glm/glm-4.6]
+  bulk:
+    chain: [bulk/glm-4.6]
   typed:
     chain: [glm/glm-4.6]
     user: "{{ text }}"
@@ -190,6 +198,30 @@ def test_a_batch_runs_every_good_line_and_reports_bad_ones_in_order() -> None:
         assert other.status_code == 401
 
     run(t)
+
+
+def test_a_batch_of_500_lines_with_10_bad_ones() -> None:
+    bad = {7, 50, 99, 123, 200, 250, 311, 400, 432, 499}
+    lines = ["{broken" if i in bad else json.dumps({"custom_id": f"c{i}", "task": "bulk", "priority": "low",
+                                                    "messages": [{"role": "user", "content": f"line {i}"}]})
+             for i in range(500)]
+
+    async def t(a: InProcess) -> None:
+        r = await a.client.post("/v1/batches", content="\n".join(lines), headers=AUTH)
+        assert r.status_code == 202 and (r.json()["lines"], r.json()["invalid_lines"]) == (500, 10)
+        bid = r.json()["id"]
+        for _ in range(20_000):
+            got = (await a.client.get(f"/v1/batches/{bid}", headers=AUTH)).json()
+            if got["status"] == "completed":
+                break
+            await asyncio.sleep(0)
+        assert got["counts"]["succeeded"] == 490, got
+        rows = [json.loads(x) for x in (await a.client.get(f"/v1/batches/{bid}/results", headers=AUTH)).text.splitlines()]
+        assert [x["line"] for x in rows] == list(range(1, 501))
+        assert {x["line"] - 1 for x in rows if x["status"] == "invalid"} == bad
+        assert all(x["answer"]["text"] for x in rows if x["status"] == "succeeded")
+
+    run(t, YAML.replace("workers: 2", "workers: 8"))
 
 
 def test_a_callback_that_fails_twice_is_retried_with_backoff_and_signed() -> None:
