@@ -104,11 +104,17 @@ class _OutDetails(msgspec.Struct):
     thinking_tokens: int | None = None
 
 
+class _CacheCreation(msgspec.Struct):
+    ephemeral_5m_input_tokens: int | None = None
+    ephemeral_1h_input_tokens: int | None = None
+
+
 class _Usage(msgspec.Struct):
     input_tokens: int | None = None
     output_tokens: int | None = None
     cache_read_input_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
+    cache_creation: _CacheCreation | None = None
     output_tokens_details: _OutDetails | None = None
 
 
@@ -278,6 +284,8 @@ class _Decoder:
             output_tokens=u.output_tokens or 0,
             reasoning_tokens=(u.output_tokens_details.thinking_tokens or 0) if u.output_tokens_details else 0,
             cached_tokens=read,
+            cache_write_tokens=created,
+            cache_write_1h_tokens=(u.cache_creation.ephemeral_1h_input_tokens or 0) if u.cache_creation else 0,
         )
         out: list[Event] = []
         for index in list(self._blocks):

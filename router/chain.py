@@ -87,7 +87,8 @@ def make_call(target: Target, req: TaskRequest, plan: Plan, stream: bool) -> Cal
 def price(ev: Usage, target: Target) -> Usage:
     """``ev`` with ``cost_usd`` from the target's routing.yaml price (unpriced models cost 0)."""
     p = target.spec.price
-    ev.cost_usd = p.cost(ev.input_tokens, ev.output_tokens, ev.cached_tokens) if p else 0.0
+    ev.cost_usd = p.cost(ev.input_tokens, ev.output_tokens, ev.cached_tokens, ev.cache_write_tokens,
+                         ev.cache_write_1h_tokens) if p else 0.0
     return ev
 
 

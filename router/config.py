@@ -42,21 +42,39 @@ Count = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class Price(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """USD per 1M tokens. ``cached_input``: prompt tokens read from the provider's cache, where it
-    bills them differently (default: ``input``). Reasoning tokens are output tokens, as both
-    providers bill them."""
+    """USD per 1M tokens. ``cached_input``: prompt tokens read from the provider's cache
+    (Anthropic cache reads: 0.1x input; Z.ai GLM-4.6: $0.11 vs $0.60); ``cache_write``: prompt
+    tokens written to it (Anthropic 5-minute entries: 1.25x input), ``cache_write_1h`` for
+    1-hour entries (2x input). Each defaults to ``input`` (``cache_write_1h`` to
+    ``cache_write``). Reasoning tokens are output tokens, as both providers bill them. Sources:
+    https://docs.claude.com/en/docs/build-with-claude/prompt-caching (pricing),
+    https://docs.z.ai/guides/overview/pricing."""
 
     input: float
     output: float
     cached_input: float | None = None
+    cache_write: float | None = None
+    cache_write_1h: float | None = None
 
-    def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0) -> float:
-        """USD for these tokens: uncached input at ``input``, cached input at ``cached_input``
-        (else ``input``), output (reasoning included) at ``output``; prices are per 1M tokens."""
+    def cost(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0, cache_write_tokens: int = 0,
+             cache_write_1h_tokens: int = 0) -> float:
+        """USD for these tokens, each class at its price: ``input_tokens`` is the whole prompt, of
+        which ``cached_tokens`` were read from the cache and ``cache_write_tokens`` written to it
+        (``cache_write_1h_tokens`` of those as 1-hour entries); output (reasoning included) at
+        ``output``. Prices are per 1M tokens."""
         cached = min(cached_tokens, input_tokens)
-        cached_price = self.cached_input if self.cached_input is not None else self.input
-        return round(((input_tokens - cached) * self.input + cached * cached_price
-                      + output_tokens * self.output) / 1e6, 10)
+        written = min(cache_write_tokens, input_tokens - cached)
+        long = min(cache_write_1h_tokens, written)
+        read_price = self.cached_input if self.cached_input is not None else self.input
+        write_price = self.cache_write if self.cache_write is not None else self.input
+        long_price = self.cache_write_1h if self.cache_write_1h is not None else write_price
+        return round(((input_tokens - cached - written) * self.input + cached * read_price
+                      + (written - long) * write_price + long * long_price + output_tokens * self.output) / 1e6, 10)
+
+    def savings(self, cached_tokens: int) -> float:
+        """USD the cache saved: ``cached_tokens`` at ``input`` minus at ``cached_input``."""
+        read_price = self.cached_input if self.cached_input is not None else self.input
+        return round(cached_tokens * (self.input - read_price) / 1e6, 10)
 
 
 class Limits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

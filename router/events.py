@@ -106,8 +106,10 @@ class Usage(_Event, tag="usage"):
     """Token counts for the answer and its cost in USD.
 
     ``input_tokens`` counts the whole prompt, cached part included; ``cached_tokens`` is the part
-    read from the provider's prompt cache; ``reasoning_tokens`` is the part of ``output_tokens``
-    spent on reasoning. ``cost_usd`` is priced from routing.yaml (USD per 1M tokens).
+    read from the provider's prompt cache, ``cache_write_tokens`` the part written to it
+    (Anthropic ``cache_creation_input_tokens``; ``cache_write_1h_tokens`` of those as 1-hour
+    entries); ``reasoning_tokens`` is the part of ``output_tokens`` spent on reasoning.
+    ``cost_usd`` is priced from routing.yaml (USD per 1M tokens), each class at its price.
     """
 
     input_tokens: int = 0
@@ -115,6 +117,8 @@ class Usage(_Event, tag="usage"):
     reasoning_tokens: int = 0
     cached_tokens: int = 0
     cost_usd: float = 0.0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
 
 class Fallback(_Event, tag="fallback", rename={"from_": "from"}):
@@ -195,6 +199,8 @@ class TokenUsage(msgspec.Struct):
     reasoning_tokens: int = 0
     cached_tokens: int = 0
     cost_usd: float = 0.0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
 
 class Answer(msgspec.Struct):
@@ -244,7 +250,7 @@ def fold(events: Iterable[Event], answer: Answer | None = None) -> Answer:
                 a.tool_calls.append(ToolCallOut(id=cid, function={"name": name, "arguments": args}))
             case Usage():
                 a.usage = TokenUsage(ev.input_tokens, ev.output_tokens, ev.reasoning_tokens,
-                                     ev.cached_tokens, ev.cost_usd)
+                                     ev.cached_tokens, ev.cost_usd, ev.cache_write_tokens, ev.cache_write_1h_tokens)
             case Start(id=rid, task=task, provider=prov, model=model, cached=cached, variant=variant, task_version=tv):
                 a.id, a.task, a.provider, a.model, a.cached, a.variant = rid, task, prov, model, cached, variant
                 a.task_version = tv

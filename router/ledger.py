@@ -38,7 +38,8 @@ class UsageLedger:
         day = time.strftime("%Y-%m-%d", time.gmtime(rec.start_ns / 1e9))
         combo = f"{rec.caller}\t{rec.task}\t{rec.provider}/{rec.model}"
         fields = {"requests": 1.0, "input_tokens": rec.input_tokens, "output_tokens": rec.output_tokens,
-                  "reasoning_tokens": rec.reasoning_tokens, "cached_tokens": rec.cached_tokens, "cost_usd": rec.cost_usd}
+                  "reasoning_tokens": rec.reasoning_tokens, "cached_tokens": rec.cached_tokens, "cost_usd": rec.cost_usd,
+                  "cache_write_tokens": rec.cache_write_tokens, "cache_savings_usd": rec.cache_savings_usd}
         if rec.usage_estimated:
             fields["estimated_requests"] = 1.0
         if rec.outcome == "error":
@@ -98,7 +99,8 @@ async def usage_report(store: Store, *, tenant: str | None, task: str | None, si
         days.append(time.strftime("%Y-%m-%d", time.gmtime(t)))
         t += 86400
     rows, total = [], {"requests": 0.0, "input_tokens": 0.0, "output_tokens": 0.0, "reasoning_tokens": 0.0,
-                       "cached_tokens": 0.0, "cost_usd": 0.0, "estimated_requests": 0.0, "errors": 0.0}
+                       "cached_tokens": 0.0, "cache_write_tokens": 0.0, "cost_usd": 0.0, "cache_savings_usd": 0.0,
+                       "estimated_requests": 0.0, "errors": 0.0}
     for combo in sorted(index):
         who, what, model = combo.split("\t")
         if (tenant and who != tenant) or (task and what != task):
@@ -112,6 +114,6 @@ async def usage_report(store: Store, *, tenant: str | None, task: str | None, si
         for k in total:
             total[k] += sums.get(k, 0.0)
         rows.append({"tenant": who, "task": what, "model": model,
-                     **{k: (round(v, 8) if k == "cost_usd" else int(v)) for k, v in sums.items()}})
+                     **{k: (round(v, 8) if k.endswith("_usd") else int(v)) for k, v in sums.items()}})
     return {"since": time.strftime("%Y-%m-%d", time.gmtime(since)), "rows": rows,
-            "total": {k: (round(v, 8) if k == "cost_usd" else int(v)) for k, v in total.items()}}
+            "total": {k: (round(v, 8) if k.endswith("_usd") else int(v)) for k, v in total.items()}}

@@ -66,7 +66,9 @@ class RequestRecord(msgspec.Struct, kw_only=True):
     output_tokens: int = 0
     reasoning_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
     cost_usd: float = 0.0
+    cache_savings_usd: float = 0.0  # the cached tokens at the input price, minus what they cost
     usage_estimated: bool = False
     max_tokens: int | None = None
     finish_reason: str | None = None
@@ -217,6 +219,9 @@ class Run:
         if u is not None:
             rec.input_tokens, rec.output_tokens = u.input_tokens, u.output_tokens
             rec.reasoning_tokens, rec.cached_tokens, rec.cost_usd = u.reasoning_tokens, u.cached_tokens, u.cost_usd
+            rec.cache_write_tokens = u.cache_write_tokens
+            if u.cached_tokens and rec.provider and (p := price(f"{rec.provider}/{rec.model}")) is not None:
+                rec.cache_savings_usd = p.savings(u.cached_tokens)
         elif self.committed and rec.provider:  # cut before the provider reported usage: estimate, and say so
             rec.input_tokens, rec.output_tokens = prompt_tokens, self._chars // 4
             p = price(f"{rec.provider}/{rec.model}")

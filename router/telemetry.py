@@ -257,7 +257,8 @@ class Telemetry:
             "latency_ms": round(rec.duration * 1e3, 3), "ttft_ms": round(rec.ttft * 1e3, 3) if rec.ttft is not None else None,
             "overhead_ms": round(rec.overhead * 1e3, 3), "input_tokens": rec.input_tokens,
             "output_tokens": rec.output_tokens, "reasoning_tokens": rec.reasoning_tokens,
-            "cached_tokens": rec.cached_tokens, "cost_usd": rec.cost_usd, "usage_estimated": rec.usage_estimated,
+            "cached_tokens": rec.cached_tokens, "cache_write_tokens": rec.cache_write_tokens, "cost_usd": rec.cost_usd,
+            "usage_estimated": rec.usage_estimated,
             "cached": rec.outcome == "cached",
         }
         if rec.prompt is not None:

@@ -30,7 +30,9 @@ class Behaviour(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """What the emulator does for one model. Times are milliseconds.
 
     ``text``/``reasoning``/``tool_calls``: the answer. ``input_tokens``/``output_tokens``: usage
-    to report (estimated from the text when absent). ``finish_reason``: the wire value to send
+    to report (estimated from the text when absent); ``cached_tokens``, ``cache_write_tokens``
+    (and ``cache_write_1h_tokens``): the parts of the prompt read from and written to the cache,
+    sent in each protocol's own fields. ``finish_reason``: the wire value to send
     (e.g. GLM ``sensitive``). ``status``/``error_code``/``retry_after``: an HTTP error answer
     (``status: 200`` with an ``error_code``: the error in a 200 JSON body, as Z.ai sends 1305);
     ``error_message`` its message text; with ``times`` only the first N identical requests fail. ``delay_ms``: wait before the first
@@ -47,6 +49,9 @@ class Behaviour(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     tool_calls: list[ToolCallSpec] | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cached_tokens: int = 0  # of input_tokens (the whole prompt): read from the prompt cache
+    cache_write_tokens: int = 0  # of input_tokens: written to it (Anthropic), cache_write_1h_tokens of those for 1 h
+    cache_write_1h_tokens: int = 0
     finish_reason: str | None = None
     status: int | None = None
     error_code: str | None = None

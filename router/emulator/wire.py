@@ -51,6 +51,9 @@ class Scripted(msgspec.Struct, kw_only=True):
     output_tokens: int
     reasoning_tokens: int
     finish_reason: str | None  # wire value when scripted, else derived per protocol
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
 
 def _pieces(text: str, n: int | None) -> list[str]:
@@ -138,7 +141,9 @@ def script(b: Behaviour, body: dict[str, Any], model: str, tool_id_prefix: str) 
         max(1, (len(text) + sum(len(t[2]) for t in tools)) // 4) + rtok
     return Scripted(reasoning=_pieces(reasoning, b.chunks), text=_pieces(text, b.chunks), tools=tools,
                     input_tokens=b.input_tokens if b.input_tokens is not None else max(1, _prompt_chars(body) // 4),
-                    output_tokens=out, reasoning_tokens=min(rtok, out), finish_reason=b.finish_reason)
+                    output_tokens=out, reasoning_tokens=min(rtok, out), finish_reason=b.finish_reason,
+                    cached_tokens=b.cached_tokens, cache_write_tokens=b.cache_write_tokens,
+                    cache_write_1h_tokens=b.cache_write_1h_tokens)
 
 
 def _sse_data(obj: Any) -> bytes:
@@ -153,7 +158,7 @@ def _openai_finish(s: Scripted) -> str:
 def _openai_usage(s: Scripted) -> dict[str, Any]:
     return {"prompt_tokens": s.input_tokens, "completion_tokens": s.output_tokens,
             "total_tokens": s.input_tokens + s.output_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": s.cached_tokens},
             "completion_tokens_details": {"reasoning_tokens": s.reasoning_tokens}}
 
 
@@ -243,8 +248,11 @@ def signature_for(reasoning: str) -> str:
 
 
 def _anthropic_usage(s: Scripted) -> dict[str, Any]:
-    return {"input_tokens": s.input_tokens, "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0, "output_tokens": s.output_tokens}
+    uncached = max(0, s.input_tokens - s.cached_tokens - s.cache_write_tokens)
+    return {"input_tokens": uncached, "cache_creation_input_tokens": s.cache_write_tokens,
+            "cache_read_input_tokens": s.cached_tokens, "output_tokens": s.output_tokens,
+            "cache_creation": {"ephemeral_5m_input_tokens": s.cache_write_tokens - s.cache_write_1h_tokens,
+                               "ephemeral_1h_input_tokens": s.cache_write_1h_tokens}}
 
 
 def _stop_reason(s: Scripted) -> str:
