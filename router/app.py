@@ -64,7 +64,8 @@ _HTTP_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
                404: "not_found_error", 405: "method_not_allowed", 408: "request_timeout", 413: "request_too_large",
                429: "rate_limit_error"}
 EXPOSED = ["x-request-id", "retry-after", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
-           "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"]
+           "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
+           "x-llm-router-target", "x-llm-router-task", "x-llm-router-cost-usd"]
 
 
 def to_router_error(exc: Exception) -> RouterError:

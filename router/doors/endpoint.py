@@ -104,7 +104,8 @@ async def serve_door(door: Door, scope: Any, receive: Any, send: Any) -> None:
                 if not req.stream:
                     answer = await router.complete(req, plan, run, rid, ctx, ticket)
                     await respond(send, 200, await door.answer(answer, asked, opts), door.media_type,
-                                  {**out, **served_by(answer.provider, answer.model, plan.task)})
+                                  {**out, **served_by(answer.provider, answer.model, plan.task),
+                                   "x-llm-router-cost-usd": f"{answer.usage.cost_usd:.10f}".rstrip("0").rstrip(".") or "0"})
                     return
                 # closed before the admission settles, however the stream ends: the run's facts
                 # (served, used) reach the ticket first

@@ -58,6 +58,7 @@ def test_cached_reads_and_writes_cost_what_the_hand_computation_says() -> None:
         g = await a.client.post("/v1/tasks", json={"task": "glm_task", "messages": ask(
             {"text": "ok", "input_tokens": 10_000, "cached_tokens": 8_000, "output_tokens": 500})})
         assert g.json()["usage"]["cost_usd"] == pytest.approx(glm_cost) and g.json()["usage"]["cached_tokens"] == 8_000
+        assert float(g.headers["x-llm-router-cost-usd"]) == pytest.approx(glm_cost)
         body = {"task": "claude_task", "stream": True, "messages": ask(
             {"text": "ok", "input_tokens": 20_000, "cached_tokens": 10_000, "cache_write_tokens": 6_000,
              "cache_write_1h_tokens": 2_000, "output_tokens": 1_000})}
