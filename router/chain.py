@@ -162,6 +162,9 @@ class Chain:
             if admission == "open":
                 skip = ("cooldown", f"{target.name}: cooling down after repeated failures")
                 retry_after = await self.circuits.reopens_in(target.name)
+        if skip is None and not self.limiter.fits_target(target.provider, target.model, plan.estimate):
+            why = f"{target.name}: this request (~{plan.estimate} tokens) is over the target's tokens-per-minute quota itself"
+            skip = ("quota_too_small", why)
         if skip is None:
             got = await self.limiter.admit_target(target.provider, target.model, plan.estimate, plan.background)
             if isinstance(got, Ticket):
@@ -171,7 +174,7 @@ class Chain:
                 await self.circuits.release(target.name)
         code, message = skip
         walk.run.attempt(AttemptRecord(target.name, "skipped", code=code, message=message))
-        walk.errors.append(TargetUnusable(message, code=code, retryable=code not in ("unusable", "capability"),
+        walk.errors.append(TargetUnusable(message, code=code, retryable=code not in ("unusable", "capability", "quota_too_small"),
                                           provider=target.provider, retry_after=retry_after))
         return None
 

@@ -49,6 +49,7 @@ class RequestContext(msgspec.Struct, kw_only=True):
     no_store: bool = False
     limits: Limits | None = None
     trace: dict[str, str] | None = None
+    background: bool = False  # an async task's run: its waits for quota are not requests of their own
 
 
 class Router:
@@ -155,7 +156,8 @@ class Router:
         if plan.tracked:
             self.tracker.finish(run, task=plan.task, variant=plan.variant or "primary", request_id=request_id,
                                 primary=primary, task_version=plan.task_version)
-        if self.observer is not None:
+        waited = ctx.background and run.error is not None and getattr(run.error, "status", 0) == 429
+        if self.observer is not None and not waited:  # an async task logs its runs, not its waits for quota
             self.observer(run.record(
                 request_id=request_id, task=plan.task, caller=ctx.caller, variant=plan.variant, stream=req.stream,
                 task_version=plan.task_version,

@@ -143,10 +143,11 @@ class RateLimited(RouterError):
     type = "rate_limit_error"
     retryable = True
 
-    def __init__(self, message: str, *, retry_after: float, headers: dict[str, str]) -> None:
+    def __init__(self, message: str, *, retry_after: float, headers: dict[str, str], never: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.headers = headers
+        self.never = never  # the request alone is over the limit: it will never fit
 
 
 class UpstreamError(RouterError):

@@ -172,7 +172,7 @@ class Limiter:
             too_big = [s for s in specs if s.cost > s.limit]
             msg = (f"this request needs ~{estimate} tokens; the limit is {too_big[0].limit} per minute"
                    if too_big else f"caller {caller!r} is over its rate limit")
-            raise RateLimited(msg, retry_after=got.retry_after, headers=_headers(specs, got))
+            raise RateLimited(msg, retry_after=got.retry_after, headers=_headers(specs, got), never=bool(too_big))
         return got
 
     async def admit_target(self, provider: str, model: str, estimate: int, background: bool = False) -> Ticket | float:
@@ -180,6 +180,10 @@ class Limiter:
         returns the ticket, or the seconds until it would fit."""
         got = await self._acquire(self.target_specs(provider, model, estimate, background), estimate)
         return got.retry_after if isinstance(got, LimitResult) else got
+
+    def fits_target(self, provider: str, model: str, estimate: int) -> bool:
+        """Whether a request of ``estimate`` tokens could ever fit the target's quotas (its TPM)."""
+        return all(s.cost <= s.limit for s in self.target_specs(provider, model, estimate))
 
     def quota(self, ticket: Ticket) -> Held:
         """Hold ``ticket`` for an ``async with`` block; settled exactly once when it ends,

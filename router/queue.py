@@ -31,6 +31,8 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
+from router.stores.base import StoreError
+
 __all__ = ["PRIORITIES", "TERMINAL", "Batch", "Callback", "Claim", "MemoryQueue", "Queue", "RedisQueue",
            "TaskRecord", "new_task_id", "queue_for"]
 
@@ -38,6 +40,11 @@ Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 Priority = Literal["high", "normal", "low"]
 PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def _owner(rec: TaskRecord) -> str:
+    """Whose idempotency keys these are: the tenant, else the caller."""
+    return rec.tenant or "caller:" + rec.caller
 
 
 def new_task_id() -> str:
@@ -183,15 +190,21 @@ class Queue(Protocol):
     async def close(self) -> None: ...
 
 
+class QueueFull(StoreError):
+    """The in-memory queue holds ``max_records`` tasks that are neither finished nor expired."""
+
+
 class MemoryQueue:
-    """One process's queue (no Redis). ``clock``: epoch seconds."""
+    """One process's queue (no Redis). ``clock``: epoch seconds. At ``max_records`` it drops
+    finished or expired records (never a queued or running one), else refuses new work
+    (``QueueFull``, answered 503)."""
 
     kind = "memory"
 
     def __init__(self, clock: Callable[[], float] = time.time, max_records: int = 200_000) -> None:
         self.clock, self.max_records = clock, max_records
-        self._records: dict[str, tuple[float, bytes]] = {}
-        self._idem: dict[str, str] = {}
+        self._records: dict[str, tuple[float, bytes, str]] = {}  # id -> (expires, record, status)
+        self._idem: dict[str, tuple[float, str]] = {}
         self._streams: dict[str, deque[tuple[str, str, float]]] = {p: deque() for p in PRIORITIES}
         self._pending: dict[str, tuple[Claim, float, float]] = {}  # entry -> (claim, last renewal, enqueued)
         self._callbacks: dict[str, float] = {}
@@ -203,20 +216,27 @@ class MemoryQueue:
         return f"{int(self.clock() * 1000)}-{self._seq}"
 
     def _put(self, rec: TaskRecord, ttl: float) -> None:
-        if len(self._records) >= self.max_records:
+        if rec.id not in self._records and len(self._records) >= self.max_records:
             now = self.clock()
-            for k in [k for k, (exp, _) in self._records.items() if exp <= now] or [next(iter(self._records))]:
+            gone = [k for k, (exp, _, status) in self._records.items() if exp <= now or status in TERMINAL]
+            if not gone:
+                raise QueueFull(f"the in-memory queue holds {self.max_records} unfinished tasks")
+            for k in gone:
                 del self._records[k]
-        self._records[rec.id] = (self.clock() + ttl, _enc.encode(rec))
+            self._idem = {k: v for k, v in self._idem.items() if v[0] > now}
+            self._batches = {k: v for k, v in self._batches.items() if v[0] > now}
+        self._records[rec.id] = (self.clock() + ttl, _enc.encode(rec), rec.status)
 
     async def submit(self, rec: TaskRecord, ttl: float) -> TaskRecord:
         if rec.idempotency_key is not None:
-            key = f"{rec.tenant or ''}:{rec.idempotency_key}"
+            key = f"{_owner(rec)}:{rec.idempotency_key}"
             earlier = self._idem.get(key)
-            if earlier is not None and (got := await self.get(earlier)) is not None:
+            if earlier is not None and (got := await self.get(earlier[1])) is not None:
                 return got
-            self._idem[key] = rec.id
-        self._put(rec, ttl)
+            self._put(rec, ttl)
+            self._idem[key] = (self.clock() + ttl, rec.id)
+        else:
+            self._put(rec, ttl)
         self._streams[rec.priority].append((self._entry(), rec.id, self.clock()))
         return rec
 
@@ -304,9 +324,14 @@ return 1
 # entry id, task id} of a lapsed entry (XAUTOCLAIM), else of the oldest new entry, else false.
 _CLAIM = """
 for i = 1, #KEYS do
-  local r = redis.call('XAUTOCLAIM', KEYS[i], ARGV[1], ARGV[2], ARGV[3], '0-0', 'COUNT', 1)
-  local e = r[2][1]
-  if e then return {i, e[1], e[2][2]} end
+  local cursor = '0-0'
+  for _ = 1, 100 do  -- XAUTOCLAIM looks at about 10 entries per call: follow its cursor through the list
+    local r = redis.call('XAUTOCLAIM', KEYS[i], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', 1)
+    local e = r[2][1]
+    if e then return {i, e[1], e[2][2]} end
+    cursor = r[1]
+    if cursor == '0-0' then break end
+  end
 end
 for i = 1, #KEYS do
   local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'STREAMS', KEYS[i], '>')
@@ -325,6 +350,21 @@ for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonu
 return ids
 """
 
+# KEYS[1]: the idempotency key (or the record when there is none), KEYS[2]: the record, KEYS[3]:
+# the stream. ARGV: task id, status, body, ttl ms, record key prefix, has key (1/0). Returns the
+# task id queued, or the earlier task's id for a key seen before (nothing queued then).
+_SUBMIT = """
+if ARGV[6] == '1' then
+  local earlier = redis.call('GET', KEYS[1])
+  if earlier and redis.call('EXISTS', ARGV[5] .. earlier) == 1 then return earlier end
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
+end
+redis.call('HSET', KEYS[2], 'status', ARGV[2], 'body', ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('XADD', KEYS[3], '*', 'id', ARGV[1])
+return ARGV[1]
+"""
+
 GROUP = "workers"
 
 
@@ -339,12 +379,23 @@ class RedisQueue:
         self.tag = "{" + prefix + ":q}"
         self.streams = {p: f"{self.tag}:s:{p}" for p in PRIORITIES}
         self._save = client.register_script(_SAVE)
+        self._submit = client.register_script(_SUBMIT)
         self._claim = client.register_script(_CLAIM)
         self._due = client.register_script(_DUE)
         self._groups = False
 
     def _task(self, task_id: str) -> str:
         return f"{self.tag}:task:{task_id}"
+
+    @staticmethod
+    async def _call(aw: Any) -> Any:
+        """``aw``, with Redis' failures as ``StoreError`` (answered 503, as the store's are)."""
+        import redis
+
+        try:
+            return await aw
+        except (redis.RedisError, OSError) as e:
+            raise StoreError(f"the queue's Redis failed: {type(e).__name__}") from e
 
     async def _ensure_groups(self) -> None:
         if self._groups:
@@ -361,25 +412,20 @@ class RedisQueue:
 
     async def submit(self, rec: TaskRecord, ttl: float) -> TaskRecord:
         await self._ensure_groups()
-        px = max(1, int(ttl * 1000))
-        if rec.idempotency_key is not None:
-            key = f"{self.tag}:idem:{rec.tenant or ''}:{rec.idempotency_key}"
-            if not await self.client.set(key, rec.id, nx=True, px=px):
-                earlier = await self.client.get(key)
-                got = await self.get(earlier.decode()) if earlier else None
-                if got is not None:
-                    return got
-                await self.client.set(key, rec.id, px=px)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(self._task(rec.id), mapping={"status": rec.status, "body": _enc.encode(rec)})
-            pipe.pexpire(self._task(rec.id), px)
-            pipe.xadd(self.streams[rec.priority], {"id": rec.id})
-            await pipe.execute()
+        idem = f"{self.tag}:idem:{_owner(rec)}:{rec.idempotency_key}" if rec.idempotency_key is not None else None
+        got = await self._call(self._submit(
+            keys=[idem or self._task(rec.id), self._task(rec.id), self.streams[rec.priority]],
+            args=[rec.id, rec.status, _enc.encode(rec), max(1, int(ttl * 1000)), self._task(""), 1 if idem else 0]))
+        queued = got.decode() if isinstance(got, bytes) else str(got)
+        if queued != rec.id:
+            earlier = await self.get(queued)
+            if earlier is not None:
+                return earlier
         return rec
 
     async def claim(self, consumer: str, visibility: float) -> Claim | None:
         await self._ensure_groups()
-        got = await self._claim(keys=list(self.streams.values()), args=[GROUP, consumer, int(visibility * 1000)])
+        got = await self._call(self._claim(keys=list(self.streams.values()), args=[GROUP, consumer, int(visibility * 1000)]))
         if not got:
             return None
         index, entry, task_id = got
@@ -395,18 +441,19 @@ class RedisQueue:
             await pipe.execute()
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        body = await self.client.hget(self._task(task_id), "body")
+        body = await self._call(self.client.hget(self._task(task_id), "body"))
         return _rec.decode(body) if body else None
 
     async def get_many(self, task_ids: list[str]) -> list[TaskRecord | None]:
         async with self.client.pipeline(transaction=False) as pipe:
             for t in task_ids:
                 pipe.hget(self._task(t), "body")
-            bodies = await pipe.execute()
+            bodies = await self._call(pipe.execute())
         return [_rec.decode(b) if b else None for b in bodies]
 
     async def save(self, rec: TaskRecord, ttl: float) -> bool:
-        return bool(await self._save(keys=[self._task(rec.id)], args=[rec.status, _enc.encode(rec), max(1, int(ttl * 1000))]))
+        return bool(await self._call(self._save(keys=[self._task(rec.id)],
+                                                args=[rec.status, _enc.encode(rec), max(1, int(ttl * 1000))])))
 
     async def force(self, rec: TaskRecord, ttl: float) -> None:
         async with self.client.pipeline(transaction=True) as pipe:
@@ -442,10 +489,10 @@ class RedisQueue:
         await self.client.zrem(f"{self.tag}:cb", task_id)
 
     async def put_batch(self, batch: Batch, ttl: float) -> None:
-        await self.client.set(f"{self.tag}:batch:{batch.id}", _enc.encode(batch), px=max(1, int(ttl * 1000)))
+        await self._call(self.client.set(f"{self.tag}:batch:{batch.id}", _enc.encode(batch), px=max(1, int(ttl * 1000))))
 
     async def get_batch(self, batch_id: str) -> Batch | None:
-        body = await self.client.get(f"{self.tag}:batch:{batch_id}")
+        body = await self._call(self.client.get(f"{self.tag}:batch:{batch_id}"))
         return _batch.decode(body) if body else None
 
     async def close(self) -> None:

@@ -26,7 +26,7 @@ from router.limits import caller_id
 from router.queue import TERMINAL, Batch, Queue, TaskRecord
 from router.request import TaskRequest, check_request, msgspec_error_path
 from router.routes import errors_of
-from router.worker import submit
+from router.worker import MAX_QUEUE_WAIT, submit
 
 __all__ = ["TASK_ROUTES"]
 
@@ -100,8 +100,9 @@ def _lines(body: bytes) -> list[tuple[int, Any]]:
         if raw.strip():
             try:
                 out.append((n, json.loads(raw)))
-            except json.JSONDecodeError as e:
-                out.append((n, RequestError(f"line {n + 1} is not JSON ({e.msg})", None)))
+            except (ValueError, RecursionError) as e:  # JSONDecodeError, a number too long, nesting too deep
+                why = e.msg if isinstance(e, json.JSONDecodeError) else type(e).__name__
+                out.append((n, RequestError(f"line {n + 1} is not JSON that can be read ({why})", None)))
     return out
 
 
@@ -153,7 +154,7 @@ async def create_batch(request: Request[Any, Any, Any], state: State) -> Respons
             where = getattr(e, "path", None)
             batch.errors[str(i)] = {"type": e.type, "message": e.message, "status": e.status,
                                     **({"path": where} if where else {})}
-    await state.queue.put_batch(batch, router.config.queue.result_ttl)
+    await state.queue.put_batch(batch, router.config.queue.result_ttl + MAX_QUEUE_WAIT)
     state.workers.notify()
     return Response(msgspec.json.encode(await _summary(state.queue, batch)), media_type="application/json",
                     status_code=202, headers={"location": f"/v1/batches/{batch.id}"})

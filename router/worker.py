@@ -57,6 +57,9 @@ CALLBACK_FIRST_RETRY = 5.0
 CALLBACK_MAX_INTERVAL = 3600.0
 TRANSIENT_WAITS = 5  # a chain cooling down (503 with a Retry-After) is waited for this many times, then the task fails
 POLL = 0.5  # seconds an idle worker waits before looking again (a submission here wakes it at once)
+MAX_QUEUE_WAIT = 7 * 86400.0  # seconds a queued task is kept before it ran (result_ttl counts from its end)
+MAX_RUNS = 5  # a task whose runs all died with their process (claimed again after the visibility timeout) fails then
+CALLBACK_LEASE = CALLBACK_TIMEOUT * 3  # seconds a replica holds a due callback while it delivers it
 
 
 def sign(secret: str, body: bytes, t: int) -> str:
@@ -98,7 +101,7 @@ async def submit(router: Router, queue: Queue, req: TaskRequest, *, task: str, c
                      created_at=wall, updated_at=wall, request=_request_of(req), caller=caller, tenant=tenant,
                      callback=callback, idempotency_key=req.idempotency_key, batch=batch, line=line,
                      custom_id=custom_id)
-    got = await queue.submit(rec, router.config.queue.result_ttl)
+    got = await queue.submit(rec, router.config.queue.result_ttl + MAX_QUEUE_WAIT)
     return got, got.id == rec.id
 
 
@@ -202,7 +205,13 @@ class Workers:
         rec = await self.queue.get(claim.task_id)
         ttl = self.router().config.queue.result_ttl
         if rec is None or rec.status in TERMINAL:  # expired, cancelled while queued, or done by another worker
+            if rec is not None and rec.callback is not None and rec.callback.state == "pending":
+                await self.queue.schedule_callback(rec.id, self.clock.wall())  # its worker died before calling back
             await self.queue.ack(claim)
+            return
+        if rec.runs >= MAX_RUNS:  # every run so far died with its process: it does not get another
+            await self._finish(claim, rec, "failed", {"type": "internal_error", "status": 500, "message":
+                                                      f"the task was started {rec.runs} times and never finished"}, ttl)
             return
         rec.status, rec.runs = "running", rec.runs + 1
         rec.started_at = rec.updated_at = self.clock.wall()
@@ -211,26 +220,34 @@ class Workers:
             return
         running = asyncio.create_task(self._execute(rec))
         visibility = self.router().config.queue.visibility_timeout
-        while not running.done():
-            await wait_first(asyncio.shield(running), self.clock.sleep(visibility / 3))
-            if running.done():
-                break
-            try:
-                await self.queue.renew(claim)
-                fresh = await self.queue.get(rec.id)
-            except Exception as e:  # noqa: BLE001 - keep running; the claim may lapse and be run again
-                log.warning("queue: renewing %s failed (%s)", rec.id, e)
-                continue
-            if fresh is None or fresh.status == "cancelled":
-                running.cancel()
         try:
+            while not running.done():
+                await wait_first(asyncio.shield(running), self.clock.sleep(visibility / 3))
+                if running.done():
+                    break
+                try:
+                    await self.queue.renew(claim)
+                    fresh = await self.queue.get(rec.id)
+                except Exception as e:  # noqa: BLE001 - keep running; the claim may lapse and be run again
+                    log.warning("queue: renewing %s failed (%s)", rec.id, e)
+                    continue
+                if fresh is None or fresh.status == "cancelled":
+                    running.cancel()
             status, result = await running
         except asyncio.CancelledError:
             if asyncio.current_task() is not None and asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                raise
+                raise  # the pool stops: the entry stays claimed and runs again elsewhere
             await self.queue.ack(claim)  # cancelled by the caller: the record says so already
             self._counted("cancelled")
             return
+        finally:
+            if not running.done():
+                running.cancel()
+        await self._finish(claim, rec, status, result, ttl)
+
+    async def _finish(self, claim: Claim, rec: TaskRecord, status: Status, result: dict[str, Any], ttl: float) -> None:
+        """Write the result (unless another run already did), then acknowledge the entry and call
+        back. The callback is scheduled before the write, so a crash in between still delivers it."""
         now = self.clock.wall()
         rec.status, rec.updated_at, rec.finished_at = status, now, now
         if status == "succeeded":
@@ -239,12 +256,12 @@ class Workers:
             rec.error = result
         if rec.callback is not None:
             rec.callback.first_at = rec.callback.next_at = now
+            await self.queue.schedule_callback(rec.id, now + CALLBACK_LEASE)  # a lease: delivered here at once
         saved = await self.queue.save(rec, ttl)
         await self.queue.ack(claim)
         if saved:
             self._counted(status)
-            if rec.callback is not None:  # due a lease from now: delivered here at once, by another replica if this one stops
-                await self.queue.schedule_callback(rec.id, now + CALLBACK_TIMEOUT * 3)
+            if rec.callback is not None:
                 await self._deliver(rec.id)
 
     def _counted(self, status: str) -> None:
@@ -263,12 +280,14 @@ class Workers:
                 sent = plan.request
                 plan.background = True
                 tenant = router.config.tenants.get(rec.tenant) if rec.tenant else None
-                ctx = RequestContext(caller=rec.caller, limits=tenant.limits if tenant else None)
+                ctx = RequestContext(caller=rec.caller, limits=tenant.limits if tenant else None, background=True)
                 async with router.admit(plan, ctx) as ticket:
                     run = router.run(sent, plan, ctx)
                     answer = await router.complete(sent, plan, run, rec.id, ctx, ticket)
                 return "succeeded", msgspec.to_builtins(answer)
             except RateLimited as e:
+                if e.never:  # bigger than the limit itself: no wait makes it fit
+                    return "failed", _error_of(e)
                 wait: float | None = e.retry_after
             except RouterError as e:
                 wait = getattr(e, "retry_after", None)
@@ -280,6 +299,9 @@ class Workers:
                     return "failed", _error_of(e)
             except msgspec.ValidationError as e:
                 return "failed", {"type": "invalid_request_error", "message": str(e), "status": 400}
+            except Exception as e:  # a bug: this task fails, the worker goes on
+                log.exception("queue: task %s raised", rec.id)
+                return "failed", {"type": "internal_error", "status": 500, "message": f"internal error ({type(e).__name__})"}
             await self.clock.sleep(max(0.05, wait or 1.0))
 
     # -- callbacks ----------------------------------------------------------------------------
@@ -290,9 +312,11 @@ class Workers:
             try:
                 if self.telemetry is not None:
                     self.telemetry.queue_depth(await self.queue.depth(self.clock.wall()))
-                due = await self.queue.due_callbacks(self.clock.wall(), CALLBACK_TIMEOUT * 3, 16)
-                for task_id in due:
-                    await self._deliver(task_id)
+                for _ in range(64):  # one at a time: each is leased just before it is delivered
+                    due = await self.queue.due_callbacks(self.clock.wall(), CALLBACK_LEASE, 1)
+                    if not due:
+                        break
+                    await self._deliver(due[0])
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - the queue failed; try again

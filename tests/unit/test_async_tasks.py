@@ -313,3 +313,32 @@ def test_queue_contract(make_queue: Callable[[list[float]], Any]) -> None:
                 await q.client.aclose()
 
     asyncio.run(go())
+
+
+def test_redis_takes_over_a_dead_workers_entry_behind_many_live_ones(redis_url: str, redis_prefix: str) -> None:
+    """XAUTOCLAIM scans about 10 pending entries per call: the claim follows its cursor."""
+    async def go() -> None:
+        q = RedisQueue(RedisStore(redis_url, prefix=redis_prefix).client, redis_prefix)
+        try:
+            for i in range(15):
+                await q.submit(record(f"t{i:02d}"), 60)
+            claims = [await q.claim("w1", 30) for _ in range(15)]
+            dead = claims[-1]
+            await q.client.xclaim(q.streams["normal"], "workers", "w1", 0, [dead.entry], idle=60_000, justid=True)
+            taken = await q.claim("w2", 30)  # the 14 others are fresh
+            assert taken is not None and taken.task_id == dead.task_id and taken.consumer == "w2"
+        finally:
+            await q.client.aclose()
+
+    asyncio.run(go())
+
+
+def test_an_async_task_that_can_never_fit_its_limit_fails_instead_of_waiting_forever() -> None:
+    yaml_text = YAML.replace("  svc:\n    keys:", "  svc:\n    limits: {tpm: 100}\n    keys:")
+
+    async def t(a: InProcess) -> None:
+        r = await a.client.post("/v1/tasks", json=ask(max_tokens=5000), headers=AUTH)
+        done = await finished(a, r.json()["id"])
+        assert done["status"] == "failed" and done["error"]["status"] == 429 and "limit is 100" in done["error"]["message"]
+
+    run(t, yaml_text)
