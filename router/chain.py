@@ -41,7 +41,7 @@ from router.events import (
 )
 from router.failures import all_failed, check_output, error_event, is_final, quota_wait
 from router.hedge import First, Try, race
-from router.limits import Limiter, Ticket
+from router.limits import DEFAULT_MAX_TOKENS_ESTIMATE, Limiter, OverBudget, Ticket
 from router.plan import Plan
 from router.policy import Policy
 from router.request import ResponseFormat, TaskRequest
@@ -166,10 +166,15 @@ class Chain:
             why = f"{target.name}: this request (~{plan.estimate} tokens) is over the target's tokens-per-minute quota itself"
             skip = ("quota_too_small", why)
         if skip is None:
-            got = await self.limiter.admit_target(target.provider, target.model, plan.estimate, plan.background)
+            cost = target.spec.price.cost(plan.prompt_tokens, plan.params.max_tokens or DEFAULT_MAX_TOKENS_ESTIMATE) \
+                if target.spec.price is not None else 0.0
+            got = await self.limiter.admit_target(target.provider, target.model, plan.estimate, plan.background, cost)
             if isinstance(got, Ticket):
                 return got, admission
-            skip, retry_after = ("rate_limited", f"{target.name}: over its upstream rate limit"), got
+            if isinstance(got, OverBudget):
+                skip, retry_after = ("budget", f"{target.name}: its provider's budget is spent"), got.retry_after
+            else:
+                skip, retry_after = ("rate_limited", f"{target.name}: over its upstream rate limit"), got
             if admission == "probe":  # it will not probe now: the next request may
                 await self.circuits.release(target.name)
         code, message = skip
@@ -305,6 +310,7 @@ class Chain:
                 if type(ev) is Usage:
                     held.used = ev.input_tokens + ev.output_tokens
                     ev = price(ev, target)
+                    held.cost = ev.cost_usd
                 elif texts is not None:
                     if type(ev) is TextDelta:
                         texts.append(ev.text)

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 __all__ = [
+    "Budget",
     "CachePolicy",
     "Cooldown",
     "Cors",
@@ -75,6 +76,15 @@ class Price(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         """USD the cache saved: ``cached_tokens`` at ``input`` minus at ``cached_input``."""
         read_price = self.cached_input if self.cached_input is not None else self.input
         return round(cached_tokens * (self.input - read_price) / 1e6, 10)
+
+
+class Budget(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Spend limits in USD per UTC day and per UTC month, kept in the store (every replica shares
+    them). ``alert_at``: the fraction of a budget whose crossing is logged as a warning."""
+
+    daily_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    monthly_usd: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    alert_at: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.8
 
 
 class Limits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -215,6 +225,7 @@ class Provider(msgspec.Struct, forbid_unknown_fields=True):
     hedge: Hedge | None = None
     stream_upstream: bool = True
     queue_share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    budget: Budget | None = None
     unusable_reason: str | None = msgspec.field(default=None, name="_unusable_reason")
 
 
@@ -300,6 +311,7 @@ class Task(msgspec.Struct, forbid_unknown_fields=True):
     shadow: Shadow | None = None
     fallback_on: list[Literal["content_filter"]] = []
     hedge: Hedge | None = None
+    budget: Budget | None = None
 
 
 KeyHash = Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
@@ -314,6 +326,7 @@ class Tenant(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     tasks: list[str] | None = None
     limits: Limits | None = None
     callback_secret: str | None = None
+    budget: Budget | None = None
 
 
 class QueueConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -24,7 +24,7 @@ from router.clock import Clock, LoopClock
 from router.config import Limits, RoutingConfig
 from router.errors import TargetUnusable, UpstreamError
 from router.events import Answer, Error, Event, Usage, fold
-from router.limits import Admission, Limiter, Ticket
+from router.limits import Admission, Limiter, OverBudget, Ticket
 from router.outcomes import Tracker
 from router.output import parsed_output
 from router.plan import Plan, Planner
@@ -50,6 +50,7 @@ class RequestContext(msgspec.Struct, kw_only=True):
     limits: Limits | None = None
     trace: dict[str, str] | None = None
     background: bool = False  # an async task's run: its waits for quota are not requests of their own
+    tenant: str | None = None  # the authenticated tenant (its budget applies)
 
 
 class Router:
@@ -91,7 +92,7 @@ class Router:
         """``async with``: charge the caller's limits for the block (raises ``RateLimited``, 429,
         when over one); settled exactly once when the block ends, from the ticket's
         ``served``/``used``."""
-        return self.limiter.caller(ctx.caller, plan.task, plan.estimate, ctx.limits)
+        return self.limiter.caller(ctx.caller, plan.task, plan.estimate, ctx.limits, ctx.tenant, plan.estimate_usd)
 
     def run(self, req: TaskRequest, plan: Plan, ctx: RequestContext) -> Run:
         """A new record for one request."""
@@ -133,6 +134,7 @@ class Router:
             await events.aclose()
             if ticket is not None:
                 ticket.served, ticket.used = run.served, run.used_tokens
+                ticket.cost = run.usage.cost_usd if run.usage is not None else None
             self.finish(run, req, plan, request_id, ctx, primary)
 
     async def complete(self, req: TaskRequest, plan: Plan, run: Run, request_id: str, ctx: RequestContext,
@@ -199,6 +201,7 @@ class Router:
         plan = self.plan(msgspec.structs.replace(req, task=target_name))
         got = await self.limiter.admit_target(target.provider, target.model, plan.estimate)
         if not isinstance(got, Ticket):
+            got = got.retry_after if isinstance(got, OverBudget) else got
             raise TargetUnusable(f"{target_name}: over its upstream rate limit", code="rate_limited",
                                  retryable=True, provider=target.provider, retry_after=got)
         async with self.limiter.quota(got) as held:
@@ -208,5 +211,6 @@ class Router:
                 if type(ev) is Usage:
                     held.used = ev.input_tokens + ev.output_tokens
                     ev = price(ev, target)
+                    held.cost = ev.cost_usd
                 held.served = True
                 yield ev

@@ -150,6 +150,13 @@ class RateLimited(RouterError):
         self.never = never  # the request alone is over the limit: it will never fit
 
 
+class BudgetExceeded(RateLimited):
+    """A tenant or task spent its budget: 429 with ``type: budget_exceeded``; ``retry_after`` is
+    the seconds until the exhausted period (UTC day or month) ends."""
+
+    type = "budget_exceeded"
+
+
 class UpstreamError(RouterError):
     """One call to one target failed.
 

@@ -29,7 +29,7 @@ def all_failed(attempts: list[AttemptRecord], errors: list[UpstreamError], plan:
     failure was a rate limit (upstream, or a quota here) or a cooldown, in any mix, 429 (503 when
     only cooldowns) with ``retry_after`` the earliest moment any target can serve again; 503 when
     no target could be called; 504 when every call timed out; else 502."""
-    limited = [e for e in errors if e.code == "rate_limited" or (e.upstream_status == 429 and e.retryable)
+    limited = [e for e in errors if e.code in ("rate_limited", "budget") or (e.upstream_status == 429 and e.retryable)
                or (e.quota and e.retry_after is not None)]
     cooling = [e for e in errors if e.code == "cooldown"]
     called = [e for e in errors if not isinstance(e, TargetUnusable)]

@@ -10,15 +10,20 @@ lets the request through uncounted, ``deny`` refuses it with 429.
 
 from __future__ import annotations
 
+import calendar
+import logging
 import math
 import re
+import time
 from typing import Any
 
 import msgspec
 
-from router.config import Limits, RoutingConfig
-from router.errors import RateLimited, RequestError
-from router.stores import LimitResult, LimitSpec, Store, StoreError
+from router.config import Budget, Limits, RoutingConfig
+from router.errors import BudgetExceeded, RateLimited, RequestError
+from router.stores import BudgetSpec, LimitResult, LimitSpec, Store, StoreError
+
+log = logging.getLogger("llm_router")
 
 __all__ = ["DEFAULT_MAX_TOKENS_ESTIMATE", "Admission", "Held", "Limiter", "Ticket", "caller_id"]
 
@@ -48,13 +53,18 @@ class Ticket(msgspec.Struct):
     settled: bool = False
     served: bool = False
     used: int | None = None
+    budgets: list[BudgetSpec] = []  # the spend reserved (micro-USD), settled with ``cost``
+    cost: float | None = None  # USD the request really cost (None keeps the reservation)
+    budget_left: float | None = None  # USD left in the tightest budget after the reservation
 
     def headers(self) -> dict[str, str]:
-        """``X-RateLimit-Limit/Remaining/Reset`` of the tightest RPM limiter, and the ``-Tokens``
-        variants of the tightest TPM limiter (Reset in seconds)."""
-        if self.result is None or not self.result.allowed:
-            return {}
-        return _headers(self.specs, self.result)
+        """``X-RateLimit-Limit/Remaining/Reset`` of the tightest RPM limiter, the ``-Tokens``
+        variants of the tightest TPM limiter (Reset in seconds), and
+        ``X-LLM-Router-Budget-Remaining-USD`` when a budget applies."""
+        out = {} if self.result is None or not self.result.allowed else _headers(self.specs, self.result)
+        if self.budget_left is not None:
+            out["x-llm-router-budget-remaining-usd"] = f"{self.budget_left:.6f}"
+        return out
 
 
 def _headers(specs: list[LimitSpec], result: LimitResult) -> dict[str, str]:
@@ -112,8 +122,34 @@ def _specs(prefix: str, limits: Limits | None, cost: int) -> list[LimitSpec]:
     return out
 
 
+class OverBudget(msgspec.Struct, frozen=True):
+    """A target's provider spent its budget; ``retry_after`` seconds until the period ends."""
+
+    retry_after: float
+
+
+def micro(usd: float) -> int:
+    """USD as whole micro-USD, rounded up (a reservation never under-counts)."""
+    return math.ceil(usd * 1e6 - 1e-9)
+
+
+def _period_ends(now: float) -> tuple[str, float, str, float]:
+    """(day id, seconds to the day's end, month id, seconds to the month's end), UTC."""
+    t = time.gmtime(now)
+    day_end = calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0)) + 86400
+    year, month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
+    month_end = calendar.timegm((year, month, 1, 0, 0, 0))
+    return time.strftime("%Y-%m-%d", t), day_end - now, time.strftime("%Y-%m", t), month_end - now
+
+
 class Limiter:
-    """Admits and settles requests against the limits of one ``RoutingConfig``."""
+    """Admits and settles requests against the limits and budgets of one ``RoutingConfig``.
+
+    Budgets (USD per UTC day and month, on tenants, tasks and providers) use the same ticket
+    discipline as TPM: a request reserves its estimated cost at admission (all its budgets or
+    none, in one store script) and is settled with its real cost when it ends (refunded whole
+    when nothing was served). Spend can pass a budget only by what requests in flight cost beyond
+    their estimates."""
 
     def __init__(self, config: RoutingConfig, store: Store) -> None:
         self.config = config
@@ -125,6 +161,68 @@ class Limiter:
         self._models = {(p, m): spec.limits for p, prov in config.providers.items()
                         for m, spec in prov.models.items()}
         self._shares = {name: p.queue_share for name, p in config.providers.items()}
+        self._budgets: dict[str, Budget] = {
+            **{f"tenant:{n}": t.budget for n, t in config.tenants.items() if t.budget},
+            **{f"task:{n}": t.budget for n, t in config.tasks.items() if t.budget},
+            **{f"provider:{n}": p.budget for n, p in config.providers.items() if p.budget}}
+
+    def budget_specs(self, scopes: list[str], cost_usd: float, now: float | None = None) -> list[tuple[BudgetSpec, float, str]]:
+        """(spec, seconds to its period's end, "<scope> daily|monthly") of each budget of ``scopes``
+        (``tenant:<name>``, ``task:<name>``, ``provider:<name>``) for a request of ``cost_usd``."""
+        day, day_left, month, month_left = _period_ends(time.time() if now is None else now)
+        out = []
+        for scope in scopes:
+            b = self._budgets.get(scope)
+            if b is None:
+                continue
+            if b.daily_usd:
+                out.append((BudgetSpec(f"{scope}:d:{day}", micro(b.daily_usd), micro(cost_usd), day_left + 86400),
+                            day_left, f"{scope} daily"))
+            if b.monthly_usd:
+                out.append((BudgetSpec(f"{scope}:m:{month}", micro(b.monthly_usd), micro(cost_usd), month_left + 86400),
+                            month_left, f"{scope} monthly"))
+        return out
+
+    async def _reserve(self, ticket: Ticket, scopes: list[str], cost_usd: float) -> float | None:
+        """Reserve ``cost_usd`` on every budget of ``scopes`` into ``ticket``; the seconds until
+        the exhausted period ends when one would go over (nothing reserved then), else None."""
+        found = self.budget_specs(scopes, cost_usd)
+        if not found:
+            return None
+        specs = [s for s, _, _ in found]
+        try:
+            after = await self.store.budget_acquire(specs)
+        except StoreError:
+            if self.deny_on_error:
+                return 60.0
+            return None
+        if after is None:
+            try:
+                spent = await self.store.budget_spent([s.key for s in specs])
+            except StoreError:
+                spent = [s.limit for s in specs]
+            over = [left for (s, left, _), v in zip(found, spent, strict=True) if v + s.cost > s.limit]
+            return max(over or [left for _, left, _ in found])
+        ticket.budgets = specs
+        ticket.budget_left = min((s.limit - a) / 1e6 for s, a in zip(specs, after, strict=True))
+        for (s, _, name), a in zip(found, after, strict=True):
+            alert = self._budgets[name.rsplit(" ", 1)[0]].alert_at
+            if a >= alert * s.limit > a - s.cost:
+                log.warning("budget %s: %.0f%% spent (USD %.4f of %.2f)", name, 100 * a / s.limit, a / 1e6, s.limit / 1e6)
+        return None
+
+    async def spend(self, now: float | None = None) -> dict[str, Any]:
+        """Each budget's limit and what was spent in the current day and month (USD), for
+        ``/v1/routes`` and ``/v1/usage``; raises ``StoreError``."""
+        out: dict[str, Any] = {}
+        for scope, b in self._budgets.items():
+            found = self.budget_specs([scope], 0.0, now)
+            spent = await self.store.budget_spent([s.key for s, _, _ in found])
+            out[scope] = {name.rsplit(" ", 1)[1]: {"limit_usd": s.limit / 1e6, "spent_usd": round(v / 1e6, 6),
+                                                   "resets_in_s": round(left)}
+                          for (s, left, name), v in zip(found, spent, strict=True)}
+            out[scope]["alert_at"] = b.alert_at
+        return out
 
     def caller_specs(self, caller: str, task: str, estimate: int, own: Limits | None = None) -> list[LimitSpec]:
         """The caller's limiters for ``task`` (one hash tag: ``{c:<caller>}``): its ``own``
@@ -161,10 +259,22 @@ class Limiter:
             return result
         return Ticket(specs=specs, estimate=estimate, result=result)
 
-    async def admit_caller(self, caller: str, task: str, estimate: int, own: Limits | None = None) -> Ticket:
-        """Charge the caller's limits; raises ``RateLimited`` (429, Retry-After) when over one."""
+    async def admit_caller(self, caller: str, task: str, estimate: int, own: Limits | None = None,
+                           tenant: str | None = None, cost_usd: float = 0.0) -> Ticket:
+        """Charge the caller's limits and reserve ``cost_usd`` (the estimate) on the tenant's and
+        the task's budgets; raises ``RateLimited`` (429, Retry-After) when over a limit, and
+        ``BudgetExceeded`` (429 ``budget_exceeded``, Retry-After until the period ends) when a
+        budget would go over (the limits are given back then)."""
         specs = self.caller_specs(caller, task, estimate, own)
         got = await self._acquire(specs, estimate)
+        if isinstance(got, Ticket):
+            scopes = [*([f"tenant:{tenant}"] if tenant else []), f"task:{task}"]
+            wait = await self._reserve(got, scopes, cost_usd) if self._budgets else None
+            if wait is not None:
+                await self.settle(got, None, served=False)
+                raise BudgetExceeded(f"the budget of {' or '.join(scopes)} is spent until its period ends",
+                                     retry_after=wait, headers={})
+            return got
         if isinstance(got, LimitResult):
             if not got.remaining:
                 raise RateLimited("the rate-limit store is unavailable and on_store_error is deny",
@@ -175,11 +285,20 @@ class Limiter:
             raise RateLimited(msg, retry_after=got.retry_after, headers=_headers(specs, got), never=bool(too_big))
         return got
 
-    async def admit_target(self, provider: str, model: str, estimate: int, background: bool = False) -> Ticket | float:
-        """Charge a target's upstream quota (``background``: within the queue's paced share);
-        returns the ticket, or the seconds until it would fit."""
+    async def admit_target(self, provider: str, model: str, estimate: int, background: bool = False,
+                           cost_usd: float = 0.0) -> Ticket | float | OverBudget:
+        """Charge a target's upstream quota (``background``: within the queue's paced share) and
+        reserve ``cost_usd`` on its provider's budget; returns the ticket, the seconds until the
+        quota would fit, or ``OverBudget`` (the quota given back)."""
         got = await self._acquire(self.target_specs(provider, model, estimate, background), estimate)
-        return got.retry_after if isinstance(got, LimitResult) else got
+        if isinstance(got, LimitResult):
+            return got.retry_after
+        if self._budgets and f"provider:{provider}" in self._budgets:
+            wait = await self._reserve(got, [f"provider:{provider}"], cost_usd)
+            if wait is not None:
+                await self.settle(got, None, served=False)
+                return OverBudget(wait)
+        return got
 
     def fits_target(self, provider: str, model: str, estimate: int) -> bool:
         """Whether a request of ``estimate`` tokens could ever fit the target's quotas (its TPM)."""
@@ -190,19 +309,23 @@ class Limiter:
         however it ends, from the ticket's ``used`` and ``served``."""
         return Held(self, ticket)
 
-    def caller(self, caller: str, task: str, estimate: int, own: Limits | None = None) -> Admission:
-        """``async with``: charge the caller's limits on entry (raises ``RateLimited``), settle on
-        exit; the block gets the ``Ticket``."""
-        return Admission(self, caller, task, estimate, own)
+    def caller(self, caller: str, task: str, estimate: int, own: Limits | None = None,
+               tenant: str | None = None, cost_usd: float = 0.0) -> Admission:
+        """``async with``: charge the caller's limits and budgets on entry (raises
+        ``RateLimited``/``BudgetExceeded``), settle on exit; the block gets the ``Ticket``."""
+        return Admission(self, caller, task, estimate, own, tenant, cost_usd)
 
     async def settle(self, ticket: Ticket, used_tokens: int | None, served: bool) -> None:
         """Refund an unserved request whole; for a served one, charge or refund the difference
         between ``used_tokens`` and the estimate (``None``: keep the estimate). Idempotent."""
-        if ticket.settled or not ticket.specs:
-            ticket.settled = True
+        if ticket.settled:
             return
         ticket.settled = True
         try:
+            for b in ticket.budgets:
+                delta = -b.cost if not served else (micro(ticket.cost) - b.cost if ticket.cost is not None else 0)
+                if delta:
+                    await self.store.budget_adjust(b.key, delta, b.ttl)
             for spec in ticket.specs:
                 if not served:
                     await self.store.limit_adjust(spec.key, spec.limit, -spec.cost)

@@ -50,6 +50,7 @@ class Plan(msgspec.Struct, kw_only=True):
     fallback_on: frozenset[str] = frozenset()
     task_version: str | None = None
     background: bool = False  # an async task's run: provider quotas within their queue_share, paced
+    estimate_usd: float = 0.0  # the most this request may cost on its chain (prompt estimate + max_tokens), for budgets
 
 
 def estimate_prompt_tokens(req: TaskRequest) -> int:
@@ -175,7 +176,9 @@ class Planner:
         merged = _merge(req, params)
         prompt = estimate_prompt_tokens(req)
         shadow = task.shadow if task is not None else None
-        return Plan(task=name, request=req, task_version=found.version, chain=chain, policies=found.policies, params=merged, midstream=found.midstream,
+        out_tokens = merged.max_tokens or DEFAULT_MAX_TOKENS_ESTIMATE
+        cost = max((t.spec.price.cost(prompt, out_tokens) for t in chain if t.spec.price is not None), default=0.0)
+        return Plan(task=name, request=req, task_version=found.version, estimate_usd=cost, chain=chain, policies=found.policies, params=merged, midstream=found.midstream,
                     cache=found.cache, prompt_tokens=prompt,
                     estimate=prompt + (merged.max_tokens or DEFAULT_MAX_TOKENS_ESTIMATE), variant=variant,
                     shadow=shadow, tracked=task is not None and (task.experiment is not None or shadow is not None),

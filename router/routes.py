@@ -26,6 +26,7 @@ from router.experiments import (
 )
 from router.ledger import usage_report
 from router.reload import LiveConfig
+from router.stores import StoreError
 
 __all__ = ["ROUTES", "errors_of", "parse_since"]
 
@@ -217,7 +218,12 @@ async def usage(request: Request[Any, Any, Any], state: State, tenant: FromQuery
     default 30 days ago; UTC-day resolution). An admin key is needed when tenants exist."""
     router = _router(state)
     router.auth.admin(request.headers)
-    return await usage_report(router.store, tenant=tenant, task=task, since=parse_since(since))
+    report = await usage_report(router.store, tenant=tenant, task=task, since=parse_since(since))
+    spend = await router.limiter.spend()
+    report["budgets"] = {k: v for k, v in spend.items()
+                         if (tenant is None or not k.startswith("tenant:") or k == f"tenant:{tenant}") and
+                         (task is None or not k.startswith("task:") or k == f"task:{task}")}
+    return report
 
 
 @get("/v1/routes", tags=["operators"], responses=_errors(401, 403))
@@ -226,6 +232,10 @@ async def routes(request: Request[Any, Any, Any], state: State) -> dict[str, Any
     router = _router(state)
     router.auth.admin(request.headers)
     view = await _routes_view(router, state.live)
+    try:
+        view["budgets"] = await router.limiter.spend()
+    except StoreError:
+        view["budgets"] = {"error": "the store did not answer"}
     queue, workers = state.queue, state.workers
     try:
         depth: dict[str, Any] = await queue.depth(router.clock.wall())

@@ -280,7 +280,8 @@ class Workers:
                 sent = plan.request
                 plan.background = True
                 tenant = router.config.tenants.get(rec.tenant) if rec.tenant else None
-                ctx = RequestContext(caller=rec.caller, limits=tenant.limits if tenant else None, background=True)
+                ctx = RequestContext(caller=rec.caller, limits=tenant.limits if tenant else None, background=True,
+                                     tenant=rec.tenant)
                 async with router.admit(plan, ctx) as ticket:
                     run = router.run(sent, plan, ctx)
                     answer = await router.complete(sent, plan, run, rec.id, ctx, ticket)

@@ -91,7 +91,7 @@ async def serve_door(door: Door, scope: Any, receive: Any, send: Any) -> None:
     trace = {k: v for k in ("traceparent", "tracestate") if (v := headers.get(k))}
     ctx = RequestContext(caller=tenant or caller_id(headers.get("x-caller"), client[0] if client else None),
                          no_cache="no-cache" in cc, no_store="no-store" in cc,
-                         limits=router.auth.limits(tenant) if tenant else None, trace=trace or None)
+                         limits=router.auth.limits(tenant) if tenant else None, trace=trace or None, tenant=tenant)
     if _asks_async(door, asked, headers):
         await _queue(scope, send, router, asked, plan.task, ctx.caller, tenant, rid)
         return

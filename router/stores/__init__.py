@@ -7,10 +7,17 @@ and the response cache. ``store_for(settings)`` picks Redis when ``settings.redi
 from __future__ import annotations
 
 from router.settings import Settings
-from router.stores.base import BreakerState, LimitResult, LimitSpec, Store, StoreError
+from router.stores.base import (
+    BreakerState,
+    BudgetSpec,
+    LimitResult,
+    LimitSpec,
+    Store,
+    StoreError,
+)
 from router.stores.memory import MemoryStore
 
-__all__ = ["BreakerState", "LimitResult", "LimitSpec", "MemoryStore", "Store", "StoreError", "store_for"]
+__all__ = ["BreakerState", "BudgetSpec", "LimitResult", "LimitSpec", "MemoryStore", "Store", "StoreError", "store_for"]
 
 
 def store_for(settings: Settings) -> Store:

@@ -28,6 +28,7 @@ __all__ = [
     "STORE_BUDGET",
     "Admission",
     "BreakerState",
+    "BudgetSpec",
     "LimitResult",
     "LimitSpec",
     "Store",
@@ -102,6 +103,17 @@ class LimitSpec(NamedTuple):
     paced: bool = False
 
 
+class BudgetSpec(NamedTuple):
+    """One spend budget for one period: ``key`` (the scope and the period, ``tenant:x:d:2026-12-01``),
+    ``limit`` and this request's ``cost`` in micro-USD (1e-6 USD), ``ttl`` seconds the counter
+    lives (past the period's end)."""
+
+    key: str
+    limit: int
+    cost: int
+    ttl: float
+
+
 class LimitResult(msgspec.Struct):
     """``allowed``; ``retry_after`` seconds until the request would fit (0 when allowed);
     per spec, ``remaining`` units now and ``reset`` seconds until the bucket is full again."""
@@ -155,6 +167,19 @@ class Store(Protocol):
 
     async def limit_adjust(self, key: str, limit: int, delta: int) -> None:
         """Charge ``delta`` more units (negative: refund) without an admission check."""
+        ...
+
+    async def budget_acquire(self, specs: list[BudgetSpec]) -> list[int] | None:
+        """Reserve every spec's cost, or none when any would take its counter past its limit:
+        the counters after the reservation (micro-USD), or None."""
+        ...
+
+    async def budget_adjust(self, key: str, delta: int, ttl: float) -> None:
+        """Add ``delta`` micro-USD (negative: give back) to a budget counter."""
+        ...
+
+    async def budget_spent(self, keys: list[str]) -> list[int]:
+        """The counters of ``keys`` (micro-USD; 0 for an unknown one)."""
         ...
 
     async def cache_get(self, key: str) -> bytes | None:

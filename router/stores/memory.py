@@ -8,7 +8,14 @@ from collections import deque
 from collections.abc import Callable
 
 from router.policy import EffectiveCooldown as Cooldown
-from router.stores.base import PERIOD, Admission, BreakerState, LimitResult, LimitSpec
+from router.stores.base import (
+    PERIOD,
+    Admission,
+    BreakerState,
+    BudgetSpec,
+    LimitResult,
+    LimitSpec,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -34,6 +41,7 @@ class MemoryStore:
 
     def __init__(self, clock: Callable[[], float] = time.time, max_entries: int = 10_000) -> None:
         self.clock = clock
+        self._budgets: dict[str, tuple[float, int]] = {}  # key -> (expires, micro-USD)
         self.max_entries = max_entries
         self._breakers: dict[str, _Breaker] = {}
         self._tat: dict[str, float] = {}
@@ -121,6 +129,25 @@ class MemoryStore:
             reset.append(round(t - now, 3))
         return LimitResult(allowed=allowed, retry_after=0.0 if allowed else round(retry, 3),
                            remaining=remaining, reset=reset)
+
+    async def budget_acquire(self, specs: list[BudgetSpec]) -> list[int] | None:
+        now = self.clock()
+        current = [self._budgets[s.key][1] if s.key in self._budgets and self._budgets[s.key][0] > now else 0
+                   for s in specs]
+        if any(c + s.cost > s.limit for c, s in zip(current, specs, strict=True)):
+            return None
+        for c, s in zip(current, specs, strict=True):
+            self._budgets[s.key] = (now + s.ttl, c + s.cost)
+        return [c + s.cost for c, s in zip(current, specs, strict=True)]
+
+    async def budget_adjust(self, key: str, delta: int, ttl: float) -> None:
+        now = self.clock()
+        exp, cur = self._budgets.get(key, (now + ttl, 0))
+        self._budgets[key] = (max(exp, now + ttl) if exp > now else now + ttl, (cur if exp > now else 0) + delta)
+
+    async def budget_spent(self, keys: list[str]) -> list[int]:
+        now = self.clock()
+        return [self._budgets[k][1] if k in self._budgets and self._budgets[k][0] > now else 0 for k in keys]
 
     async def limit_adjust(self, key: str, limit: int, delta: int) -> None:
         now = self.clock()

@@ -24,6 +24,7 @@ from router.stores.base import (
     STORE_BUDGET,
     Admission,
     BreakerState,
+    BudgetSpec,
     LimitResult,
     LimitSpec,
     StoreError,
@@ -66,6 +67,24 @@ for i = 1, #KEYS do
   out[#out + 1] = tostring(t - now)
 end
 return out
+"""
+
+# KEYS: budget counters. ARGV[2i-1], ARGV[2i]: the limit and cost (micro-USD) of KEYS[i]; ARGV[#KEYS*2+1]:
+# ttl ms. Returns false when any would go past its limit (nothing charged), else the counters after.
+_BUDGET = """
+local n = #KEYS
+local after = {}
+for i = 1, n do
+  local cur = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local v = cur + tonumber(ARGV[2 * i])
+  if v > tonumber(ARGV[2 * i - 1]) then return false end
+  after[i] = v
+end
+for i = 1, n do
+  redis.call('INCRBY', KEYS[i], ARGV[2 * i])
+  redis.call('PEXPIRE', KEYS[i], ARGV[2 * n + 1])
+end
+return after
 """
 
 # KEYS[1]; ARGV: period ms, limit, delta units (negative refunds).
@@ -177,6 +196,7 @@ class RedisStore:
         self.timeout = timeout
         self._acquire = self.client.register_script(_ACQUIRE)
         self._adjust = self.client.register_script(_ADJUST)
+        self._budget = self.client.register_script(_BUDGET)
         self._admit = self.client.register_script(_ADMIT)
         self._failure = self.client.register_script(_FAILURE)
         self._release = self.client.register_script(_RELEASE)
@@ -254,6 +274,28 @@ class RedisStore:
 
     async def limit_adjust(self, key: str, limit: int, delta: int) -> None:
         await self._call(self._adjust(keys=[f"{self.prefix}:rl:{key}"], args=[int(PERIOD * 1000), limit, delta]))
+
+    # -- budgets (one hash tag for all: a request's tenant and task budgets in one script) -----
+    def _bk(self, key: str) -> str:
+        return f"{self.prefix}:bud:{{budgets}}:{key}"
+
+    async def budget_acquire(self, specs: list[BudgetSpec]) -> list[int] | None:
+        args: list[Any] = [x for s in specs for x in (s.limit, s.cost)]
+        args.append(max(1, int(max(s.ttl for s in specs) * 1000)))
+        got = await self._call(self._budget(keys=[self._bk(s.key) for s in specs], args=args))
+        return [int(x) for x in got] if got else None
+
+    async def budget_adjust(self, key: str, delta: int, ttl: float) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.incrby(self._bk(key), delta)
+            pipe.pexpire(self._bk(key), max(1, int(ttl * 1000)))
+            await self._call(pipe.execute())
+
+    async def budget_spent(self, keys: list[str]) -> list[int]:
+        if not keys:
+            return []
+        got = await self._call(self.client.mget([self._bk(k) for k in keys]))
+        return [int(x) if x is not None else 0 for x in got]
 
     # -- cache and locks -------------------------------------------------------------------
     async def cache_get(self, key: str) -> bytes | None:

@@ -83,3 +83,108 @@ def test_cached_reads_and_writes_cost_what_the_hand_computation_says() -> None:
     assert rows["claude_task"]["cache_savings_usd"] == pytest.approx(10_000 * 2.7 / 1e6, abs=1e-8)
     assert rows["claude_task"]["cache_write_tokens"] == 6_000
     assert report["total"]["cache_savings_usd"] == pytest.approx((8_000 * 0.49 + 10_000 * 2.7) / 1e6, abs=1e-8)
+
+
+# -- budgets -------------------------------------------------------------------------------
+
+BUDGETS = """
+version: 1
+providers:
+  glm:
+    protocol: openai
+    base_url: http://emulator/api/paas/v4
+    api_key: k
+    models:
+      glm-4.6: {context_window: 200000, price: {input: 1.0, output: 1.0}}
+  claude:
+    protocol: anthropic
+    base_url: http://emulator
+    api_key: k
+    budget: {daily_usd: 0.006}
+    models:
+      claude-sonnet-5-5: {context_window: 200000, price: {input: 1.0, output: 1.0}}
+tasks:
+  spend: {chain: [glm/glm-4.6], params: {max_tokens: 4000}}
+  claude_first: {chain: [claude/claude-sonnet-5-5, glm/glm-4.6], params: {max_tokens: 4000}}
+tenants:
+  acme:
+    keys: ["%s"]
+    budget: {daily_usd: 0.01, monthly_usd: 1.0}
+""" % ("sha256:" + __import__("hashlib").sha256(b"acme-key").hexdigest())
+ACME = {"authorization": "Bearer acme-key"}
+
+
+def spend_ask(output_tokens: int) -> list[dict[str, str]]:
+    return ask({"text": "ok", "input_tokens": 100, "output_tokens": output_tokens})
+
+
+def test_a_tenant_over_its_budget_gets_429_budget_exceeded_until_the_day_ends() -> None:
+    async def t(a: InProcess) -> None:
+        first = await a.client.post("/v1/tasks", json={"task": "spend", "messages": spend_ask(3900)}, headers=ACME)
+        assert first.status_code == 200 and float(first.headers["x-llm-router-budget-remaining-usd"]) < 0.01
+        second = await a.client.post("/v1/tasks", json={"task": "spend", "messages": spend_ask(3900)}, headers=ACME)
+        assert second.status_code == 200  # 0.004 spent, ~0.0041 reserved: fits 0.01
+        third = await a.client.post("/v1/tasks", json={"task": "spend", "messages": spend_ask(10)}, headers=ACME)
+        assert third.status_code == 429 and third.json()["error"]["type"] == "budget_exceeded"
+        import time as _t
+        to_midnight = 86400 - _t.time() % 86400
+        assert abs(int(third.headers["retry-after"]) - to_midnight) <= 2
+        spent = (await a.app.state.live.router.limiter.spend())["tenant:acme"]
+        assert spent["daily"]["spent_usd"] == pytest.approx(2 * (100 + 3900) / 1e6)  # settled with the real cost
+        assert spent["monthly"]["limit_usd"] == 1.0
+
+    async def go() -> None:
+        async with app(BUDGETS) as a:
+            await t(a)
+
+    asyncio.run(go())
+
+
+def test_a_provider_over_its_budget_is_skipped_and_the_chain_moves_on() -> None:
+    async def t(a: InProcess) -> None:
+        first = await a.client.post("/v1/tasks", json={"task": "claude_first", "messages": spend_ask(3900)}, headers=ACME)
+        assert first.json()["provider"] == "claude"
+        s = await a.client.post("/v1/tasks", json={"task": "claude_first", "stream": True, "messages": spend_ask(1)},
+                                headers=ACME)
+        events = [json.loads(x[6:]) for x in s.text.splitlines() if x.startswith("data: ")]
+        assert events[0]["type"] == "fallback" and events[0]["reason"] == "budget"  # 0.004 + 0.0041 > 0.006
+        assert next(e for e in events if e["type"] == "start")["provider"] == "glm"
+        spend = await a.app.state.live.router.limiter.spend()
+        assert spend["provider:claude"]["daily"]["spent_usd"] == pytest.approx(4000 / 1e6)
+
+    async def go() -> None:
+        async with app(BUDGETS) as a:
+            await t(a)
+
+    asyncio.run(go())
+
+
+def test_four_replicas_on_one_redis_never_spend_past_a_budget_by_more_than_one_estimate(
+        redis_url: str, redis_prefix: str) -> None:
+    from router.stores.redis import RedisStore
+
+    budget = 0.05
+    yaml_text = BUDGETS.replace("budget: {daily_usd: 0.01, monthly_usd: 1.0}", f"budget: {{daily_usd: {budget}}}")
+
+    async def go() -> None:
+        stores = [RedisStore(redis_url, prefix=redis_prefix, timeout=2.0) for _ in range(4)]
+        try:
+            async with app(yaml_text, store=stores[0]) as a, app(yaml_text, store=stores[1]) as b, \
+                    app(yaml_text, store=stores[2]) as c, app(yaml_text, store=stores[3]) as d:
+                replicas = [a, b, c, d]
+                answers = await asyncio.gather(*(replicas[i % 4].client.post(
+                    "/v1/tasks", json={"task": "spend", "messages": spend_ask(3000 + i)}, headers=ACME) for i in range(200)))
+                ok = [r for r in answers if r.status_code == 200]
+                refused = [r for r in answers if r.status_code == 429]
+                assert len(ok) + len(refused) == 200 and refused and all(
+                    r.json()["error"]["type"] == "budget_exceeded" for r in refused)
+                spent = (await a.app.state.live.router.limiter.spend())["tenant:acme"]["daily"]["spent_usd"]
+                real = sum(r.json()["usage"]["cost_usd"] for r in ok)
+                assert spent == pytest.approx(real, abs=1e-6)  # every reservation settled to the real cost
+                estimate = (100 + 4000) / 1e6
+                assert real <= budget + estimate
+        finally:
+            for st in stores:
+                await st.close()
+
+    asyncio.run(go())

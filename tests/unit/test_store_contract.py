@@ -197,3 +197,18 @@ def test_a_paced_limiter_admits_one_unit_per_interval_beside_the_shared_bucket(m
     first, second, interactive = run(make_store, body)
     assert first.allowed and not second.allowed and 11.5 < second.retry_after <= 12.0
     assert [r.allowed for r in interactive] == [True] * 9 + [False]  # the background request used one of 10
+
+
+def test_budgets_reserve_all_or_nothing_and_adjust(make_store) -> None:  # type: ignore[no-untyped-def]
+    from router.stores import BudgetSpec
+
+    async def body(s):  # type: ignore[no-untyped-def]
+        day, month = "t:x:d:2026-12-01", "t:x:m:2026-12"
+        a = await s.budget_acquire([BudgetSpec(day, 1000, 600, 60), BudgetSpec(month, 5000, 600, 60)])
+        b = await s.budget_acquire([BudgetSpec(day, 1000, 600, 60), BudgetSpec(month, 5000, 600, 60)])  # day over
+        await s.budget_adjust(day, -400, 60)  # the request cost 200, not 600
+        c = await s.budget_acquire([BudgetSpec(day, 1000, 600, 60), BudgetSpec(month, 5000, 600, 60)])
+        return a, b, c, await s.budget_spent([day, month, "unknown"])
+
+    a, b, c, spent = run(make_store, body)
+    assert a == [600, 600] and b is None and c == [800, 1200] and spent == [800, 1200, 0]
