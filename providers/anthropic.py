@@ -52,7 +52,7 @@ from router.events import (
     ToolCallStart,
     Usage,
 )
-from router.request import FilePart, ImagePart, Message, TextPart
+from router.request import CacheControl, FilePart, ImagePart, Message, TextPart
 
 __all__ = ["THINKING_MIN_BUDGET", "AnthropicAdapter"]
 
@@ -321,7 +321,7 @@ def _user_blocks(m: Message) -> list[dict[str, Any]]:
             continue
         if type(p) is TextPart:
             if p.text:
-                out.append({"type": "text", "text": p.text})
+                out.append({"type": "text", "text": p.text, **_breakpoint(p.cache_control)})
         elif type(p) is ImagePart:
             out.append({"type": "image", "source": _source(p.image_url.url)})
         elif type(p) is FilePart:
@@ -329,17 +329,31 @@ def _user_blocks(m: Message) -> list[dict[str, Any]]:
     return out
 
 
-def _turns(call: Call) -> tuple[list[str], list[dict[str, Any]]]:
+def _breakpoint(cc: CacheControl | None) -> dict[str, Any]:
+    """``{"cache_control": {...}}`` for a breakpoint, else nothing."""
+    return {"cache_control": {"type": cc.type, **({"ttl": cc.ttl} if cc.ttl else {})}} if cc is not None else {}
+
+
+def _marked(m: Message) -> bool:
+    """Whether ``m`` carries a cache breakpoint (on itself or on a text part)."""
+    return m.cache_control is not None or (isinstance(m.content, list) and any(
+        type(p) is TextPart and p.cache_control is not None for p in m.content))
+
+
+def _turns(call: Call) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The system texts and the alternating user/assistant turns of ``call``'s messages: tool
     results become ``tool_result`` blocks of a user turn, an assistant's reasoning with its
     signature a ``thinking`` block, its tool calls ``tool_use`` blocks; consecutive messages of
-    one role merge into one turn, as the Messages API requires."""
-    system: list[str] = []
+    one role merge into one turn, as the Messages API requires. Cache breakpoints go on their
+    part's block, or a message's on its last block; the system prompt is returned as blocks."""
+    system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
 
-    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+    def add(role: str, blocks: list[dict[str, Any]], cc: CacheControl | None = None) -> None:
         if not blocks:
             return
+        if cc is not None:
+            blocks[-1].update(_breakpoint(cc))
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"].extend(blocks)
         else:
@@ -347,13 +361,17 @@ def _turns(call: Call) -> tuple[list[str], list[dict[str, Any]]]:
 
     for m in call.messages:
         text = m.text()
+        parted = isinstance(m.content, list) and (m.media() != [] or _marked(m))  # blocks of its own
+        plain = [{"type": "text", "text": text}] if text else []
         if m.role == "system":
-            if text:
-                system.append(text)
+            own = _user_blocks(m) if parted else plain
+            if own and m.cache_control is not None:
+                own[-1].update(_breakpoint(m.cache_control))
+            system += own
         elif m.role == "user":
-            add("user", _user_blocks(m) if m.media() else [{"type": "text", "text": text}] if text else [])
+            add("user", _user_blocks(m) if parted else plain, m.cache_control)
         elif m.role == "tool":
-            add("user", [{"type": "tool_result", "tool_use_id": m.tool_call_id, "content": text}])
+            add("user", [{"type": "tool_result", "tool_use_id": m.tool_call_id, "content": text}], m.cache_control)
         else:
             blocks: list[dict[str, Any]] = []
             if m.reasoning_signature:
@@ -364,7 +382,7 @@ def _turns(call: Call) -> tuple[list[str], list[dict[str, Any]]]:
             for tc in m.tool_calls or ():
                 blocks.append({"type": "tool_use", "id": tc.id, "name": tc.function.name,
                                "input": msgspec.json.decode(tc.function.arguments or "{}")})
-            add("assistant", blocks)
+            add("assistant", blocks, m.cache_control)
     return system, turns
 
 
@@ -379,17 +397,21 @@ class AnthropicAdapter:
         system, turns = _turns(call)
         max_tokens = call.max_tokens or DEFAULT_MAX_TOKENS
         body: dict[str, Any] = {"model": call.model, "max_tokens": max_tokens, "messages": turns}
-        if system:
-            body["system"] = "\n\n".join(system)
+        cached_system = any("cache_control" in b for b in system)
+        if system:  # a plain string unless a block is a cache breakpoint
+            body["system"] = system if cached_system else "\n\n".join(b["text"] for b in system)
         if call.tools:
             body["tools"] = [{"name": t.function.name, "description": t.function.description or "",
-                              "input_schema": t.function.parameters, **({"strict": True} if t.function.strict else {})}
+                              "input_schema": t.function.parameters, **({"strict": True} if t.function.strict else {}),
+                              **_breakpoint(t.cache_control)}
                              for t in call.tools]
         rf = call.response_format
         if rf is not None and rf.type == "json_schema" and rf.json_schema is not None:
             body["output_config"] = {"format": {"type": "json_schema", "schema": claude_schema(rf.json_schema.schema)}}
         elif rf is not None and rf.type == "json_object":  # no native form: say it
-            body["system"] = "\n\n".join([*system, "Answer with one JSON object only, no prose and no code fence."])
+            say = "Answer with one JSON object only, no prose and no code fence."
+            body["system"] = [*system, {"type": "text", "text": say}] if cached_system else \
+                "\n\n".join([*(b["text"] for b in system), say])
         tc_ = call.tool_choice
         if tc_ is not None and call.tools:
             body["tool_choice"] = ({"auto": {"type": "auto"}, "none": {"type": "none"},

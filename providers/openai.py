@@ -137,7 +137,9 @@ def _content(m: Message) -> str | list[dict[str, Any]]:
     for p in m.content or ():
         if isinstance(p, str):
             continue
-        parts.append(msgspec.to_builtins(p))
+        part = msgspec.to_builtins(p)
+        part.pop("cache_control", None)  # Anthropic's breakpoints: GLM caches by itself
+        parts.append(part)
     return parts
 
 
@@ -311,7 +313,7 @@ class OpenAIAdapter:
             if (v := getattr(call, key)) is not None:
                 body[key] = v
         if call.tools:
-            body["tools"] = [msgspec.to_builtins(t) for t in call.tools]
+            body["tools"] = [{"type": "function", "function": msgspec.to_builtins(t.function)} for t in call.tools]
             if zai:  # Z.ai's reference has no strict on functions
                 for t in body["tools"]:
                     t["function"].pop("strict", None)

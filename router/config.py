@@ -289,6 +289,9 @@ class Task(msgspec.Struct, forbid_unknown_fields=True):
     gets that refusal, a 400, rather than the next provider's answer). ``hedge``: over the
     providers' own ``hedge``.
 
+    ``cache_prompt``: mark the system prompt and the tools as a prompt-cache breakpoint (Anthropic
+    ``cache_control``; GLM caches by itself). ``budget``: USD per day/month for the task.
+
     Typed tasks (``router.prompts``): ``system`` and ``user`` are Jinja2 templates over the
     request's ``input`` object, ``input_schema`` checks that input (a 400 naming the JSON path
     when it fails), ``output_schema`` is asked of every target and checked on the answer (an
@@ -312,6 +315,7 @@ class Task(msgspec.Struct, forbid_unknown_fields=True):
     fallback_on: list[Literal["content_filter"]] = []
     hedge: Hedge | None = None
     budget: Budget | None = None
+    cache_prompt: bool = False
 
 
 KeyHash = Annotated[str, msgspec.Meta(pattern=r"^sha256:[0-9a-f]{64}$")]

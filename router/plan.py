@@ -22,7 +22,7 @@ from router.experiments import assign
 from router.limits import DEFAULT_MAX_TOKENS_ESTIMATE
 from router.policy import Policy, resolve
 from router.prompts import TaskPrompt, compile_prompt, spec_of, task_version
-from router.request import TaskRequest
+from router.request import CacheControl, TaskRequest
 from router.upstream import Target
 
 __all__ = ["Plan", "Planner", "estimate_prompt_tokens"]
@@ -64,6 +64,21 @@ def estimate_prompt_tokens(req: TaskRequest) -> int:
     if req.tools:
         chars += len(msgspec.json.encode(req.tools))
     return chars // 4 + 4 * len(req.messages)
+
+
+def _cache_prompt(req: TaskRequest) -> TaskRequest:
+    """``req`` with its last system message and its last tool marked as cache breakpoints
+    (a task's ``cache_prompt: true``), unless the caller placed breakpoints of its own."""
+    if any(m.cache_control for m in req.messages) or any(t.cache_control for t in req.tools or ()):
+        return req
+    messages = list(req.messages)
+    systems = [i for i, m in enumerate(messages) if m.role == "system"]
+    if systems:
+        messages[systems[-1]] = msgspec.structs.replace(messages[systems[-1]], cache_control=CacheControl())
+    tools = list(req.tools) if req.tools else None
+    if tools:
+        tools[-1] = msgspec.structs.replace(tools[-1], cache_control=CacheControl())
+    return msgspec.structs.replace(req, messages=messages, tools=tools)
 
 
 def _merge(req: TaskRequest, params: Params) -> Params:
@@ -173,6 +188,8 @@ class Planner:
             req = prompt_of.render(req)
         elif req.input is not None:
             raise RequestError(f"{name!r} is not a typed task (no templates or input_schema); send messages", "input")
+        if task is not None and task.cache_prompt:
+            req = _cache_prompt(req)
         merged = _merge(req, params)
         prompt = estimate_prompt_tokens(req)
         shadow = task.shadow if task is not None else None

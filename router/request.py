@@ -16,6 +16,7 @@ import msgspec
 from router.errors import PayloadTooLarge, RequestError
 
 __all__ = [
+    "CacheControl",
     "FileData",
     "FilePart",
     "FunctionCall",
@@ -35,10 +36,22 @@ __all__ = [
 ]
 
 
-class TextPart(msgspec.Struct, forbid_unknown_fields=True, tag="text", tag_field="type"):
-    """One text part of a multi-part ``content`` (OpenAI ``{"type": "text", "text": ...}``)."""
+class CacheControl(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A prompt-cache breakpoint (Anthropic's ``cache_control``): the prompt up to and including
+    the part it is on is cached, for ``ttl`` ``5m`` (the default) or ``1h``
+    (https://docs.claude.com/en/docs/build-with-claude/prompt-caching). Sent to Anthropic
+    upstreams; GLM caches on its own (no breakpoints), so there it is not sent."""
+
+    type: Literal["ephemeral"] = "ephemeral"
+    ttl: Literal["5m", "1h"] | None = None
+
+
+class TextPart(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, tag="text", tag_field="type"):
+    """One text part of a multi-part ``content`` (OpenAI ``{"type": "text", "text": ...}``),
+    optionally a cache breakpoint."""
 
     text: str
+    cache_control: CacheControl | None = None
 
 
 class ImageURL(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -106,6 +119,7 @@ class Message(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     reasoning: str | None = None
     reasoning_signature: str | None = None
     reasoning_redacted: list[str] | None = None
+    cache_control: CacheControl | None = None  # a breakpoint after this message's content
 
     def text(self) -> str:
         """The content as one string (parts joined with no separator; ``None`` as ``""``)."""
@@ -133,11 +147,13 @@ class ToolFunction(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     strict: bool | None = None
 
 
-class Tool(msgspec.Struct, forbid_unknown_fields=True):
-    """A tool the model may call (OpenAI shape)."""
+class Tool(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A tool the model may call (OpenAI shape); ``cache_control``: a cache breakpoint after the
+    tool definitions up to this one."""
 
     function: ToolFunction
     type: Literal["function"] = "function"
+    cache_control: CacheControl | None = None
 
 
 class ToolChoiceFunction(msgspec.Struct, forbid_unknown_fields=True):

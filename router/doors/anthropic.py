@@ -69,6 +69,7 @@ class ContentBlockParam(msgspec.Struct):
     signature: str | None = None
     data: str | None = None
     source: dict[str, Any] | None = None
+    cache_control: dict[str, Any] | None = None
 
 
 class MessageParam(msgspec.Struct):
@@ -81,6 +82,7 @@ class ToolParam(msgspec.Struct):
     description: str | None = None
     input_schema: dict[str, Any] = {}
     strict: bool | None = None
+    cache_control: dict[str, Any] | None = None
 
 
 class OutputFormat(msgspec.Struct):
@@ -161,8 +163,11 @@ def _messages(r: MessagesRequest) -> tuple[list[dict[str, Any]], list[str]]:
     """The canonical messages, and where each came from in the request (for error paths)."""
     out: list[dict[str, Any]] = []
     origins: list[str] = []
-    system = r.system if isinstance(r.system, str) else "".join(b.text or "" for b in r.system or ())
-    if system:
+    if isinstance(r.system, list) and any(b.cache_control for b in r.system):  # breakpoints kept, block by block
+        out.append({"role": "system", "content": [{"type": "text", "text": b.text or "", **(
+            {"cache_control": b.cache_control} if b.cache_control else {})} for b in r.system]})
+        origins.append("system")
+    elif system := (r.system if isinstance(r.system, str) else "".join(b.text or "" for b in r.system or ())):
         out.append({"role": "system", "content": system})
         origins.append("system")
     for i, m in enumerate(r.messages):
@@ -171,17 +176,19 @@ def _messages(r: MessagesRequest) -> tuple[list[dict[str, Any]], list[str]]:
             parts: list[dict[str, Any]] = []
             for j, b in enumerate(blocks):
                 if b.type == "tool_result":
-                    out.append({"role": "tool", "tool_call_id": b.tool_use_id, "content": _text(b.content)})
+                    out.append({"role": "tool", "tool_call_id": b.tool_use_id, "content": _text(b.content),
+                                **({"cache_control": b.cache_control} if b.cache_control else {})})
                     origins.append(f"messages[{i}].content[{j}]")
                 elif b.type == "text":
-                    parts.append({"type": "text", "text": b.text or ""})
+                    parts.append({"type": "text", "text": b.text or "", **({"cache_control": b.cache_control}
+                                                                            if b.cache_control else {})})
                 elif b.type in ("image", "document"):
                     parts.append(_media(b, f"messages[{i}].content[{j}]"))
                 else:  # never a silent drop
                     raise RequestError(f"content block type {b.type!r} is not carried in a user turn; send text, "
                                        "image, document or tool_result blocks", f"messages[{i}].content[{j}].type")
             if parts:
-                texts_only = all(p["type"] == "text" for p in parts)
+                texts_only = all(p["type"] == "text" and "cache_control" not in p for p in parts)
                 out.append({"role": "user", "content": "".join(p["text"] for p in parts) if texts_only else parts})
                 origins.append(f"messages[{i}]")
         elif m.role == "assistant":
@@ -231,7 +238,8 @@ class AnthropicDoor:
         if r.tools:
             obj["tools"] = [{"type": "function", "function": {
                 "name": t.name, "description": t.description, "parameters": t.input_schema,
-                **({"strict": t.strict} if t.strict is not None else {})}} for t in r.tools]
+                **({"strict": t.strict} if t.strict is not None else {})},
+                **({"cache_control": t.cache_control} if t.cache_control else {})} for t in r.tools]
         fmt = r.output_config.format if r.output_config is not None else None
         if fmt is not None and fmt.type == "json_schema":
             if fmt.schema is None:

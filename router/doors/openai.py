@@ -57,6 +57,7 @@ _enc = msgspec.json.Encoder()
 class ChatContentPart(msgspec.Struct):
     type: str
     text: str | None = None
+    cache_control: dict[str, Any] | None = None  # Anthropic's prompt-cache breakpoint, as LiteLLM passes it
     image_url: dict[str, Any] | None = None
     file: dict[str, Any] | None = None
 
@@ -81,6 +82,7 @@ class ChatMessage(msgspec.Struct):
     reasoning_content: str | None = None
     reasoning_signature: str | None = None
     reasoning_redacted: list[str] | None = None
+    cache_control: dict[str, Any] | None = None
 
 
 class ChatStreamOptions(msgspec.Struct):
@@ -139,7 +141,7 @@ def _message(m: ChatMessage, i: int) -> dict[str, Any]:
         parts: list[dict[str, Any]] = []
         for j, p in enumerate(m.content):
             if p.type == "text" and p.text is not None:
-                parts.append({"type": "text", "text": p.text})
+                parts.append({"type": "text", "text": p.text, **({"cache_control": p.cache_control} if p.cache_control else {})})
             elif p.type == "image_url" and p.image_url is not None:
                 parts.append({"type": "image_url", "image_url": p.image_url})
             elif p.type == "file" and p.file is not None and "file_data" in p.file:
@@ -147,7 +149,7 @@ def _message(m: ChatMessage, i: int) -> dict[str, Any]:
             else:  # never a silent drop
                 raise RequestError(f"content part type {p.type!r} is not carried; send text, image_url or "
                                    "file (with file_data) parts", f"messages[{i}].content[{j}].type")
-        if all(p["type"] == "text" for p in parts):
+        if all(p["type"] == "text" and "cache_control" not in p for p in parts):
             out["content"] = "".join(p["text"] for p in parts)
         else:
             out["content"] = parts
@@ -165,6 +167,8 @@ def _message(m: ChatMessage, i: int) -> dict[str, Any]:
         out["reasoning_signature"] = m.reasoning_signature
     if m.reasoning_redacted:
         out["reasoning_redacted"] = m.reasoning_redacted
+    if m.cache_control is not None:
+        out["cache_control"] = m.cache_control
     return out
 
 

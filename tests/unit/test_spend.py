@@ -188,3 +188,49 @@ def test_four_replicas_on_one_redis_never_spend_past_a_budget_by_more_than_one_e
                 await st.close()
 
     asyncio.run(go())
+
+
+CACHING = YAML.replace("tasks:\n", """tasks:
+  cached_prompt: {chain: [claude/claude-sonnet-5-5, glm/glm-4.6], cache_prompt: true}
+""")
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+
+
+def test_prompt_caching_breakpoints_pass_through_every_door_and_cache_prompt_marks_the_prompt() -> None:
+    async def t(a: InProcess) -> None:
+        ant = await a.client.post("/v1/messages", json={
+            "model": "claude_task", "max_tokens": 50,
+            "system": [{"type": "text", "text": "A long policy.", "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+            "tools": [{"name": "f", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Doc.", "cache_control": {"type": "ephemeral"}},
+                                                       {"type": "text", "text": "Question?"}]}]})
+        assert ant.status_code == 200, ant.text
+        sent = a.emulator.last["claude-sonnet-5-5"]["body"]
+        assert sent["system"] == [{"type": "text", "text": "A long policy.", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+        assert sent["tools"][0]["cache_control"] == {"type": "ephemeral"}
+        assert sent["messages"][0]["content"] == [{"type": "text", "text": "Doc.", "cache_control": {"type": "ephemeral"}},
+                                                  {"type": "text", "text": "Question?"}]
+        oai = await a.client.post("/v1/chat/completions", json={"model": "claude_task", "messages": [
+            {"role": "system", "content": "Rules.", "cache_control": {"type": "ephemeral"}},
+            {"role": "user", "content": [{"type": "text", "text": "Big context.", "cache_control": {"type": "ephemeral"}}]}]})
+        assert oai.status_code == 200, oai.text
+        sent = a.emulator.last["claude-sonnet-5-5"]["body"]
+        assert sent["system"] == [{"type": "text", "text": "Rules.", "cache_control": {"type": "ephemeral"}}]
+        assert sent["messages"][0]["content"][0]["cache_control"] == {"type": "ephemeral"}
+        glm = await a.client.post("/v1/chat/completions", json={"model": "glm_task", "tools": [TOOL], "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "Big.", "cache_control": {"type": "ephemeral"}}]}]})
+        assert glm.status_code == 200
+        assert "cache_control" not in json.dumps(a.emulator.last["glm-4.6"]["body"])  # GLM caches by itself
+        assert a.emulator.last["glm-4.6"]["body"]["tools"] == [TOOL]
+        task = await a.client.post("/v1/tasks", json={"task": "cached_prompt", "tools": [TOOL], "messages": [
+            {"role": "system", "content": "System prompt."}, {"role": "user", "content": "Hi."}]})
+        assert task.status_code == 200
+        sent = a.emulator.last["claude-sonnet-5-5"]["body"]
+        assert sent["system"] == [{"type": "text", "text": "System prompt.", "cache_control": {"type": "ephemeral"}}]
+        assert sent["tools"][-1]["cache_control"] == {"type": "ephemeral"}
+
+    async def go() -> None:
+        async with app(CACHING) as a:
+            await t(a)
+
+    asyncio.run(go())
