@@ -145,7 +145,9 @@ class _Resources:
                 for name in c.providers:
                     if name not in pool:
                         pool[name] = owned[name] = AiohttpTransport(max_connections=cfg.max_connections)
-            return Router(c, pool, store=st, clock=self.clock, observer=observer)
+            router = Router(c, pool, store=st, clock=self.clock, observer=observer)
+            router.limiter.on_alert = tel.budget_alert
+            return router
 
         config = self.config
         live = LiveConfig(config.source, self.load or (lambda: config), build, build(config))

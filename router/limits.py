@@ -15,6 +15,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -161,6 +162,7 @@ class Limiter:
         self._models = {(p, m): spec.limits for p, prov in config.providers.items()
                         for m, spec in prov.models.items()}
         self._shares = {name: p.queue_share for name, p in config.providers.items()}
+        self.on_alert: Callable[[str], None] | None = None  # a budget crossed its alert_at ("<scope> daily|monthly")
         self._budgets: dict[str, Budget] = {
             **{f"tenant:{n}": t.budget for n, t in config.tenants.items() if t.budget},
             **{f"task:{n}": t.budget for n, t in config.tasks.items() if t.budget},
@@ -209,6 +211,8 @@ class Limiter:
             alert = self._budgets[name.rsplit(" ", 1)[0]].alert_at
             if a >= alert * s.limit > a - s.cost:
                 log.warning("budget %s: %.0f%% spent (USD %.4f of %.2f)", name, 100 * a / s.limit, a / 1e6, s.limit / 1e6)
+                if self.on_alert is not None:
+                    self.on_alert(name)
         return None
 
     async def spend(self, now: float | None = None) -> dict[str, Any]:

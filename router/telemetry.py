@@ -87,6 +87,8 @@ class _Prometheus:
         self.queue_done = Counter("llm_router_queue_tasks", "Async tasks finished, by status", ["status"], registry=reg)
         self.callback_failures = Counter("llm_router_callback_failures", "Callback deliveries that failed",
                                          registry=reg)
+        self.budget_alerts = Counter("llm_router_budget_alerts", "Budgets that crossed their alert_at (period: daily, monthly)",
+                                     ["scope", "period"], registry=reg)
 
     def text(self) -> bytes:
         from prometheus_client import CollectorRegistry, generate_latest
@@ -171,6 +173,11 @@ class Telemetry:
     def queue_task_done(self, status: str) -> None:
         """An async task ended (succeeded, failed, cancelled)."""
         self.prom.queue_done.labels(status).inc()
+
+    def budget_alert(self, name: str) -> None:
+        """A budget (``"<scope> daily|monthly"``, ``scope`` like ``tenant:billing``) crossed its ``alert_at``."""
+        scope, _, period = name.rpartition(" ")
+        self.prom.budget_alerts.labels(scope, period).inc()
 
     def queue_callback_failed(self) -> None:
         self.prom.callback_failures.inc()

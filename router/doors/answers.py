@@ -127,6 +127,7 @@ class AnthropicUsage(msgspec.Struct):
     output_tokens: int
     cache_read_input_tokens: int = 0
     cache_creation_input_tokens: int = 0
+    cost_usd: float = 0.0  # the router's: what this answer cost (routing.yaml prices)
 
 
 class MessageResponse(msgspec.Struct):

@@ -320,8 +320,9 @@ class AnthropicDoor:
                     u = usage or Usage()
                     yield close() + event("message_delta", {
                         "delta": {"stop_reason": STOP_REASONS.get(fr, "end_turn"), "stop_sequence": None},
-                        "usage": {"input_tokens": u.input_tokens - u.cached_tokens, "output_tokens": u.output_tokens,
-                                  "cache_read_input_tokens": u.cached_tokens, "cache_creation_input_tokens": 0}}) + \
+                        "usage": {"input_tokens": u.input_tokens - u.cached_tokens - u.cache_write_tokens,
+                                  "output_tokens": u.output_tokens, "cache_read_input_tokens": u.cached_tokens,
+                                  "cache_creation_input_tokens": u.cache_write_tokens, "cost_usd": u.cost_usd}}) + \
                         event("message_stop", {})
                 case Error(code=code, message=message, retryable=retryable):
                     yield _error_event(code, message, retryable)
@@ -340,7 +341,9 @@ class AnthropicDoor:
         return _enc.encode(MessageResponse(
             id="msg_" + answer.id.removeprefix("req_"), model=answer.model or opts.model, content=content,
             stop_reason=STOP_REASONS.get(answer.finish_reason, "end_turn"),
-            usage=AnthropicUsage(input_tokens=u.input_tokens - u.cached_tokens, output_tokens=u.output_tokens,
+            usage=AnthropicUsage(input_tokens=u.input_tokens - u.cached_tokens - u.cache_write_tokens,
+                                 output_tokens=u.output_tokens, cache_creation_input_tokens=u.cache_write_tokens,
+                                 cost_usd=u.cost_usd,
                                  cache_read_input_tokens=u.cached_tokens)))
 
     def error(self, err: RouterError) -> tuple[int, bytes]:

@@ -199,7 +199,7 @@ def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _usage(u: Any) -> dict[str, Any]:
     return {"input_tokens": u.input_tokens, "input_tokens_details": {"cached_tokens": u.cached_tokens},
             "output_tokens": u.output_tokens, "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
-            "total_tokens": u.input_tokens + u.output_tokens}
+            "total_tokens": u.input_tokens + u.output_tokens, "cost_usd": u.cost_usd}
 
 
 def _response(rid: str, model: str, opts: ResponsesOptions, status: str, output: list[dict[str, Any]],

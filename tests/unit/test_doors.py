@@ -349,6 +349,7 @@ def test_anthropic_folded_claude_answer_with_thinking_and_tool_use() -> None:
             {"type": "text", "text": "Calling."},
             {"type": "tool_use", "id": "toolu_X", "name": "weather", "input": {"city": "Lima"}}]
         assert body["stop_reason"] == "tool_use"
+        assert body["usage"].pop("cost_usd") >= 0  # the router's own field beside Anthropic's
         assert body["usage"] == {"input_tokens": 12, "output_tokens": 9, "cache_read_input_tokens": 0,
                                  "cache_creation_input_tokens": 0}
 
@@ -400,6 +401,7 @@ def test_anthropic_stream_of_claude_thinking_text_and_tool_use() -> None:
                          ("content_block_stop", 1), ("content_block_start", 2), ("content_block_stop", 2)]
         delta = evs[-2]
         assert delta["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
+        assert delta["usage"].pop("cost_usd") >= 0
         assert delta["usage"] == {"input_tokens": 30, "output_tokens": 11, "cache_read_input_tokens": 0,
                                   "cache_creation_input_tokens": 0}
 

@@ -129,6 +129,8 @@ def test_a_tenant_over_its_budget_gets_429_budget_exceeded_until_the_day_ends() 
         import time as _t
         to_midnight = 86400 - _t.time() % 86400
         assert abs(int(third.headers["retry-after"]) - to_midnight) <= 2
+        metrics = (await a.client.get("/metrics")).text
+        assert 'llm_router_budget_alerts_total{period="daily",scope="tenant:acme"} 1.0' in metrics  # 80% crossed once
         spent = (await a.app.state.live.router.limiter.spend())["tenant:acme"]
         assert spent["daily"]["spent_usd"] == pytest.approx(2 * (100 + 3900) / 1e6)  # settled with the real cost
         assert spent["monthly"]["limit_usd"] == 1.0
@@ -142,8 +144,9 @@ def test_a_tenant_over_its_budget_gets_429_budget_exceeded_until_the_day_ends() 
 
 def test_a_provider_over_its_budget_is_skipped_and_the_chain_moves_on() -> None:
     async def t(a: InProcess) -> None:
-        first = await a.client.post("/v1/tasks", json={"task": "claude_first", "messages": spend_ask(3900)}, headers=ACME)
-        assert first.json()["provider"] == "claude"
+        first = await a.client.post("/v1/messages", json={"model": "claude_first", "max_tokens": 4000,
+                                                           "messages": spend_ask(3900)}, headers=ACME)
+        assert first.json()["model"] == "claude-sonnet-5-5" and first.json()["usage"]["cost_usd"] == pytest.approx(4000 / 1e6)
         s = await a.client.post("/v1/tasks", json={"task": "claude_first", "stream": True, "messages": spend_ask(1)},
                                 headers=ACME)
         events = [json.loads(x[6:]) for x in s.text.splitlines() if x.startswith("data: ")]
