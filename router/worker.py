@@ -36,7 +36,7 @@ import msgspec
 
 from router.clock import Clock, LoopClock
 from router.engine import RequestContext, Router
-from router.errors import RateLimited, RequestError, RouterError
+from router.errors import BudgetExceeded, RateLimited, RequestError, RouterError
 from router.queue import (
     TERMINAL,
     Callback,
@@ -286,6 +286,8 @@ class Workers:
                     run = router.run(sent, plan, ctx)
                     answer = await router.complete(sent, plan, run, rec.id, ctx, ticket)
                 return "succeeded", msgspec.to_builtins(answer)
+            except BudgetExceeded as e:  # a spent budget is not a wait of seconds: the task fails, saying so
+                return "failed", _error_of(e)
             except RateLimited as e:
                 if e.never:  # bigger than the limit itself: no wait makes it fit
                     return "failed", _error_of(e)
