@@ -154,6 +154,8 @@ def test_a_provider_over_its_budget_is_skipped_and_the_chain_moves_on() -> None:
         assert next(e for e in events if e["type"] == "start")["provider"] == "glm"
         spend = await a.app.state.live.router.limiter.spend()
         assert spend["provider:claude"]["daily"]["spent_usd"] == pytest.approx(4000 / 1e6)
+        streamed = next(e for e in events if e["type"] == "usage")["cost_usd"]
+        assert spend["tenant:acme"]["daily"]["spent_usd"] == pytest.approx(4000 / 1e6 + streamed)  # the stream settled, not its estimate
 
     async def go() -> None:
         async with app(BUDGETS) as a:
