@@ -394,7 +394,7 @@ class RedisQueue:
 
         try:
             return await aw
-        except (redis.RedisError, OSError) as e:
+        except (redis.RedisError, redis.exceptions.RedisClusterException, OSError) as e:
             raise StoreError(f"the queue's Redis failed: {type(e).__name__}") from e
 
     async def _ensure_groups(self) -> None:

@@ -15,6 +15,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -95,3 +96,86 @@ def redis_proc() -> Iterator[RedisProc]:
         yield proc
     finally:
         proc.stop()
+
+
+def _cluster_ports(n: int) -> list[int]:
+    """``n`` ports whose cluster-bus port (port + 10000) is free too (an ephemeral port's is past 65535)."""
+    import random
+
+    out: list[int] = []
+    while len(out) < n:
+        p = random.randint(20000, 29999)
+        try:
+            for q in (p, p + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", q))
+        except OSError:
+            continue
+        if p not in out:
+            out.append(p)
+    return out
+
+
+class RedisCluster:
+    """A private Redis Cluster on loopback: 3 primaries, each with a replica, made with the
+    cluster commands themselves (``CLUSTER MEET``, ``ADDSLOTSRANGE``, ``REPLICATE``), so only
+    ``redis-server`` is needed. ``url`` names one primary with ``?cluster=true``."""
+
+    def __init__(self, workdir: Path) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("redis-server is not installed (.ci/run installs it)")
+        self.ports = _cluster_ports(6)
+        self.procs = [subprocess.Popen(
+            [exe, "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--cluster-config-file",
+             f"nodes-{p}.conf", "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no"],
+            cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in self.ports]
+        self.url = f"redis://127.0.0.1:{self.ports[0]}/0?cluster=true"
+        try:
+            self._form()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _node(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=2)
+
+    def _form(self) -> None:
+        deadline = time.monotonic() + 20
+        for p in self.ports:
+            while not _answers(f"redis://127.0.0.1:{p}/0"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("cluster node did not start")
+                time.sleep(0.02)
+        first = self._node(self.ports[0])
+        for p in self.ports[1:]:
+            first.execute_command("CLUSTER", "MEET", "127.0.0.1", p)
+        for i, (lo, hi) in enumerate(((0, 5460), (5461, 10922), (10923, 16383))):
+            self._node(self.ports[i]).execute_command("CLUSTER", "ADDSLOTSRANGE", lo, hi)
+        ids = [self._node(p).execute_command("CLUSTER", "MYID").decode() for p in self.ports]
+        while any(len(self._node(p).execute_command("CLUSTER", "NODES").decode().splitlines()) < 6 for p in self.ports):
+            if time.monotonic() > deadline:
+                raise RuntimeError("cluster nodes did not meet")
+            time.sleep(0.05)
+        for i in range(3):
+            self._node(self.ports[3 + i]).execute_command("CLUSTER", "REPLICATE", ids[i])
+        while any(b"cluster_state:ok" not in self._node(p).execute_command("CLUSTER", "INFO") for p in self.ports):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not form")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A Redis Cluster for the session (3 primaries with replicas), started and stopped here."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

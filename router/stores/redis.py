@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from router.policy import EffectiveCooldown as Cooldown
 from router.stores.base import (
@@ -224,7 +224,7 @@ class RedisStore:
             if budget is not None:
                 budget.spent += loop.time() - t0
             raise StoreError("redis: TimeoutError") from None
-        except (RedisError, OSError) as e:
+        except (RedisError, RedisClusterException, OSError) as e:  # a cluster not formed yet: not a RedisError
             raise StoreError(f"redis: {type(e).__name__}") from None
 
     def _cb(self, key: str) -> str:

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -264,10 +265,13 @@ def test_a_callback_that_fails_twice_is_retried_with_backoff_and_signed() -> Non
 
 # -- the queue contract, on both queues ---------------------------------------------------------
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def make_queue(request: pytest.FixtureRequest) -> Callable[[list[float]], Any]:
     if request.param == "memory":
         return lambda now: MemoryQueue(clock=lambda: now[0])
+    if request.param == "cluster":  # a real Redis Cluster: every queue key under one hash tag
+        url, prefix = request.getfixturevalue("redis_cluster").url, "llmr-c-" + uuid.uuid4().hex[:8]
+        return lambda now: RedisQueue(RedisStore(url, prefix=prefix).client, prefix)
     url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
     return lambda now: RedisQueue(RedisStore(url, prefix=prefix).client, prefix)
 
@@ -342,3 +346,55 @@ def test_an_async_task_that_can_never_fit_its_limit_fails_instead_of_waiting_for
         assert done["status"] == "failed" and done["error"]["status"] == 429 and "limit is 100" in done["error"]["message"]
 
     run(t, yaml_text)
+
+
+def test_async_tasks_run_on_a_redis_cluster_and_an_unformed_cluster_degrades_instead_of_aborting(
+        redis_cluster: Any, tmp_path: Any) -> None:
+    import shutil
+    import subprocess
+
+    from tests.conftest import _cluster_ports
+
+    async def on_cluster() -> None:
+        store = RedisStore(redis_cluster.url, prefix="llmr-c-" + uuid.uuid4().hex[:8], timeout=2.0)
+        try:
+            async with app(YAML, store=store) as a:
+                r = await a.client.post("/v1/tasks", json=ask("on a cluster"), headers=AUTH)
+                assert (await finished(a, r.json()["id"]))["status"] == "succeeded"
+        finally:
+            await store.close()
+
+    asyncio.run(on_cluster())
+    port = _cluster_ports(1)[0]  # one cluster-enabled node with no slots: "All slots are not covered"
+    node = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--cluster-enabled",
+                             "yes", "--save", "", "--appendonly", "no"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import time
+
+        import redis as sync_redis
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                sync_redis.Redis(port=port).ping()
+                break
+            except sync_redis.RedisError:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+
+        async def unformed() -> None:
+            store = RedisStore(f"redis://127.0.0.1:{port}/0?cluster=true", prefix="x", timeout=0.5)
+            try:
+                async with app(YAML, store=store) as a:  # the lifespan starts: degraded, not aborted
+                    ready = await a.client.get("/readyz")
+                    assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+                    r = await a.client.post("/v1/tasks", json={"task": "chat", "messages": [{"role": "user", "content": "x"}]},
+                                            headers=AUTH)
+                    assert r.status_code == 200  # on_store_error: allow
+            finally:
+                await store.close()
+
+        asyncio.run(unformed())
+    finally:
+        node.kill()
+        node.wait()

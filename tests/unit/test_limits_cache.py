@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from router.stores.redis import RedisStore
 from tests.e2e._client import ask
@@ -20,6 +21,14 @@ from tests.unit._app import InProcess, app
 from tests.unit.test_tasks import stream_events
 
 YAML = yaml_for("http://emulator")
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def store_url(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(Redis URL, key prefix): one Redis, and a Redis Cluster (3 primaries with replicas)."""
+    if request.param == "cluster":
+        return request.getfixturevalue("redis_cluster").url, "llmr-c-" + uuid.uuid4().hex[:8]
+    return request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
 
 
 def run(test: Callable[[InProcess], Awaitable[None]], redis_url: str, redis_prefix: str) -> None:
@@ -41,7 +50,7 @@ async def post(a: InProcess, task: str, text: str, spec: dict[str, Any] | None =
     return await a.client.post("/v1/tasks", json={"task": task, "messages": ask(text, spec), **kw}, headers=headers)
 
 
-def test_caller_rpm_429_headers_and_separate_callers(redis_url: str, redis_prefix: str) -> None:
+def test_caller_rpm_429_headers_and_separate_callers(store_url: tuple[str, str]) -> None:
     async def t(a: InProcess) -> None:
         oks = [await post(a, "limited", f"q{i}") for i in range(5)]
         assert [r.status_code for r in oks] == [200] * 5
@@ -55,10 +64,10 @@ def test_caller_rpm_429_headers_and_separate_callers(redis_url: str, redis_prefi
         bad = await post(a, "limited", "q8", caller="has space")
         assert bad.status_code == 400 and bad.json()["error"]["path"] == "headers.x-caller"
 
-    run(t, redis_url, redis_prefix)
+    run(t, *store_url)
 
 
-def test_tpm_is_reconciled_and_failures_refunded(redis_url: str, redis_prefix: str) -> None:
+def test_tpm_is_reconciled_and_failures_refunded(store_url: tuple[str, str]) -> None:
     async def t(a: InProcess) -> None:
         spec = {"*": {"text": "ok", "input_tokens": 100, "output_tokens": 50}}
         first = await post(a, "limited", "t1", spec, caller="carol")
@@ -74,10 +83,10 @@ def test_tpm_is_reconciled_and_failures_refunded(redis_url: str, redis_prefix: s
         too_big = await post(a, "limited", "x" * 40000, caller="carol")
         assert too_big.status_code == 429 and "tokens" in too_big.json()["error"]["message"]
 
-    run(t, redis_url, redis_prefix)
+    run(t, *store_url)
 
 
-def test_provider_quota_skips_to_the_next_target(redis_url: str, redis_prefix: str) -> None:
+def test_provider_quota_skips_to_the_next_target(store_url: tuple[str, str]) -> None:
     async def t(a: InProcess) -> None:
         models = [(await post(a, "quota", f"p{i}")).json()["model"] for i in range(3)]
         assert models == ["glm-q", "glm-q", "claude-l"]
@@ -88,10 +97,10 @@ def test_provider_quota_skips_to_the_next_target(redis_url: str, redis_prefix: s
         assert int(only.headers["retry-after"]) >= 1
         assert a.emulator.stats["glm-q"]["requests"] == 2
 
-    run(t, redis_url, redis_prefix)
+    run(t, *store_url)
 
 
-def test_cache_replays_streams_and_answers(redis_url: str, redis_prefix: str) -> None:
+def test_cache_replays_streams_and_answers(store_url: tuple[str, str]) -> None:
     async def t(a: InProcess) -> None:
         spec = {"*": {"reasoning": "think", "text": "cached words here",
                       "tool_calls": [{"id": "call_z", "name": "f", "arguments": {"x": 1}}],
@@ -110,10 +119,10 @@ def test_cache_replays_streams_and_answers(redis_url: str, redis_prefix: str) ->
         assert answer["tool_calls"][0]["id"] == "call_z" and answer["usage"]["cost_usd"] == 0
         assert a.emulator.stats["glm-c"]["requests"] == 1
 
-    run(t, redis_url, redis_prefix)
+    run(t, *store_url)
 
 
-def test_cache_control_and_partial_answers(redis_url: str, redis_prefix: str) -> None:
+def test_cache_control_and_partial_answers(store_url: tuple[str, str]) -> None:
     async def t(a: InProcess) -> None:
         text = "cc " + uuid.uuid4().hex
         assert (await post(a, "cached", text, headers={"cache-control": "no-store"})).json()["cached"] is False
@@ -126,10 +135,10 @@ def test_cache_control_and_partial_answers(redis_url: str, redis_prefix: str) ->
             assert '"type":"error"' in r.text and '"cached":true' not in r.text
         assert a.emulator.stats["glm-c"]["requests"] == 5
 
-    run(t, redis_url, redis_prefix)
+    run(t, *store_url)
 
 
-def test_identical_concurrent_requests_are_coalesced(redis_url: str, redis_prefix: str) -> None:
+def test_identical_concurrent_requests_are_coalesced(store_url: tuple[str, str]) -> None:
     async def t(a: InProcess) -> None:
         spec = {"*": {"text": "slow answer " * 5, "chunk_delay_ms": 20}}
         body = {"task": "cached", "stream": True, "messages": ask("coalesce " + uuid.uuid4().hex, spec)}
@@ -138,10 +147,10 @@ def test_identical_concurrent_requests_are_coalesced(redis_url: str, redis_prefi
         assert a.emulator.stats["glm-c"]["requests"] == 1
         assert sum('"cached":true' in t for t in texts) == 7
 
-    run(t, redis_url, redis_prefix)
+    run(t, *store_url)
 
 
-def test_routes_show_limits(redis_url: str, redis_prefix: str) -> None:
+def test_routes_show_limits(store_url: tuple[str, str]) -> None:
     async def t(a: InProcess) -> None:
         view = (await a.client.get("/v1/routes")).json()
         assert view["limits"]["tasks"]["limited"] == {"rpm": 5, "tpm": 10000}
@@ -149,4 +158,4 @@ def test_routes_show_limits(redis_url: str, redis_prefix: str) -> None:
         assert view["tasks"]["cached"]["cache"]["ttl"] == 60
         assert json.dumps(view).count("llmr") == 0
 
-    run(t, redis_url, redis_prefix)
+    run(t, *store_url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -13,10 +14,15 @@ from router.stores import LimitSpec, MemoryStore, StoreError
 from router.stores.redis import RedisStore
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def make_store(request: pytest.FixtureRequest) -> Callable[[], Any]:
+    """The same contract on the in-memory store, one Redis and a Redis Cluster (3 primaries with
+    replicas, started by the session fixture)."""
     if request.param == "memory":
         return MemoryStore
+    if request.param == "cluster":
+        url, prefix = request.getfixturevalue("redis_cluster").url, "llmr-c-" + uuid.uuid4().hex[:8]
+        return lambda: RedisStore(url, prefix=prefix, timeout=2.0)
     url = request.getfixturevalue("redis_url")
     prefix = request.getfixturevalue("redis_prefix")
     return lambda: RedisStore(url, prefix=prefix, timeout=1.0)
