@@ -45,6 +45,31 @@ def _env_on(*names: str) -> bool:
     return any(os.environ.get(n) for n in names)
 
 
+def otel_exporters(signal: str) -> list[Any]:
+    """The exporters ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` name (comma-separated:
+    ``otlp``, ``console``, ``none``; any installed exporter), made from the SDK's own entry points
+    (groups ``opentelemetry_traces_exporter`` / ``opentelemetry_metrics_exporter``, as the SDK's
+    auto-configuration resolves them; ``otlp`` is the OTLP/HTTP exporter installed here, which
+    reads ``OTEL_EXPORTER_OTLP_*`` itself). Unset, ``otlp`` when an OTLP endpoint is configured,
+    else none (the SDK's default would export to localhost:4318 from every process).
+    https://opentelemetry.io/docs/languages/sdk-configuration/general/#otel_traces_exporter"""
+    from importlib.metadata import entry_points
+
+    names = os.environ.get(f"OTEL_{signal.upper()}_EXPORTER")
+    if names is None:
+        names = "otlp" if _env_on("OTEL_EXPORTER_OTLP_ENDPOINT", f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT") else "none"
+    out = []
+    for name in (n.strip() for n in names.split(",")):
+        if name in ("", "none"):
+            continue
+        found = entry_points(group=f"opentelemetry_{signal}_exporter", name="otlp_proto_http" if name == "otlp" else name)
+        if not found:
+            log.warning("OTEL_%s_EXPORTER: no exporter %r is installed; ignored", signal.upper(), name)
+            continue
+        out.append(next(iter(found)).load()())
+    return out
+
+
 class _Prometheus:
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -113,36 +138,36 @@ class Telemetry:
         self._cache: dict[tuple[str, ...], tuple[Any, ...]] = {}  # bounded: labels come from the config
         self.ledger = UsageLedger(store, ledger_flush_seconds)
         self.tracer = None
-        if tracer_provider is None and _env_on("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") \
-                or os.environ.get("OTEL_TRACES_EXPORTER") == "otlp":
-            tracer_provider = self._otlp_tracer_provider()
+        if tracer_provider is None:
+            span_exporters = otel_exporters("traces")
+            if span_exporters:
+                tracer_provider = self._tracer_provider(span_exporters)
         if tracer_provider is not None:
             self.tracer = tracer_provider.get_tracer("llm-router")
-        self._otel_metrics = self._otlp_meters() if _env_on(
-            "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") else None
+        metric_exporters = otel_exporters("metrics")
+        self._otel_metrics = self._meters(metric_exporters) if metric_exporters else None
 
     @staticmethod
-    def _otlp_tracer_provider() -> Any:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-            OTLPSpanExporter,
-        )
+    def _tracer_provider(exporters: list[Any]) -> Any:
+        """The SDK's ``TracerProvider`` (its sampler from ``OTEL_TRACES_SAMPLER``, its resource
+        from ``OTEL_RESOURCE_ATTRIBUTES``/``OTEL_SERVICE_NAME``, else ``service.name`` llm-router)
+        with a batch processor per exporter."""
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "llm-router")}))
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        named = os.environ.get("OTEL_SERVICE_NAME") or "service.name=" in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+        provider = TracerProvider(resource=Resource.create({} if named else {"service.name": "llm-router"}))
+        for exporter in exporters:
+            provider.add_span_processor(BatchSpanProcessor(exporter))
         return provider
 
     @staticmethod
-    def _otlp_meters() -> Any:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-            OTLPMetricExporter,
-        )
+    def _meters(exporters: list[Any]) -> Any:
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-        meter = MeterProvider(metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())]).get_meter("llm-router")
+        meter = MeterProvider(metric_readers=[PeriodicExportingMetricReader(e) for e in exporters]).get_meter("llm-router")
         return {"requests": meter.create_counter("llm_router.requests"),
                 "duration": meter.create_histogram("llm_router.request.duration", unit="s"),
                 "tokens": meter.create_counter("llm_router.tokens"),

@@ -5,6 +5,7 @@ metrics summed over workers stay there.)"""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -147,3 +148,28 @@ def test_cached_input_has_its_own_price() -> None:
     assert Price(input=2.0, output=8.0, cached_input=0.5).cost(1000, 100, cached_tokens=800) == pytest.approx(
         (200 * 2 + 800 * 0.5 + 100 * 8) / 1e6)
     assert Price(input=2.0, output=8.0).cost(1000, 0, cached_tokens=800) == pytest.approx(2000 / 1e6)
+
+
+def test_otel_exporters_come_from_the_sdks_own_environment_variables(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    from router.telemetry import otel_exporters
+
+    for var in ("OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    assert otel_exporters("traces") == [] and Telemetry().tracer is None  # nothing asked: nothing exported
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    (exporter,) = otel_exporters("traces")
+    assert isinstance(exporter, ConsoleSpanExporter) and Telemetry().tracer is not None
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    assert otel_exporters("traces") == []
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp,nonesuch")
+    with caplog.at_level(logging.WARNING):
+        got = otel_exporters("traces")
+    assert [type(e) for e in got] == [OTLPSpanExporter] and "no exporter 'nonesuch'" in caplog.text
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    assert [type(e) for e in otel_exporters("traces")] == [OTLPSpanExporter]  # an endpoint alone means otlp
