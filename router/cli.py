@@ -123,6 +123,8 @@ def serve(config_path: str, host: str, port: int, workers: int, demo: bool) -> N
     import uvicorn
 
     from router.loading import ConfigError, load_config
+    from router.server import DrainingServer
+    from router.settings import Settings
 
     logging.config.dictConfig(LOG_CONFIG)
     try:
@@ -141,8 +143,14 @@ def serve(config_path: str, host: str, port: int, workers: int, demo: bool) -> N
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="llm-router-metrics-")
     if workers > 1 and hasattr(socket, "SO_REUSEPORT"):
         sys.exit(_supervise(host, port, workers))
-    uvicorn.run("router.cli:asgi_app", factory=True, host=host, port=port, workers=workers,
-                log_config=LOG_CONFIG, access_log=False, timeout_graceful_shutdown=10, http=HTTP_PROTOCOL)
+    settings = Settings.from_env()
+    if workers > 1:  # no SO_REUSEPORT: uvicorn's own supervisor
+        uvicorn.run("router.cli:asgi_app", factory=True, host=host, port=port, workers=workers, log_config=LOG_CONFIG,
+                    access_log=False, timeout_graceful_shutdown=int(settings.drain_timeout), http=HTTP_PROTOCOL)
+        return
+    config = uvicorn.Config("router.cli:asgi_app", factory=True, host=host, port=port, log_config=LOG_CONFIG,
+                            access_log=False, timeout_graceful_shutdown=int(settings.drain_timeout), http=HTTP_PROTOCOL)
+    DrainingServer(config, settings.drain_grace).run()
 
 
 def _worker(host: str, port: int) -> None:
@@ -151,15 +159,19 @@ def _worker(host: str, port: int) -> None:
     at 100% CPU while the other idled, under the peer benchmark's load)."""
     import uvicorn
 
+    from router.server import DrainingServer
+    from router.settings import Settings
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(2048)
+    settings = Settings.from_env()
     config = uvicorn.Config("router.cli:asgi_app", factory=True, log_config=LOG_CONFIG, access_log=False,
-                            timeout_graceful_shutdown=10, http=HTTP_PROTOCOL)
-    uvicorn.Server(config).run(sockets=[sock])
+                            timeout_graceful_shutdown=int(settings.drain_timeout), http=HTTP_PROTOCOL)
+    DrainingServer(config, settings.drain_grace).run(sockets=[sock])
 
 
 def _supervise(host: str, port: int, workers: int) -> int:

@@ -151,6 +151,10 @@ class Queue(Protocol):
         """The entry is done: remove it from the queue."""
         ...
 
+    async def release(self, claim: Claim, visibility: float) -> None:
+        """Give the entry back (this replica stops): the next claim anywhere takes it at once."""
+        ...
+
     async def get(self, task_id: str) -> TaskRecord | None:
         """The record, or None (unknown or expired)."""
         ...
@@ -262,6 +266,11 @@ class MemoryQueue:
 
     async def ack(self, claim: Claim) -> None:
         self._pending.pop(claim.entry, None)
+
+    async def release(self, claim: Claim, visibility: float) -> None:
+        if claim.entry in self._pending:
+            c, _, enqueued = self._pending[claim.entry]
+            self._pending[claim.entry] = (c, float("-inf"), enqueued)
 
     async def get(self, task_id: str) -> TaskRecord | None:
         got = self._records.get(task_id)
@@ -433,6 +442,11 @@ class RedisQueue:
 
     async def renew(self, claim: Claim) -> None:
         await self.client.xclaim(self.streams[claim.priority], GROUP, claim.consumer, 0, [claim.entry], justid=True)
+
+    async def release(self, claim: Claim, visibility: float) -> None:
+        """``XCLAIM ... IDLE``: the entry looks idle for longer than the visibility timeout."""
+        await self._call(self.client.xclaim(self.streams[claim.priority], GROUP, claim.consumer, 0, [claim.entry],
+                                            idle=int(visibility * 1000) + 1000, justid=True))
 
     async def ack(self, claim: Claim) -> None:
         async with self.client.pipeline(transaction=True) as pipe:

@@ -26,6 +26,7 @@ from router.experiments import (
 )
 from router.ledger import usage_report
 from router.reload import LiveConfig
+from router.server import DRAINING
 from router.stores import StoreError
 
 __all__ = ["ROUTES", "errors_of", "parse_since"]
@@ -161,13 +162,16 @@ async def healthz() -> Alive:
     return Alive(status="ok")
 
 
-@get("/readyz", tags=["health"], responses={503: ResponseSpec(data_container=Ready, description="Starting")})
+@get("/readyz", tags=["health"], responses={503: ResponseSpec(data_container=Ready, description="Starting or draining")})
 async def readyz(state: State) -> Response[Ready]:
     """200 while the service can answer (a failing store only degrades it: cache bypassed,
-    limits per ``on_store_error``); 503 before the lifespan has run. Shows the active config
-    version and the last rejected edit."""
+    limits per ``on_store_error``); 503 before the lifespan has run, and while draining after
+    SIGTERM (requests are still served: the load balancer is being told to stop sending).
+    Shows the active config version and the last rejected edit."""
     if "live" not in state:
         return Response(Ready(status="starting"), status_code=503)
+    if DRAINING.is_set():
+        return Response(Ready(status="draining", pid=os.getpid()), status_code=503)
     router = _router(state)
     store_ok = await router.store.ping()
     return Response(Ready(status="ready" if store_ok else "degraded", pid=os.getpid(), config=state.live.status(),

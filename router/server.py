@@ -15,13 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import threading
+import time
+from types import FrameType
 from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from router.settings import Settings
 
-__all__ = ["HeaderTimeoutProtocol", "protocol_with"]
+__all__ = ["DRAINING", "DrainingServer", "HeaderTimeoutProtocol", "protocol_with"]
+
+DRAINING = threading.Event()  # set on SIGTERM: /readyz answers 503 (router.routes)
 
 
 class HeaderTimeoutProtocol(HttpToolsProtocol):
@@ -75,3 +82,30 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 def protocol_with(header_timeout: float) -> type[HeaderTimeoutProtocol]:
     """A ``HeaderTimeoutProtocol`` subclass bounding header reads to ``header_timeout`` seconds."""
     return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": header_timeout})
+
+
+class DrainingServer(uvicorn.Server):
+    """``uvicorn.Server`` that drains on SIGTERM/SIGINT: ``DRAINING`` is set at once (``/readyz``
+    answers 503 while every request is still served), and only ``grace`` seconds later does
+    uvicorn begin its own graceful shutdown (stop accepting, let in-flight requests and streams
+    finish within the config's ``timeout_graceful_shutdown``, run the lifespan's shutdown: the
+    usage ledger flushed, async tasks' claims given back). A second signal stops at once."""
+
+    def __init__(self, config: uvicorn.Config, grace: float) -> None:
+        super().__init__(config)
+        self.grace = grace
+        self._drain_since: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain_since is None and self.grace > 0:
+            self._drain_since = time.monotonic()
+            DRAINING.set()
+            logging.getLogger("llm_router").warning("draining: /readyz is 503 for %g s, then in-flight work finishes",
+                                                     self.grace)
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._drain_since is not None and not self.should_exit and time.monotonic() - self._drain_since >= self.grace:
+            self.should_exit = True
+        return await super().on_tick(counter)

@@ -24,7 +24,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ``telemetry`` (``LLM_ROUTER_TELEMETRY=off`` turns the per-request record off), ``max_body_bytes``
     (``LLM_ROUTER_MAX_BODY_BYTES``: larger request bodies get 413, an ``Expect: 100-continue``
     request at once), ``read_timeout`` (seconds, ``LLM_ROUTER_READ_TIMEOUT``: a request's headers,
-    and then its body, must arrive within it, else 408)."""
+    and then its body, must arrive within it, else 408), ``drain_grace`` (seconds,
+    ``LLM_ROUTER_DRAIN_GRACE``, default 5: after SIGTERM, ``/readyz`` answers 503 this long while
+    everything is still served, so a load balancer stops sending first) and ``drain_timeout``
+    (seconds, ``LLM_ROUTER_DRAIN_TIMEOUT``, default 30: then in-flight requests and streams get
+    this long to finish)."""
 
     redis_url: str | None = None
     redis_prefix: str = "llmr"
@@ -33,6 +37,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     telemetry: bool = True
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     read_timeout: float = 30.0
+    drain_grace: float = 5.0
+    drain_timeout: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -52,4 +58,5 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                    max_connections=int(number("LLM_ROUTER_MAX_CONNECTIONS", 10_000)),
                    telemetry=e.get("LLM_ROUTER_TELEMETRY") != "off",
                    max_body_bytes=int(number("LLM_ROUTER_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
-                   read_timeout=number("LLM_ROUTER_READ_TIMEOUT", 30))
+                   read_timeout=number("LLM_ROUTER_READ_TIMEOUT", 30),
+                   drain_grace=number("LLM_ROUTER_DRAIN_GRACE", 5), drain_timeout=number("LLM_ROUTER_DRAIN_TIMEOUT", 30))

@@ -236,7 +236,9 @@ class Workers:
             status, result = await running
         except asyncio.CancelledError:
             if asyncio.current_task() is not None and asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                raise  # the pool stops: the entry stays claimed and runs again elsewhere
+                with contextlib.suppress(Exception):  # the pool stops: give the entry back, another replica runs it now
+                    await asyncio.shield(self.queue.release(claim, visibility))
+                raise
             await self.queue.ack(claim)  # cancelled by the caller: the record says so already
             self._counted("cancelled")
             return
