@@ -159,7 +159,9 @@ class RedisCluster:
             time.sleep(0.05)
         for i in range(3):
             self._node(self.ports[3 + i]).execute_command("CLUSTER", "REPLICATE", ids[i])
-        while any(b"cluster_state:ok" not in self._node(p).execute_command("CLUSTER", "INFO") for p in self.ports):
+        while any(b"cluster_state:ok" not in self._node(p).execute_command("CLUSTER", "INFO") for p in self.ports) \
+                or any(self._node(p).info("replication").get("master_link_status") != "up"
+                       for p in self.ports[3:]):  # every replica in sync: it can take over
             if time.monotonic() > deadline:
                 raise RuntimeError("the cluster did not form")
             time.sleep(0.05)

@@ -367,8 +367,11 @@ class RedisStore:
         return await self._call(self.client.lrange(f"{self.prefix}:log:{{{key}}}", 0, n - 1))  # type: ignore[no-any-return]
 
     async def ping(self) -> bool:
+        """Whether the store answers: a read of one key (on a cluster, PING goes to every node,
+        so one dead node would say "unreachable" even after its replica took over)."""
         try:
-            return bool(await self._call(self.client.ping()))
+            await self._call(self.client.get(f"{self.prefix}:ping"))
+            return True
         except StoreError:
             return False
 
