@@ -170,6 +170,26 @@ return 0
 """
 
 
+def sentinel_client(url: str, opts: dict[str, Any]) -> Any:
+    """The client of ``redis+sentinel://host:port[,host:port...]/<service>[/<db>]``: the primary of
+    ``service`` as the sentinels report it (redis-py follows a failover by asking them again).
+    Raises ``ValueError`` for a URL without hosts or service."""
+    from redis.asyncio.sentinel import Sentinel
+
+    parts = urlsplit(url)
+    hosts: list[tuple[str, int]] = []
+    for h in parts.netloc.rsplit("@", 1)[-1].split(","):
+        host, _, port = h.partition(":")
+        if host:
+            hosts.append((host, int(port) if port else 26379))
+    path = [x for x in parts.path.split("/") if x]
+    if not hosts or not path:
+        raise ValueError("a sentinel URL is redis+sentinel://host:port[,host:port]/<service>[/<db>]")
+    password = parts.password if "@" in parts.netloc else None
+    sentinel = Sentinel(hosts, **opts)  # type: ignore[no-untyped-call]
+    return sentinel.master_for(path[0], db=int(path[1]) if len(path) > 1 else 0, password=password, **opts)
+
+
 def _split_cluster_flag(url: str) -> tuple[str, bool]:
     parts = urlsplit(url)
     query = parse_qsl(parts.query)
@@ -179,7 +199,10 @@ def _split_cluster_flag(url: str) -> tuple[str, bool]:
 
 
 class RedisStore:
-    """``Store`` over Redis (or Redis Cluster: add ``?cluster=true`` to the URL).
+    """``Store`` over Redis: ``redis://`` (or ``rediss://``) for one server, add ``?cluster=true``
+    for a Redis Cluster, or ``redis+sentinel://host:port[,host:port...]/<service>[/<db>]`` for a
+    primary that Redis Sentinel fails over (redis-py's ``Sentinel.master_for``: every command
+    goes to the primary the sentinels name now; a password in the URL is the data nodes').
 
     ``timeout``: seconds allowed for each call (connect included); ``prefix`` namespaces keys.
     """
@@ -187,11 +210,14 @@ class RedisStore:
     kind = "redis"
 
     def __init__(self, url: str, *, prefix: str = "llmr", timeout: float = 0.05) -> None:
-        url, cluster = _split_cluster_flag(url)
         opts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
                                 "decode_responses": False}
-        self.client: Any = (aioredis.RedisCluster.from_url(url, **opts) if cluster
-                            else aioredis.Redis.from_url(url, max_connections=256, **opts))
+        if url.startswith("redis+sentinel://"):
+            self.client: Any = sentinel_client(url, opts)
+        else:
+            url, cluster = _split_cluster_flag(url)
+            self.client = (aioredis.RedisCluster.from_url(url, **opts) if cluster
+                           else aioredis.Redis.from_url(url, max_connections=256, **opts))
         self.prefix = prefix
         self.timeout = timeout
         self._acquire = self.client.register_script(_ACQUIRE)

@@ -120,3 +120,60 @@ async def _writes(store: RedisStore) -> bool:
 
 
 _seen: list[str] = []
+
+
+def test_redis_sentinel_urls_follow_a_failover(tmp_path: Path) -> None:
+    """``redis+sentinel://``: a primary, its replica and a sentinel (quorum 1) on loopback; the
+    primary is killed, the sentinel promotes the replica, and the store follows it."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import _cluster_ports, _answers
+
+    exe = shutil.which("redis-server") or "redis-server"
+    primary, replica, sentinel = _cluster_ports(3)
+    base = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    procs = [subprocess.Popen([exe, "--port", str(primary), *base], cwd=tmp_path, stdout=subprocess.DEVNULL),
+             subprocess.Popen([exe, "--port", str(replica), "--replicaof", "127.0.0.1", str(primary), *base], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL)]
+    (tmp_path / "sentinel.conf").write_text(
+        f"port {sentinel}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {primary} 1\n"
+        "sentinel down-after-milliseconds mymaster 500\nsentinel failover-timeout mymaster 3000\n")
+    procs.append(subprocess.Popen([exe, str(tmp_path / "sentinel.conf"), "--sentinel"], cwd=tmp_path,
+                                  stdout=subprocess.DEVNULL))
+    try:
+        deadline = time.monotonic() + 15
+        while not (_answers(f"redis://127.0.0.1:{sentinel}/0")
+                   and redis.Redis(port=replica).info("replication").get("master_link_status") == "up"):
+            assert time.monotonic() < deadline, "sentinel setup did not come up"
+            time.sleep(0.05)
+
+        async def go() -> float:
+            store = RedisStore(f"redis+sentinel://127.0.0.1:{sentinel}/mymaster/0", prefix="llmr-s", timeout=0.5)
+            try:
+                first = await store.limit_acquire([LimitSpec("{c:s}:rpm", 3, 1)])
+                assert first.allowed
+                procs[0].kill()
+                procs[0].wait()
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < 20:
+                    if await background(_writes(store)):
+                        break
+                    await asyncio.sleep(0.1)
+                else:
+                    raise AssertionError(f"the store never followed the failover: {sorted(set(_seen))[:3]}")
+                took = time.monotonic() - t0
+                got = [(await store.limit_acquire([LimitSpec("{c:after}:rpm", 3, 1)])).allowed for _ in range(4)]
+                assert got == [True, True, True, False]  # exact on the new primary
+                return took
+            finally:
+                await store.close()
+
+        took = asyncio.run(go())
+        assert redis.Redis(port=replica).info("replication")["role"] == "master"
+        print(f"\nsentinel failover: the store wrote again {took:.2f} s after the primary was killed")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
