@@ -46,7 +46,7 @@ def _env_on(*names: str) -> bool:
 
 
 def otel_exporters(signal: str) -> list[Any]:
-    """The exporters ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER`` name (comma-separated:
+    """The exporters ``OTEL_TRACES_EXPORTER`` (or ``OTEL_<SIGNAL>_EXPORTER``) names (comma-separated:
     ``otlp``, ``console``, ``none``; any installed exporter), made from the SDK's own entry points
     (groups ``opentelemetry_traces_exporter`` / ``opentelemetry_metrics_exporter``, as the SDK's
     auto-configuration resolves them; ``otlp`` is the OTLP/HTTP exporter installed here, which
@@ -64,7 +64,8 @@ def otel_exporters(signal: str) -> list[Any]:
             continue
         found = entry_points(group=f"opentelemetry_{signal}_exporter", name="otlp_proto_http" if name == "otlp" else name)
         if not found:
-            log.warning("OTEL_%s_EXPORTER: no exporter %r is installed; ignored", signal.upper(), name)
+            logging.getLogger("llm_router").warning("OTEL_%s_EXPORTER: no exporter %r is installed; ignored",
+                                                    signal.upper(), name)
             continue
         out.append(next(iter(found)).load()())
     return out
@@ -144,8 +145,9 @@ class Telemetry:
                 tracer_provider = self._tracer_provider(span_exporters)
         if tracer_provider is not None:
             self.tracer = tracer_provider.get_tracer("llm-router")
-        metric_exporters = otel_exporters("metrics")
-        self._otel_metrics = self._meters(metric_exporters) if metric_exporters else None
+        if os.environ.get("OTEL_METRICS_EXPORTER", "none") != "none":
+            logging.getLogger("llm_router").warning("OTEL_METRICS_EXPORTER: metrics have one system here, Prometheus at /metrics (summed over "
+                        "workers); to send them over OTLP, scrape it (the OTel Collector's prometheus receiver)")
 
     @staticmethod
     def _tracer_provider(exporters: list[Any]) -> Any:
@@ -161,17 +163,6 @@ class Telemetry:
         for exporter in exporters:
             provider.add_span_processor(BatchSpanProcessor(exporter))
         return provider
-
-    @staticmethod
-    def _meters(exporters: list[Any]) -> Any:
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-
-        meter = MeterProvider(metric_readers=[PeriodicExportingMetricReader(e) for e in exporters]).get_meter("llm-router")
-        return {"requests": meter.create_counter("llm_router.requests"),
-                "duration": meter.create_histogram("llm_router.request.duration", unit="s"),
-                "tokens": meter.create_counter("llm_router.tokens"),
-                "cost": meter.create_counter("llm_router.cost", unit="USD")}
 
     @property
     def store(self) -> Store | None:
@@ -264,12 +255,6 @@ class Telemetry:
         if rec.hedge:
             p.hedges.labels(rec.task, rec.hedge).inc()
         p.overhead.labels(rec.task).observe(rec.overhead)
-        if self._otel_metrics is not None:
-            attrs = {"task": rec.task, "provider": rec.provider, "model": rec.model, "outcome": rec.outcome}
-            self._otel_metrics["requests"].add(1, attrs)
-            self._otel_metrics["duration"].record(rec.duration, attrs)
-            self._otel_metrics["tokens"].add(rec.input_tokens + rec.output_tokens, attrs)
-            self._otel_metrics["cost"].add(rec.cost_usd, attrs)
         if self.tracer is not None:
             self._spans(rec, rec.trace or {})
         if log.isEnabledFor(logging.INFO):
