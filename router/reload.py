@@ -87,7 +87,9 @@ class LiveConfig:
                 out.append((0, 0))
         return tuple(out)
 
-    async def _apply_if_changed(self, reason: str) -> None:
+    async def check_files(self, reason: str) -> None:
+        """Reload when a watched file's size or modification time changed (``os.stat`` follows
+        symlinks, so a Kubernetes ConfigMap's atomic ``..data`` swap counts as a change)."""
         sig = self._signature()
         if sig == self._seen:
             return
@@ -104,7 +106,7 @@ class LiveConfig:
             while not stop.is_set():
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), poll)
-                await self._apply_if_changed("file changed (poll)")
+                await self.check_files("file changed (poll)")
 
         await self.reload("startup check")  # an edit between loading and watching is not lost
         poller = asyncio.create_task(polling())
@@ -114,7 +116,7 @@ class LiveConfig:
             logging.getLogger("watchfiles").setLevel(logging.WARNING)
             async for _ in awatch(here, stop_event=stop, debounce=self.debounce, step=50, recursive=False,
                                   watch_filter=lambda _change, path: os.path.basename(path) in names):
-                await self._apply_if_changed("file changed")
+                await self.check_files("file changed")
         except Exception as e:  # noqa: BLE001 - no inotify here (limits, mounts): the poll alone keeps watching
             log.warning("config watcher unavailable (%s: %s); polling %s every %s s", type(e).__name__, e,
                         self.path, poll)

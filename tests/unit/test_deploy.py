@@ -58,3 +58,55 @@ def test_overlays_build_with_kustomize_and_validate(overlay: str, replicas: int,
     assert ("--demo" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]) is demo
     config = next(d for d in docs if d["kind"] == "ConfigMap")
     assert config["metadata"]["name"] == "llm-router-config" and "routing.yaml" in config["data"]
+
+
+def test_a_configmap_symlink_swap_is_a_live_edit(tmp_path: Path) -> None:
+    """kubelet updates a mounted ConfigMap by writing a new timestamped directory and renaming the
+    ``..data`` symlink onto it; routing.yaml is a symlink through ``..data``. The router's file
+    check follows the symlinks and reloads."""
+    import asyncio
+    import os
+
+    from router.app import create_app
+    from router.loading import load_config
+    from router.settings import Settings
+
+    text = MIN
+    mount = tmp_path / "config"
+    mount.mkdir()
+
+    def publish(version: str, body: str) -> None:
+        d = mount / f"..{version}"
+        d.mkdir()
+        (d / "routing.yaml").write_text(body)
+        os.symlink(d.name, mount / "..data_tmp")
+        os.replace(mount / "..data_tmp", mount / "..data")  # atomic, as kubelet does
+
+    publish("2026_12_01_a", text)
+    os.symlink("..data/routing.yaml", mount / "routing.yaml")
+    path = str(mount / "routing.yaml")
+
+    async def go() -> None:
+        application = create_app(load_config(path), Settings(telemetry=False), load=lambda: load_config(path))
+        async with application.lifespan():
+            live = application.state.live
+            assert "added" not in live.router.config.tasks
+            publish("2026_12_01_b", text + "  added:\n    chain: [glm/glm-4.6]\n")
+            await live.check_files("file changed (poll)")
+            assert "added" in live.router.config.tasks
+
+    asyncio.run(go())
+
+
+MIN = """version: 1
+providers:
+  glm:
+    protocol: openai
+    base_url: http://127.0.0.1:9/api/paas/v4
+    api_key: k
+    models:
+      glm-4.6: {context_window: 200000}
+tasks:
+  chat:
+    chain: [glm/glm-4.6]
+"""
