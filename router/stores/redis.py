@@ -170,10 +170,10 @@ return 0
 """
 
 
-def sentinel_client(url: str, opts: dict[str, Any]) -> Any:
-    """The client of ``redis+sentinel://host:port[,host:port...]/<service>[/<db>]``: the primary of
-    ``service`` as the sentinels report it (redis-py follows a failover by asking them again).
-    Raises ``ValueError`` for a URL without hosts or service."""
+def sentinel_client(url: str, opts: dict[str, Any]) -> tuple[Any, Any]:
+    """(the ``Sentinel``, the client) of ``redis+sentinel://host:port[,host:port...]/<service>[/<db>]``:
+    the primary of ``service`` as the sentinels report it (redis-py follows a failover by asking
+    them again). Raises ``ValueError`` for a URL without hosts or service."""
     from redis.asyncio.sentinel import Sentinel
 
     parts = urlsplit(url)
@@ -187,7 +187,7 @@ def sentinel_client(url: str, opts: dict[str, Any]) -> Any:
         raise ValueError("a sentinel URL is redis+sentinel://host:port[,host:port]/<service>[/<db>]")
     password = parts.password if "@" in parts.netloc else None
     sentinel = Sentinel(hosts, **opts)  # type: ignore[no-untyped-call]
-    return sentinel.master_for(path[0], db=int(path[1]) if len(path) > 1 else 0, password=password, **opts)
+    return sentinel, sentinel.master_for(path[0], db=int(path[1]) if len(path) > 1 else 0, password=password, **opts)
 
 
 def _split_cluster_flag(url: str) -> tuple[str, bool]:
@@ -212,8 +212,9 @@ class RedisStore:
     def __init__(self, url: str, *, prefix: str = "llmr", timeout: float = 0.05) -> None:
         opts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
                                 "decode_responses": False}
+        self._sentinel: Any = None
         if url.startswith("redis+sentinel://"):
-            self.client: Any = sentinel_client(url, opts)
+            self._sentinel, self.client = sentinel_client(url, opts)
         else:
             url, cluster = _split_cluster_flag(url)
             self.client = (aioredis.RedisCluster.from_url(url, **opts) if cluster
@@ -403,3 +404,5 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+        for s in self._sentinel.sentinels if self._sentinel is not None else ():  # their own connections
+            await s.aclose()

@@ -143,8 +143,15 @@ def test_redis_sentinel_urls_follow_a_failover(tmp_path: Path) -> None:
                                   stdout=subprocess.DEVNULL))
     try:
         deadline = time.monotonic() + 15
+        def known() -> bool:  # the sentinel has seen the replica (it learns replicas from the primary's INFO)
+            try:
+                replicas = redis.Redis(port=sentinel).sentinel_slaves("mymaster")
+            except redis.RedisError:
+                return False
+            return any(not r.get("is_sdown") and not r.get("is_disconnected") for r in replicas)
+
         while not (_answers(f"redis://127.0.0.1:{sentinel}/0")
-                   and redis.Redis(port=replica).info("replication").get("master_link_status") == "up"):
+                   and redis.Redis(port=replica).info("replication").get("master_link_status") == "up" and known()):
             assert time.monotonic() < deadline, "sentinel setup did not come up"
             time.sleep(0.05)
 
