@@ -128,7 +128,8 @@ class RedisCluster:
         self.ports = _cluster_ports(6)
         self.procs = [subprocess.Popen(
             [exe, "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--cluster-config-file",
-             f"nodes-{p}.conf", "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no"],
+             f"nodes-{p}.conf", "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no",
+             "--repl-diskless-sync-delay", "0"],  # replicas sync at once, not after the default 5 s
             cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in self.ports]
         self.url = f"redis://127.0.0.1:{self.ports[0]}/0?cluster=true"
         try:

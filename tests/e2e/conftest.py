@@ -28,7 +28,9 @@ class Proc:
         self.log = log
         self._out = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.p = subprocess.Popen([sys.executable, "-m", "router", *args], stdout=self._out,
-                                  stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                  stderr=subprocess.STDOUT,
+                                  # no drain on SIGTERM unless a test asks: stopping takes no 5 s grace
+                                  env={**os.environ, "LLM_ROUTER_DRAIN_GRACE": "0", **(env or {})},
                                   start_new_session=True)
 
     def wait_http(self, url: str, timeout: float = 30) -> None:

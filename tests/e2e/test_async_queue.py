@@ -61,6 +61,7 @@ class _Hooks(BaseHTTPRequestHandler):
         return
 
 
+@pytest.mark.slow
 def test_three_replicas_drain_within_the_quota_and_a_killed_one_loses_nothing(
         tmp_path: Path, emulator: str, redis_url: str, redis_prefix: str) -> None:
     httpx.post(emulator + "/_emulator/reset")

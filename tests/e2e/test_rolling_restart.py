@@ -73,6 +73,7 @@ def servers_up(stats: int) -> dict[str, str]:
     return {r["svname"]: r["status"] for r in rows if r["pxname"] == "routers" and r["svname"].startswith("r")}
 
 
+@pytest.mark.slow
 def test_a_rolling_restart_behind_haproxy_fails_nothing_and_cuts_no_stream(tmp_path: Path, emulator: str) -> None:
     exe = shutil.which("haproxy")
     if exe is None:

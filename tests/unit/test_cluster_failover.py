@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from router.stores import LimitSpec
@@ -50,6 +51,7 @@ def _primary_of(cluster: RedisCluster, key: str) -> tuple[int, int]:
     raise AssertionError("no primary for the slot")
 
 
+@pytest.mark.slow
 def test_a_primary_failover_under_load_fails_no_request_and_limits_are_exact_after(tmp_path: Path) -> None:
     cluster = RedisCluster(tmp_path)
     prefix = "llmr-fo"
@@ -122,6 +124,7 @@ async def _writes(store: RedisStore) -> bool:
 _seen: list[str] = []
 
 
+@pytest.mark.slow
 def test_redis_sentinel_urls_follow_a_failover(tmp_path: Path) -> None:
     """``redis+sentinel://``: a primary, its replica and a sentinel (quorum 1) on loopback; the
     primary is killed, the sentinel promotes the replica, and the store follows it."""
@@ -132,7 +135,7 @@ def test_redis_sentinel_urls_follow_a_failover(tmp_path: Path) -> None:
 
     exe = shutil.which("redis-server") or "redis-server"
     primary, replica, sentinel = _cluster_ports(3)
-    base = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    base = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"]
     procs = [subprocess.Popen([exe, "--port", str(primary), *base], cwd=tmp_path, stdout=subprocess.DEVNULL),
              subprocess.Popen([exe, "--port", str(replica), "--replicaof", "127.0.0.1", str(primary), *base], cwd=tmp_path,
                               stdout=subprocess.DEVNULL)]
