@@ -195,15 +195,18 @@ def test_anthropic_output_config_errors_name_the_anthropic_field() -> None:
     run(t)
 
 
-def test_openai_compatible_endpoints_other_than_zai_get_seed_penalties_and_strict() -> None:
-    yaml_text = YAML.replace("tasks:\n", """  oai:
+WITH_OAI = YAML.replace("tasks:\n", """  oai:
     protocol: openai
     base_url: http://emulator/v1
     api_key: k
     models:
       gpt-4o: {context_window: 128000}
 tasks:
-""", 1)
+""", 1)  # an OpenAI-compatible endpoint that is not Z.ai's
+
+
+def test_openai_compatible_endpoints_other_than_zai_get_seed_penalties_and_strict() -> None:
+    yaml_text = WITH_OAI
 
     async def t(a: InProcess) -> None:
         tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "strict": True}}
@@ -242,14 +245,7 @@ def test_glm_tool_stream_and_always_thinking_models_and_anthropic_beta_pass_thro
 
 
 def test_count_tokens_for_a_task_or_model() -> None:
-    yaml_text = YAML.replace("tasks:\n", """  oai:
-    protocol: openai
-    base_url: http://emulator/v1
-    api_key: k
-    models:
-      gpt-4o: {context_window: 128000}
-tasks:
-""")
+    yaml_text = WITH_OAI
 
     async def t(a: InProcess) -> None:
         r = await a.client.post("/v1/messages/count_tokens", json={"model": "claude/claude-haiku-5-5",
