@@ -181,6 +181,8 @@ def _supervise(host: str, port: int, workers: int) -> int:
     import signal
     import time
 
+    from router.settings import Settings
+
     ctx = multiprocessing.get_context("spawn")
     log = logging.getLogger("llm_router")
     procs = [ctx.Process(target=_worker, args=(host, port), name=f"llm-router-worker-{i}") for i in range(workers)]
@@ -205,8 +207,10 @@ def _supervise(host: str, port: int, workers: int) -> int:
                 log.error("worker %s exited with %s; starting a new one", p.name, p.exitcode)
                 procs[i] = ctx.Process(target=_worker, args=(host, port), name=p.name)
                 procs[i].start()
+    settings = Settings.from_env()
+    deadline = time.monotonic() + settings.drain_grace + settings.drain_timeout + 5  # the workers drain first
     for p in procs:
-        p.join(15)
+        p.join(max(0.0, deadline - time.monotonic()))
         if p.is_alive():
             p.kill()
     return 0
