@@ -145,4 +145,4 @@ class Tracker:
         fields = _fields(latency, ttft, run.usage, error=error is not None or finish is None, fallbacks=0, cached=False,
                          invalid=invalid)
         await self._write(key, fields, lambda: self.store.log_push(
-            f"exp:{task}:shadow_log", msgspec.json.encode(entry), SHADOW_LOG_KEEP))
+            f"exp:{task}:shadow_log", [msgspec.json.encode(entry)], SHADOW_LOG_KEEP))

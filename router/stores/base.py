@@ -206,12 +206,17 @@ class Store(Protocol):
     async def unlock(self, key: str) -> None:
         ...
 
-    async def stats_add(self, key: str, fields: dict[str, float]) -> None:
-        """Add to counters (created at 0) under ``key``, atomically."""
+    async def stats_add(self, key: str, fields: dict[str, float], ttl: float | None = None) -> None:
+        """Add to counters (created at 0) under ``key``, atomically; with ``ttl``, ``key`` expires
+        ``ttl`` seconds after this write (else it lives until deleted)."""
         ...
 
     async def stats_get(self, key: str) -> dict[str, float]:
         """Every counter under ``key`` ({} when none)."""
+        ...
+
+    async def stats_get_many(self, keys: list[str]) -> list[dict[str, float]]:
+        """``stats_get`` of each of ``keys``, in order, in one round trip (keys in any slots)."""
         ...
 
     async def kv_set(self, key: str, value: bytes, ttl: float) -> None:
@@ -221,8 +226,9 @@ class Store(Protocol):
     async def kv_get(self, key: str) -> bytes | None:
         ...
 
-    async def log_push(self, key: str, value: bytes, keep: int) -> None:
-        """Append to a list that keeps only the newest ``keep`` entries."""
+    async def log_push(self, key: str, values: list[bytes], keep: int) -> None:
+        """Append ``values`` (the last is the newest) to a list that keeps only the newest
+        ``keep`` entries, atomically."""
         ...
 
     async def log_get(self, key: str, n: int) -> list[bytes]:

@@ -48,6 +48,7 @@ class MemoryStore:
         self._cache: dict[str, tuple[float, bytes]] = {}
         self._locks: dict[str, float] = {}
         self._stats: dict[str, dict[str, float]] = {}
+        self._stats_expiry: dict[str, float] = {}  # keys written with a ttl -> when they expire
         self._kv: dict[str, tuple[float, bytes]] = {}
         self._logs: dict[str, deque[bytes]] = {}
 
@@ -198,13 +199,29 @@ class MemoryStore:
         self._locks.pop(key, None)
 
     # -- outcomes --------------------------------------------------------------------------
-    async def stats_add(self, key: str, fields: dict[str, float]) -> None:
+    async def stats_add(self, key: str, fields: dict[str, float], ttl: float | None = None) -> None:
+        self._expire_stats(key)
         d = self._stats.setdefault(key, {})
         for f, v in fields.items():
             d[f] = d.get(f, 0.0) + v
+        if ttl is not None:
+            self._stats_expiry[key] = self.clock() + ttl
+            if len(self._stats_expiry) > self.max_entries:  # prune what has expired, now and then
+                for k in [k for k, exp in self._stats_expiry.items() if exp <= self.clock()]:
+                    self._expire_stats(k)
+
+    def _expire_stats(self, key: str) -> None:
+        exp = self._stats_expiry.get(key)
+        if exp is not None and exp <= self.clock():
+            del self._stats_expiry[key]
+            self._stats.pop(key, None)
 
     async def stats_get(self, key: str) -> dict[str, float]:
+        self._expire_stats(key)
         return dict(self._stats.get(key, {}))
+
+    async def stats_get_many(self, keys: list[str]) -> list[dict[str, float]]:
+        return [await self.stats_get(k) for k in keys]
 
     async def kv_set(self, key: str, value: bytes, ttl: float) -> None:
         now = self.clock()
@@ -217,11 +234,11 @@ class MemoryStore:
         hit = self._kv.get(key)
         return hit[1] if hit is not None and hit[0] > self.clock() else None
 
-    async def log_push(self, key: str, value: bytes, keep: int) -> None:
+    async def log_push(self, key: str, values: list[bytes], keep: int) -> None:
         log = self._logs.get(key)
         if log is None or log.maxlen != keep:
             log = self._logs[key] = deque(log or (), maxlen=keep)
-        log.appendleft(value)
+        log.extendleft(values)
 
     async def log_get(self, key: str, n: int) -> list[bytes]:
         return list(self._logs.get(key, ()))[:n]

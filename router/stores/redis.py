@@ -358,13 +358,15 @@ class RedisStore:
         await self._call(self.client.delete(f"{self.prefix}:cache:{{{key}}}:lock"))
 
     # -- outcomes --------------------------------------------------------------------------
-    async def stats_add(self, key: str, fields: dict[str, float]) -> None:
+    async def stats_add(self, key: str, fields: dict[str, float], ttl: float | None = None) -> None:
         k = f"{self.prefix}:stats:{{{key}}}"
 
         async def run() -> None:
             async with self.client.pipeline(transaction=True) as pipe:
                 for f, v in fields.items():
                     pipe.hincrbyfloat(k, f, v)
+                if ttl is not None:
+                    pipe.pexpire(k, max(1, int(ttl * 1000)))
                 await pipe.execute()
 
         await self._call(run())
@@ -373,18 +375,32 @@ class RedisStore:
         raw = await self._call(self.client.hgetall(f"{self.prefix}:stats:{{{key}}}"))
         return {f.decode(): float(v) for f, v in raw.items()}
 
+    async def stats_get_many(self, keys: list[str]) -> list[dict[str, float]]:
+        if not keys:
+            return []
+
+        async def run() -> list[Any]:
+            async with self.client.pipeline(transaction=False) as pipe:  # on a cluster: one batch per node
+                for key in keys:
+                    pipe.hgetall(f"{self.prefix}:stats:{{{key}}}")
+                return await pipe.execute()  # type: ignore[no-any-return]
+
+        return [{f.decode(): float(v) for f, v in raw.items()} for raw in await self._call(run())]
+
     async def kv_set(self, key: str, value: bytes, ttl: float) -> None:
         await self._call(self.client.set(f"{self.prefix}:kv:{{{key}}}", value, px=max(1, int(ttl * 1000))))
 
     async def kv_get(self, key: str) -> bytes | None:
         return await self._call(self.client.get(f"{self.prefix}:kv:{{{key}}}"))  # type: ignore[no-any-return]
 
-    async def log_push(self, key: str, value: bytes, keep: int) -> None:
+    async def log_push(self, key: str, values: list[bytes], keep: int) -> None:
+        if not values:
+            return
         k = f"{self.prefix}:log:{{{key}}}"
 
         async def run() -> None:
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.lpush(k, value)
+                pipe.lpush(k, *values)
                 pipe.ltrim(k, 0, keep - 1)
                 await pipe.execute()
 

@@ -94,7 +94,7 @@ class Down(MemoryStore):
 
     breaker_admit = breaker_success = breaker_failure = breaker_states = _down  # type: ignore[assignment]
     limit_acquire = limit_adjust = cache_get = cache_set = cache_get_or_lock = _down  # type: ignore[assignment]
-    cache_set_unlock = lock = unlock = stats_add = stats_get = kv_set = kv_get = _down  # type: ignore[assignment]
+    cache_set_unlock = lock = unlock = stats_add = stats_get = stats_get_many = kv_set = kv_get = _down  # type: ignore[assignment]
     log_push = log_get = _down  # type: ignore[assignment]
 
     async def ping(self) -> bool:

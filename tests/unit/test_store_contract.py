@@ -182,13 +182,42 @@ def test_stats_kv_and_logs(make_store) -> None:  # type: ignore[no-untyped-def]
         await s.stats_add("exp:t:a", {"requests": 1, "cost_usd": 0.5, "errors": 1})
         await s.kv_set("resp:1", b"t\ta", 60)
         for i in range(5):
-            await s.log_push("shadow:t", str(i).encode(), 3)
+            await s.log_push("shadow:t", [str(i).encode()], 3)
+        await s.log_push("many", [b"a", b"b", b"c", b"d"], 3)
+        await s.log_push("many", [], 3)
+        await s.stats_add("minute:1", {"requests": 2}, ttl=60)
+        await s.stats_add("minute:2", {"requests": 3, "errors": 1})
+        many = await s.stats_get_many(["minute:1", "nothing", "minute:2"])
         return (await s.stats_get("exp:t:a"), await s.stats_get("nothing"), await s.kv_get("resp:1"),
-                await s.kv_get("resp:2"), await s.log_get("shadow:t", 10))
+                await s.kv_get("resp:2"), await s.log_get("shadow:t", 10), await s.log_get("many", 10), many)
 
-    stats, empty, hit, miss, log = run(make_store, body)
+    stats, empty, hit, miss, log, batch, many = run(make_store, body)
     assert stats == {"requests": 2.0, "cost_usd": 0.75, "errors": 1.0} and empty == {}
     assert hit == b"t\ta" and miss is None and log == [b"4", b"3", b"2"]
+    assert batch == [b"d", b"c", b"b"]  # the last pushed is the newest
+    assert many == [{"requests": 2.0}, {}, {"requests": 3.0, "errors": 1.0}]
+
+
+def test_stats_written_with_a_ttl_expire(make_store) -> None:  # type: ignore[no-untyped-def]
+    """A counter hash written with a ttl lives that long after its last write (Redis: its PTTL;
+    memory: on its injected clock), one without stays."""
+    async def body(s):  # type: ignore[no-untyped-def]
+        await s.stats_add("short", {"n": 1}, ttl=30)
+        await s.stats_add("short", {"n": 1}, ttl=60)  # the last write sets it
+        await s.stats_add("forever", {"n": 1})
+        if isinstance(s, MemoryStore):
+            s.clock = lambda: 1e10
+            return await s.stats_get_many(["short", "forever"]), None
+        short = await s.client.pttl(f"{s.prefix}:stats:{{short}}")
+        forever = await s.client.pttl(f"{s.prefix}:stats:{{forever}}")
+        return await s.stats_get_many(["short", "forever"]), (short, forever)
+
+    got, ttls = run(make_store, body)
+    if ttls is None:
+        assert got == [{}, {"n": 1.0}]
+    else:
+        assert got == [{"n": 2.0}, {"n": 1.0}]
+        assert 30_000 < ttls[0] <= 60_000 and ttls[1] == -1
 
 
 def test_a_paced_limiter_admits_one_unit_per_interval_beside_the_shared_bucket(make_store) -> None:  # type: ignore[no-untyped-def]
