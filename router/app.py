@@ -32,6 +32,7 @@ from litestar.exceptions import HTTPException
 
 from router.clock import Clock
 from router.config import RoutingConfig
+from router.console.routes import CONSOLE_ROUTES
 from router.doors.anthropic import AnthropicDoor
 from router.doors.base import Door, error_headers
 from router.doors.endpoint import count_route, door_route
@@ -155,6 +156,7 @@ class _Resources:
         workers = Workers(queue, lambda: live.router, config.queue.workers, clock=self.clock,
                           client=self.callback_client, telemetry=tel)
         app.state.live, app.state.telemetry, app.state.queue, app.state.workers = live, tel, queue, workers
+        app.state.settings = cfg
         app.state.door = DoorState(live, tel, cfg.max_body_bytes, cfg.read_timeout, queue, workers)  # what a door request reads, in one lookup
         self._startup_log(st, None if st.kind == "memory" else await st.ping())
         log.warning("queue: %s, %d worker(s) here%s", "Redis Streams (shared by every replica)" if queue.kind == "redis"
@@ -242,7 +244,8 @@ def create_app(config: RoutingConfig, settings: Settings | None = None, *,
         # the other routes get the request id from RequestIdMiddleware (on their router)
         route_handlers=[*(door_route(path, door, summary=type(door).__doc__ or path) for path, door in doors.items()),
                         count_route(COUNT_PATH, doors["/v1/messages"]),
-                        HTTPRouter(path="/", route_handlers=[*ROUTES, *TASK_ROUTES], middleware=[RequestIdMiddleware()])],
+                        HTTPRouter(path="/", route_handlers=[*ROUTES, *TASK_ROUTES, *CONSOLE_ROUTES],
+                                   middleware=[RequestIdMiddleware()])],
         lifespan=[resources.lifespan],
         exception_handlers={Exception: _error_handler({**doors, COUNT_PATH: doors["/v1/messages"]})},
         cors_config=_cors(config),

@@ -46,10 +46,11 @@ from router.request import (
 )
 from router.run import Run
 from router.sse import SSEParser
+from router.stats import wilson
 from router.upstream import make_targets
 
 __all__ = ["Job", "judge_pairs", "load_tasks", "render_chart", "render_jobs", "render_report", "run_compare",
-           "sse_events"]
+           "sse_events", "summarize_results", "wilson"]
 
 
 class Job(msgspec.Struct):
@@ -283,6 +284,22 @@ def _verdict(first: dict[str, dict[str, Any] | None], targets: list[str]) -> tup
     return verdict, "; ".join(f"{t}: {o[:60]!r}" for t, o in outs.items())
 
 
+def summarize_results(rows: list[dict[str, Any]], judged: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A comparison run's results (``results.jsonl`` rows, ``judgements.json``) as the report's
+    data, for the console: ``targets`` (in first-seen order), ``per_target`` (``per_target``),
+    ``lines`` (each task line's verdict: agree, differ, invalid, error, and what was shown),
+    ``runs`` and the judge's ``pairs`` when it ran."""
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    lines = []
+    for tid in dict.fromkeys(r["task_id"] for r in rows):
+        first = {t: next((r for r in rows if r["task_id"] == tid and r["target"] == t and r.get("repeat", 0) == 0), None)
+                 for t in targets}
+        verdict, shown = _verdict(first, targets)
+        lines.append({"task_id": tid, "verdict": verdict, "shown": shown})
+    return {"runs": len(rows), "targets": targets, "per_target": per_target(rows, targets), "lines": lines,
+            "judged": None if judged is None else {k: judged.get(k) for k in ("judge", "rubric", "pairs")}}
+
+
 def render_report(rows: list[dict[str, Any]], targets: list[str], bad: list[str], interrupted: bool,
                   judged: dict[str, Any] | None = None) -> str:
     """``report.md`` (``judged``: ``judge_pairs``' result, when a judge ran)."""
@@ -325,16 +342,6 @@ DEFAULT_RUBRIC = "correct, complete, follows the request's instructions and form
 _VERDICT = ResponseFormat(type="json_schema", json_schema=JsonSchemaFormat(name="verdict", strict=True, schema={
     "type": "object", "properties": {"winner": {"enum": ["A", "B", "tie"]}, "reason": {"type": "string"}},
     "required": ["winner", "reason"], "additionalProperties": False}))
-
-
-def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (``successes`` may count ties as halves)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
-    return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
 
 
 def _judge_request(judge: str, job: Job, rubric: str, first: str, second: str) -> TaskRequest:

@@ -23,10 +23,11 @@ import msgspec
 from router.config import Experiment, Task
 from router.errors import RouterError
 from router.request import TaskRequest, decode_body
+from router.stats import Mean, mean_ci, needed_per_arm, p_means, p_proportions, wilson
 from router.stores import Store, StoreError
 
 __all__ = ["BUCKETS_MS", "Feedback", "UnknownResponse", "UnknownTaskExperiment", "assign", "decode_feedback",
-           "experiment_report", "percentile", "sticky_value", "summarize"]
+           "experiment_report", "percentile", "significance", "sticky_value", "summarize"]
 
 BUCKETS_MS = (25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)  # upper bounds; then +inf
 
@@ -95,7 +96,90 @@ def summarize(stats: dict[str, float]) -> dict[str, Any]:
         "dropped": int(stats.get("dropped", 0)),
         "invalid_output": int(stats.get("invalid_output", 0)),
         "task_versions": {k.removeprefix("version:"): int(v) for k, v in stats.items() if k.startswith("version:")},
+        "ci95": {name: (m.as_dict(6 if name == "cost_usd" else 3) if isinstance(m, Mean) else m)
+                 for name, m in _measures(stats).items()},
     }
+
+
+def _measures(stats: dict[str, float]) -> dict[str, Any]:
+    """Each compared measure of one variant: the error rate's Wilson interval (and its counts),
+    and the means (with intervals) of latency, TTFT, cost per answer and feedback score. A mean
+    recorded before sums of squares were kept has no interval."""
+    n = int(stats.get("requests", 0))
+    errors = stats.get("errors", 0.0)
+    lo, hi = wilson(errors, n)
+    out: dict[str, Any] = {"error_rate": {"n": n, "rate": round(errors / n, 4) if n else None,
+                                          "ci95": [lo, hi] if n else None}}
+    for name, count, total, sq in (("latency_ms", "requests", "latency_ms_sum", "latency_ms_sq"),
+                                   ("ttft_ms", "ttft_n", "ttft_ms_sum", "ttft_ms_sq"),
+                                   ("cost_usd", "cost_n", "cost_usd", "cost_usd_sq"),
+                                   ("feedback", "feedback_count", "feedback_sum", "feedback_sq")):
+        m = mean_ci(stats.get(count, 0.0), stats.get(total, 0.0), stats.get(sq))
+        out[name] = m if m is not None else {"n": 0, "mean": None, "ci95": None}
+    return out
+
+
+_WORDS = {"error_rate": ("error rate", "higher", "lower"), "latency_ms": ("latency", "slower", "faster"),
+          "ttft_ms": ("time to first token", "slower", "faster"), "cost_usd": ("cost per answer", "costlier", "cheaper"),
+          "feedback": ("feedback score", "better rated", "worse rated")}
+
+
+def _show(name: str, v: float) -> str:
+    if name == "error_rate":
+        return f"{v * 100:.1f}%"
+    if name == "cost_usd":
+        return f"${v:.6f}"
+    if name == "feedback":
+        return f"{v:.2f}"
+    return f"{v:.0f} ms"
+
+
+def significance(variants: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """Each variant against the first (the baseline, in config order), measure by measure: both
+    values, the two-sided p-value (pooled z for the error rate, Welch for means), whether the
+    difference is significant at 95%, the samples per variant that would detect a difference of
+    the size seen (power 0.8), and one plain sentence saying so. Each test stands alone (no
+    correction for testing five measures)."""
+    names = list(variants)
+    if len(names) < 2:
+        return []
+    base = names[0]
+    mb = _measures(variants[base])
+    out = []
+    for other in names[1:]:
+        mo = _measures(variants[other])
+        for name, (label, up, down) in _WORDS.items():
+            a, b = mo[name], mb[name]
+            if name == "error_rate":
+                na, nb = a["n"], b["n"]
+                if not na or not nb:
+                    continue
+                va, vb = a["rate"], b["rate"]
+                p = p_proportions(va * na, na, vb * nb, nb)
+                pooled = (va * na + vb * nb) / (na + nb)
+                need = needed_per_arm(va - vb, pooled * (1 - pooled), pooled * (1 - pooled))
+            else:
+                if not isinstance(a, Mean) or not isinstance(b, Mean):
+                    continue
+                na, nb, va, vb = a.n, b.n, a.mean, b.mean
+                p = p_means(a, b)
+                need = needed_per_arm(va - vb, a.sd ** 2, b.sd ** 2) if a.sd is not None and b.sd is not None else None
+            sig = p is not None and p < 0.05
+            direction = up if va > vb else down
+            if p is None:
+                sentence = f"{label}: {other} {_show(name, va)} vs {base} {_show(name, vb)}; too few samples to test (n = {na} / {nb})"
+            elif sig:
+                sentence = (f"{label}: {other} is {direction} than {base} ({_show(name, va)} vs {_show(name, vb)}); "
+                            f"significant at 95% (p = {p:.3g}, n = {na} / {nb})")
+            else:
+                more = (f"; about {need} per variant would detect a difference this size" if need and need > max(na, nb)
+                        else "")
+                sentence = (f"{label}: {other} {_show(name, va)} vs {base} {_show(name, vb)}; no significant difference "
+                            f"at n = {na} / {nb} (p = {p:.3g}){more}")
+            out.append({"measure": name, "variant": other, "baseline": base, "value": va, "baseline_value": vb,
+                        "n": na, "baseline_n": nb, "p": None if p is None else round(p, 6), "significant": sig,
+                        "needed_per_variant": need, "statement": sentence})
+    return out
 
 
 class Feedback(msgspec.Struct, forbid_unknown_fields=True):
@@ -140,9 +224,11 @@ async def experiment_report(store: Store, name: str, task: Task) -> dict[str, An
     try:
         if task.experiment is not None:
             out["sticky_by"] = task.experiment.sticky_by
-            out["variants"] = {v: {"weight": spec.weight, "chain": spec.chain,
-                                   **summarize(await store.stats_get(f"exp:{name}:{v}"))}
+            raw = dict(zip(task.experiment.variants, await store.stats_get_many(
+                [f"exp:{name}:{v}" for v in task.experiment.variants]), strict=True))
+            out["variants"] = {v: {"weight": spec.weight, "chain": spec.chain, **summarize(raw[v])}
                                for v, spec in task.experiment.variants.items()}
+            out["significance"] = significance(raw)
         else:
             out["variants"] = {"primary": {"chain": task.chain, **summarize(await store.stats_get(f"exp:{name}:primary"))}}
         if task.shadow is not None:

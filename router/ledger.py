@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,42 +18,48 @@ from router.run import RequestRecord
 from router.stores import Store, StoreError
 from router.stores.base import background
 
-__all__ = ["LEDGER_FLUSH_SECONDS", "UsageLedger", "usage_report"]
+__all__ = ["LEDGER_FLUSH_SECONDS", "UsageLedger", "WriteBehind", "usage_daily", "usage_report"]
 
 LEDGER_FLUSH_SECONDS = 0.5  # the usage ledger's sums reach the store at most this late
 
 
-class UsageLedger:
-    """Sums in memory, written to ``store`` (set by the app) every ``flush_seconds``."""
+class WriteBehind:
+    """Telemetry's write-behind buffer: counter sums (``merge``) and capped log entries (``push``)
+    kept in memory and written to ``store`` (set by the app) at most ``flush_seconds`` after the
+    first pending one, so a request costs no store round trip for them. What a failing store
+    refuses stays pending and is tried again at the next flush."""
 
     def __init__(self, store: Store | None = None, flush_seconds: float = LEDGER_FLUSH_SECONDS) -> None:
         self.store = store
         self.flush_seconds = flush_seconds
-        self._pending: dict[str, dict[str, float]] = {}  # store key -> counters not yet written
+        self._pending: dict[str, tuple[dict[str, float], float | None]] = {}  # key -> (counters not yet written, ttl)
+        self._logs: dict[str, deque[bytes]] = {}  # log key -> entries not yet pushed (oldest first)
+        self._keep: dict[str, int] = {}
         self._flusher: asyncio.Task[None] | None = None
 
-    def add(self, rec: RequestRecord) -> None:
-        """Add the request to the usage ledger: summed in memory, written to the store at most
-        ``ledger_flush_seconds`` later in one increment per (caller, task, model, UTC day) key,
-        instead of two store round trips per request."""
-        day = time.strftime("%Y-%m-%d", time.gmtime(rec.start_ns / 1e9))
-        combo = f"{rec.caller}\t{rec.task}\t{rec.provider}/{rec.model}"
-        fields = {"requests": 1.0, "input_tokens": rec.input_tokens, "output_tokens": rec.output_tokens,
-                  "reasoning_tokens": rec.reasoning_tokens, "cached_tokens": rec.cached_tokens, "cost_usd": rec.cost_usd,
-                  "cache_write_tokens": rec.cache_write_tokens, "cache_savings_usd": rec.cache_savings_usd}
-        if rec.usage_estimated:
-            fields["estimated_requests"] = 1.0
-        if rec.outcome == "error":
-            fields["errors"] = 1.0
-        self._merge(f"usage:{combo}:{day}", fields)
-        self._merge("usage:index", {combo: 1.0})
-        if self._flusher is None:
-            self._flusher = background(self._later())
-
-    def _merge(self, key: str, fields: Mapping[str, float]) -> None:
-        acc = self._pending.setdefault(key, {})
+    def merge(self, key: str, fields: Mapping[str, float], ttl: float | None = None) -> None:
+        """Add ``fields`` to the counters of ``key`` (written with ``ttl`` seconds, when given)."""
+        got = self._pending.get(key)
+        if got is None:
+            got = self._pending[key] = ({}, ttl)
+        acc = got[0]
         for k, v in fields.items():
             acc[k] = acc.get(k, 0.0) + v
+        self._schedule()
+
+    def push(self, key: str, value: bytes, keep: int) -> None:
+        """Append ``value`` to the capped log ``key`` (the store keeps the newest ``keep``; so
+        does this buffer while the store is away)."""
+        log = self._logs.get(key)
+        if log is None:
+            log = self._logs[key] = deque(maxlen=keep)
+            self._keep[key] = keep
+        log.append(value)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._flusher is None and self.store is not None:
+            self._flusher = background(self._later())
 
     async def _later(self) -> None:
         try:
@@ -62,21 +69,30 @@ class UsageLedger:
         await self.flush()
 
     async def flush(self) -> None:
-        """Write the ledger's pending sums to the store. What the store refuses (``StoreError``:
-        Redis down) stays pending, merged with later requests, and is tried again at the next flush,
-        so the ledger loses nothing while its process lives."""
-        if self.store is None or not self._pending:
+        """Write the pending sums and log entries to the store. What the store refuses
+        (``StoreError``: Redis down) stays pending, merged with later requests, and is tried again
+        at the next flush, so nothing is lost while the process lives (logs keep their newest)."""
+        if self.store is None or not (self._pending or self._logs):
             return
         pending, self._pending = self._pending, {}
-        for i, (key, fields) in enumerate(pending.items()):
+        logs, self._logs = self._logs, {}
+        items = list(pending.items())
+        for i, (key, (fields, ttl)) in enumerate(items):
             try:
-                await self.store.stats_add(key, fields)
+                await self.store.stats_add(key, fields, ttl)
             except StoreError:
-                for k, f in list(pending.items())[i:]:
-                    self._merge(k, f)
-                if self._flusher is None:
-                    self._flusher = background(self._later())
+                for k, (f, t) in items[i:]:
+                    self.merge(k, f, t)
+                for k, log in logs.items():
+                    for v in log:
+                        self.push(k, v, self._keep[k])
                 return
+        for key, log in logs.items():
+            try:
+                await self.store.log_push(key, list(log), self._keep[key])
+            except StoreError:
+                for v in log:
+                    self.push(key, v, self._keep[key])
 
     async def close(self) -> None:
         """Stop the timed flush and write what is pending (the app's shutdown)."""
@@ -87,6 +103,25 @@ class UsageLedger:
             self._flusher = None
         await self.flush()
 
+
+class UsageLedger(WriteBehind):
+    """The usage ledger over the write-behind buffer: sums per (caller, task, model, UTC day)."""
+
+    def add(self, rec: RequestRecord) -> None:
+        """Add the request to the usage ledger: summed in memory, written to the store at most
+        ``flush_seconds`` later in one increment per (caller, task, model, UTC day) key,
+        instead of two store round trips per request."""
+        day = time.strftime("%Y-%m-%d", time.gmtime(rec.start_ns / 1e9))
+        combo = f"{rec.caller}\t{rec.task}\t{rec.provider}/{rec.model}"
+        fields = {"requests": 1.0, "input_tokens": rec.input_tokens, "output_tokens": rec.output_tokens,
+                  "reasoning_tokens": rec.reasoning_tokens, "cached_tokens": rec.cached_tokens, "cost_usd": rec.cost_usd,
+                  "cache_write_tokens": rec.cache_write_tokens, "cache_savings_usd": rec.cache_savings_usd}
+        if rec.usage_estimated:
+            fields["estimated_requests"] = 1.0
+        if rec.outcome == "error":
+            fields["errors"] = 1.0
+        self.merge(f"usage:{combo}:{day}", fields)
+        self.merge("usage:index", {combo: 1.0})
 
 
 async def usage_report(store: Store, *, tenant: str | None, task: str | None, since: float) -> dict[str, Any]:
@@ -117,3 +152,24 @@ async def usage_report(store: Store, *, tenant: str | None, task: str | None, si
                      **{k: (round(v, 8) if k.endswith("_usd") else int(v)) for k, v in sums.items()}})
     return {"since": time.strftime("%Y-%m-%d", time.gmtime(since)), "rows": rows,
             "total": {k: (round(v, 8) if k.endswith("_usd") else int(v)) for k, v in total.items()}}
+
+
+async def usage_daily(store: Store, days: int, now: float | None = None) -> dict[str, Any]:
+    """The last ``days`` UTC days (1-92) of usage per (tenant, task, model) and day, for the
+    console's spend charts: ``days`` (``YYYY-MM-DD``, oldest first) and ``rows`` (one per
+    combination and day with requests, tokens, ``cost_usd``, ``cache_savings_usd``, errors).
+    One pipelined read. Raises ``StoreError``."""
+    days = max(1, min(92, days))
+    now = time.time() if now is None else now
+    names = [time.strftime("%Y-%m-%d", time.gmtime(now - 86400 * i)) for i in range(days - 1, -1, -1)]
+    combos = sorted(await store.stats_get("usage:index"))
+    keys = [(combo, day) for combo in combos for day in names]
+    hashes = await store.stats_get_many([f"usage:{combo}:{day}" for combo, day in keys])
+    rows = []
+    for (combo, day), sums in zip(keys, hashes, strict=True):
+        if not sums:
+            continue
+        who, what, model = combo.split("\t")
+        rows.append({"day": day, "tenant": who, "task": what, "model": model,
+                     **{k: (round(v, 8) if k.endswith("_usd") else int(v)) for k, v in sums.items()}})
+    return {"days": names, "rows": rows}

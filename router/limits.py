@@ -338,6 +338,27 @@ class Limiter:
         except StoreError:
             return
 
+    async def in_use(self) -> dict[str, dict[str, dict[str, int]]]:
+        """What each provider's and model's quota and each tenant's own limits have in use now:
+        ``{"provider:glm": {"rpm": {"limit": 300, "used": 12}, "tpm": {...}}, "model:glm/x": ...,
+        "tenant:billing": ...}``, read by charging nothing (a cost-0 admission, one store call per
+        hash tag). Raises ``StoreError``."""
+        groups: dict[str, list[LimitSpec]] = {}
+        for name, limits in self._providers.items():
+            groups[f"provider:{name}"] = _specs("{p:" + name + "}", limits, 0)
+        for (p, m), limits in self._models.items():
+            groups[f"model:{p}/{m}"] = _specs("{p:" + p + "}" + f":m:{m}", limits, 0)
+        for name, t in self.config.tenants.items():
+            groups[f"tenant:{name}"] = _specs("{c:" + name + "}", t.limits or self._global, 0)
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        for scope, specs in groups.items():
+            if not specs:
+                continue
+            got = await self.store.limit_acquire([s._replace(cost=0) for s in specs])
+            out[scope] = {s.key.rsplit(":", 1)[1]: {"limit": s.limit, "used": max(0, s.limit - rem)}
+                          for s, rem in zip(specs, got.remaining, strict=True)}
+        return out
+
     def describe(self) -> dict[str, Any]:
         """The configured limits, for ``/v1/routes``."""
         return {"per_caller": self._global, "tasks": {k: v for k, v in self._tasks.items() if v},

@@ -6,7 +6,8 @@
 and finishes on that config. Circuit and limit state live in the store, which every router shares,
 so they survive a reload wherever the target still exists. An invalid edit (YAML, schema,
 cross-references) changes nothing: the last good config keeps serving, and its problems are logged
-with their locations and kept in ``rejected`` for ``/readyz`` and ``/v1/routes``.
+with their locations and kept in ``rejected`` (``problems``: each with its line) for ``/readyz``,
+``/v1/routes`` and the console.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from router.config import RoutingConfig
+from router.console.check import located
 from router.loading import ConfigError
 
 __all__ = ["LiveConfig"]
@@ -57,7 +59,8 @@ class LiveConfig:
             try:
                 config = self.load()
             except ConfigError as e:
-                self.rejected = {"at": time.time(), "reason": reason, "errors": e.problems}
+                self.rejected = {"at": time.time(), "reason": reason, "errors": e.problems,
+                                 "problems": located(e.problems, self._text())}
                 for p in e.problems:
                     log.error("config reload (%s) rejected, keeping version %s: %s: %s", reason,
                               self.router.config.digest, self.path, p)
@@ -76,6 +79,14 @@ class LiveConfig:
             self.loaded_at = time.time()
             log.warning("config reloaded (%s): version %s", reason, config.digest)
             return True
+
+    def _text(self) -> str:
+        """routing.yaml's text now ("" when unreadable): where a rejected edit's problems are."""
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                return f.read()
+        except OSError:
+            return ""
 
     def _signature(self) -> tuple[tuple[int, int], ...]:
         out = []

@@ -28,7 +28,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ``LLM_ROUTER_DRAIN_GRACE``, default 5: after SIGTERM, ``/readyz`` answers 503 this long while
     everything is still served, so a load balancer stops sending first) and ``drain_timeout``
     (seconds, ``LLM_ROUTER_DRAIN_TIMEOUT``, default 30: then in-flight requests and streams get
-    this long to finish)."""
+    this long to finish). The console (``/ui``): ``reports_dir`` (``LLM_ROUTER_REPORTS_DIR``: the
+    directory whose ``compare`` output directories it may open by name; None: upload only) and
+    ``trace_url`` (``LLM_ROUTER_TRACE_URL``: a link template with ``{trace_id}``, e.g. Jaeger's
+    ``http://jaeger:16686/trace/{trace_id}``; None: trace ids are shown, not linked)."""
 
     redis_url: str | None = None
     redis_prefix: str = "llmr"
@@ -39,6 +42,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     read_timeout: float = 30.0
     drain_grace: float = 5.0
     drain_timeout: float = 30.0
+    reports_dir: str | None = None
+    trace_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -59,4 +64,5 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                    telemetry=e.get("LLM_ROUTER_TELEMETRY") != "off",
                    max_body_bytes=int(number("LLM_ROUTER_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
                    read_timeout=number("LLM_ROUTER_READ_TIMEOUT", 30),
-                   drain_grace=number("LLM_ROUTER_DRAIN_GRACE", 5), drain_timeout=number("LLM_ROUTER_DRAIN_TIMEOUT", 30))
+                   drain_grace=number("LLM_ROUTER_DRAIN_GRACE", 5), drain_timeout=number("LLM_ROUTER_DRAIN_TIMEOUT", 30),
+                   reports_dir=e.get("LLM_ROUTER_REPORTS_DIR") or None, trace_url=e.get("LLM_ROUTER_TRACE_URL") or None)

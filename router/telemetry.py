@@ -16,6 +16,7 @@ turns it into
   otherwise; metrics go to OTLP too when ``OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT`` is set;
 * **one JSON log line** per request (``llm_router.request``), no prompt or output text unless the
   config's ``log_content`` is on, never a secret;
+* **the console's feed** (``router.console.feed``): per-minute rollups and the recent requests;
 * **the usage ledger** (``router.ledger``): tokens and cost per caller (tenant), task and model per UTC day, in the
   store, for ``GET /v1/usage``; summed in memory and written every ``LEDGER_FLUSH_SECONDS``
   (and at shutdown), so a request costs no store round trip for it.
@@ -29,6 +30,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from router.console.feed import ConsoleFeed
 from router.ledger import LEDGER_FLUSH_SECONDS, UsageLedger
 from router.run import RequestRecord
 from router.stores import Store
@@ -127,6 +129,15 @@ class _Prometheus:
         return generate_latest(registry)
 
 
+def _caller_trace(trace: Mapping[str, str] | None) -> str | None:
+    """The trace id of the caller's W3C ``traceparent`` (``00-<32 hex>-<16 hex>-<flags>``), if any."""
+    parent = (trace or {}).get("traceparent", "")
+    parts = parent.split("-")
+    if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
+        return parts[1].lower()
+    return None
+
+
 class Telemetry:
     """One per process. ``tracer_provider``: spans go there (tests pass one with an in-memory
     exporter); ``None`` builds one from the ``OTEL_*`` variables, or disables tracing when they ask
@@ -138,6 +149,7 @@ class Telemetry:
         self.prom = _Prometheus()
         self._cache: dict[tuple[str, ...], tuple[Any, ...]] = {}  # bounded: labels come from the config
         self.ledger = UsageLedger(store, ledger_flush_seconds)
+        self.console = ConsoleFeed(self.ledger)  # the console's rollups and recent list, on the same buffer
         self.tracer = None
         if tracer_provider is None:
             span_exporters = otel_exporters("traces")
@@ -255,12 +267,13 @@ class Telemetry:
         if rec.hedge:
             p.hedges.labels(rec.task, rec.hedge).inc()
         p.overhead.labels(rec.task).observe(rec.overhead)
-        if self.tracer is not None:
-            self._spans(rec, rec.trace or {})
+        trace_id = self._spans(rec, rec.trace or {}) if self.tracer is not None else _caller_trace(rec.trace)
         if log.isEnabledFor(logging.INFO):
             log.info(self.log_fields(rec))
-        if self.ledger.store is not None and rec.provider and rec.outcome != "cached":
-            self.ledger.add(rec)
+        if self.ledger.store is not None:
+            self.console.add(rec, trace_id)
+            if rec.provider and rec.outcome != "cached":
+                self.ledger.add(rec)
 
     @staticmethod
     def log_fields(rec: RequestRecord) -> dict[str, Any]:
@@ -282,7 +295,8 @@ class Telemetry:
             out["prompt"], out["output"] = rec.prompt, rec.output
         return out
 
-    def _spans(self, rec: RequestRecord, headers: Mapping[str, str]) -> None:
+    def _spans(self, rec: RequestRecord, headers: Mapping[str, str]) -> str:
+        """The request's spans; returns their trace id (32 hex digits)."""
         from opentelemetry import trace
         from opentelemetry.propagate import extract
         from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -325,6 +339,7 @@ class Telemetry:
             root.set_status(Status(StatusCode.ERROR, rec.error_code or "error"))
             root.set_attribute("error.type", rec.error_code or "error")
         root.end(end_time=end_ns)
+        return f"{root.get_span_context().trace_id:032x}"
 
     @staticmethod
     def _usage_attrs(rec: RequestRecord) -> dict[str, Any]:
