@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["Z95", "Mean", "hist_percentile", "mean_ci", "needed_per_arm", "p_means", "p_proportions", "wilson"]
 
@@ -42,7 +43,7 @@ class Mean:
         self.lo = mean - half if half is not None else None
         self.hi = mean + half if half is not None else None
 
-    def as_dict(self, digits: int = 3) -> dict[str, float | int | None]:
+    def as_dict(self, digits: int = 3) -> dict[str, Any]:
         def r(x: float | None) -> float | None:
             return None if x is None else round(x, digits)
         return {"n": self.n, "mean": r(self.mean), "ci95": [r(self.lo), r(self.hi)] if self.lo is not None else None}

@@ -18,7 +18,7 @@ from router.policy import resolve
 from router.prompts import task_version
 from router.validate import warnings
 
-__all__ = ["MAX_EDIT_BYTES", "check_edit", "chain_diff", "locate", "located"]
+__all__ = ["MAX_EDIT_BYTES", "chain_diff", "check_edit", "locate", "located"]
 
 MAX_EDIT_BYTES = 512 * 1024
 _LINE = re.compile(r"^line (\d+), column (\d+)")
@@ -105,7 +105,7 @@ def chain_diff(live: RoutingConfig, new: RoutingConfig) -> list[dict[str, Any]]:
     effective chains (with variants and shadow), and ``changes`` as ``what: old -> new`` lines
     (chain order, variants and weights, shadow, per-target policies, params, cache, limits,
     budget, and a changed prompt definition as a new ``task_version``)."""
-    out = []
+    out: list[dict[str, Any]] = []
     for name in sorted(set(live.tasks) | set(new.tasks)):
         a = _task_view(live, live.tasks[name]) if name in live.tasks else None
         b = _task_view(new, new.tasks[name]) if name in new.tasks else None

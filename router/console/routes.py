@@ -77,7 +77,7 @@ async def now(request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
     ping_ms = round((time.perf_counter() - t0) * 1e3, 3)
     wall = router.clock.wall()
     circuits = await router.target_states()
-    window = await _or_error("traffic", traffic(router.store, wall, 5))
+    window = await _or_error("traffic", traffic(router.store, time.time(), 5))  # records carry real wall time
     recent_rows = {(r["task"], r["target"]): r for r in window.get("rows", [])} if "rows" in window else {}
     tasks = {}
     for name, t in router.config.tasks.items():
@@ -115,7 +115,7 @@ async def traffic_view(request: Request[Any, Any, Any], state: State, minutes: F
     """Requests, errors, fallbacks, hedges, p50/p95 latency and TTFT, cost and response-cache
     hits per task and target, per minute over the last ``minutes`` (1-360), every replica's."""
     router = _router(state, request)
-    return await traffic(router.store, router.clock.wall(), minutes)
+    return await traffic(router.store, time.time(), minutes)  # request records carry real wall time
 
 
 @get("/ui/api/spend", tags=["console"], responses=errors_of(401, 403, 503))
@@ -123,7 +123,7 @@ async def spend(request: Request[Any, Any, Any], state: State, days: FromQuery[i
     """Spend per tenant, task and model per UTC day (the usage ledger, last ``days``, 1-92), with
     prompt-cache savings, and every budget's spend vs its limit."""
     router = _router(state, request)
-    out = await usage_daily(router.store, days, router.clock.wall())
+    out = await usage_daily(router.store, days, time.time())
     out["budgets"] = await _or_error("budgets", router.limiter.spend())
     return out
 
