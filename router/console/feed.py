@@ -146,9 +146,12 @@ class _Keys:
                  "latency_ms_sum", "output_tokens", "requests", "retries", "savings_usd", "ttft", "ttft_ms_sum", "ttft_n")
 
     def __init__(self, p: str) -> None:
-        for name in self.__slots__:
-            if name not in ("lat", "ttft"):
-                setattr(self, name, p + name)
+        self.requests, self.errors, self.retries = p + "requests", p + "errors", p + "retries"
+        self.latency_ms_sum, self.ttft_n, self.ttft_ms_sum = p + "latency_ms_sum", p + "ttft_n", p + "ttft_ms_sum"
+        self.hedges, self.hedges_won = p + "hedges", p + "hedges_won"
+        self.cache_hits, self.cache_misses = p + "cache_hits", p + "cache_misses"
+        self.input_tokens, self.output_tokens = p + "input_tokens", p + "output_tokens"
+        self.cost_usd, self.savings_usd = p + "cost_usd", p + "savings_usd"
         self.lat = [f"{p}lat{i}" for i in range(len(BOUNDS_MS) + 1)]
         self.ttft = [f"{p}ttft{i}" for i in range(len(BOUNDS_MS) + 1)]
 
