@@ -16,6 +16,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
 from router.policy import EffectiveCooldown as Cooldown
@@ -210,8 +212,10 @@ class RedisStore:
     kind = "redis"
 
     def __init__(self, url: str, *, prefix: str = "llmr", timeout: float = 0.05) -> None:
+        # one immediate retry on a connection error (a pooled connection Redis closed when it restarted
+        # is found dead on use); redis-py's default backoff (up to seconds) would outlast ``timeout``
         opts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
-                                "decode_responses": False}
+                                "decode_responses": False, "retry": Retry(NoBackoff(), 1)}
         self._sentinel: Any = None
         if url.startswith("redis+sentinel://"):
             self._sentinel, self.client = sentinel_client(url, opts)
