@@ -49,8 +49,20 @@ from router.sse import SSEParser
 from router.stats import wilson
 from router.upstream import make_targets
 
-__all__ = ["Job", "judge_pairs", "load_tasks", "render_chart", "render_jobs", "render_report", "run_compare",
-           "sse_events", "summarize_results", "wilson"]
+__all__ = [
+    "Job",
+    "decode_judgements",
+    "decode_results",
+    "judge_pairs",
+    "load_tasks",
+    "render_chart",
+    "render_jobs",
+    "render_report",
+    "run_compare",
+    "sse_events",
+    "summarize_results",
+    "wilson",
+]
 
 
 class Job(msgspec.Struct):
@@ -248,8 +260,8 @@ def per_target(rows: list[dict[str, Any]], targets: list[str]) -> dict[str, dict
                   "schema_valid": f"{sum(1 for r in typed if r['valid'])}/{len(typed)}" if typed else None,
                   "latency_p50_ms": _pct(lat, 50), "latency_p95_ms": _pct(lat, 95),
                   "ttft_p50_ms": _pct(ttft, 50), "ttft_p95_ms": _pct(ttft, 95),
-                  "mean_input_tokens": round(statistics.fmean(r["input_tokens"] for r in ok), 2) if ok else None,
-                  "mean_output_tokens": round(statistics.fmean(r["output_tokens"] for r in ok), 2) if ok else None,
+                  "mean_input_tokens": round(statistics.fmean(r.get("input_tokens") or 0 for r in ok), 2) if ok else None,
+                  "mean_output_tokens": round(statistics.fmean(r.get("output_tokens") or 0 for r in ok), 2) if ok else None,
                   "total_cost_usd": round(sum(r.get("cost_usd") or 0 for r in ok), 8)}
     return out
 
@@ -271,17 +283,81 @@ def _verdict(first: dict[str, dict[str, Any] | None], targets: list[str]) -> tup
         if not all(r.get("valid") for r in got.values()):
             return "invalid", "; ".join(f"{t}: {'valid' if r.get('valid') else 'invalid: ' + str(r.get('invalid_reason'))}"
                                          for t, r in got.items())
-        values = [r["json"] for r in got.values()]
-        if not all(isinstance(v, dict) for v in values):
+        values = [r.get("json") for r in got.values()]
+        objects = [v for v in values if isinstance(v, dict)]
+        if len(objects) < len(values):
             same = len({json.dumps(v, sort_keys=True) for v in values}) == 1
-            return ("agree" if same else "differ"), "; ".join(f"{t}: {json.dumps(r['json'])[:60]}" for t, r in got.items())
-        fields = list(dict.fromkeys(k for v in values for k in v))
-        differ = [k for k in fields if len({json.dumps(v.get(k), sort_keys=True) for v in values}) > 1]
+            return ("agree" if same else "differ"), "; ".join(f"{t}: {json.dumps(r.get('json'))[:60]}" for t, r in got.items())
+        fields = list(dict.fromkeys(k for v in objects for k in v))
+        differ = [k for k in fields if len({json.dumps(v.get(k), sort_keys=True) for v in objects}) > 1]
         shown = f"{len(fields) - len(differ)}/{len(fields)} fields agree" + (f"; differ: {', '.join(differ)}" if differ else "")
         return ("differ" if differ else "agree"), shown
     outs = {t: _norm(r.get("output") or json.dumps(r.get("tool_calls"))) for t, r in got.items()}
     verdict = "agree" if len(set(outs.values())) == 1 else "differ"
     return verdict, "; ".join(f"{t}: {o[:60]!r}" for t, o in outs.items())
+
+
+class ResultRow(msgspec.Struct, omit_defaults=True):
+    """One line of ``results.jsonl`` as ``run_compare`` writes it (unknown fields kept out)."""
+
+    task_id: str
+    target: str
+    latency_ms: float
+    line: int = 0
+    repeat: int = 0
+    error: str | None = None
+    ttft_ms: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+    output: str | None = None
+    tool_calls: list[Any] | None = None
+    finish_reason: str | None = None
+    valid: bool | None = None
+    json: Any = None
+    invalid_reason: str | None = None
+
+
+class JudgedPair(msgspec.Struct):
+    a: str
+    b: str
+    judged: int
+    a_wins: int
+    b_wins: int
+    ties: int
+    a_win_rate: float | None
+    ci95: tuple[float, float]
+    judge_errors: int = 0
+
+
+class Judgements(msgspec.Struct):
+    """``judgements.json`` as ``judge_pairs`` writes it (the verdicts are not needed to show it)."""
+
+    judge: str
+    pairs: list[JudgedPair]
+    rubric: str = ""
+
+
+_row_decoder = msgspec.json.Decoder(ResultRow)
+
+
+def decode_results(text: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """``results.jsonl`` text as rows (blank lines skipped); the second list names each line that
+    is not a result (``line N: why``)."""
+    rows, bad = [], []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(msgspec.to_builtins(_row_decoder.decode(line)))
+        except msgspec.DecodeError as e:  # ValidationError included
+            bad.append(f"line {i}: {e}")
+    return rows, bad
+
+
+def decode_judgements(obj: Any) -> dict[str, Any]:
+    """``judgements.json`` (parsed) checked; raises ``msgspec.ValidationError`` naming the field."""
+    return msgspec.to_builtins(msgspec.convert(obj, Judgements))  # type: ignore[no-any-return]
 
 
 def summarize_results(rows: list[dict[str, Any]], judged: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -290,11 +366,13 @@ def summarize_results(rows: list[dict[str, Any]], judged: dict[str, Any] | None 
     ``lines`` (each task line's verdict: agree, differ, invalid, error, and what was shown),
     ``runs`` and the judge's ``pairs`` when it ran."""
     targets = list(dict.fromkeys(r["target"] for r in rows))
+    firsts: dict[tuple[Any, str], dict[str, Any]] = {}
+    for r in rows:  # one pass: an upload of many lines must not take quadratic time
+        if r.get("repeat", 0) == 0:
+            firsts.setdefault((r["task_id"], r["target"]), r)
     lines = []
     for tid in dict.fromkeys(r["task_id"] for r in rows):
-        first = {t: next((r for r in rows if r["task_id"] == tid and r["target"] == t and r.get("repeat", 0) == 0), None)
-                 for t in targets}
-        verdict, shown = _verdict(first, targets)
+        verdict, shown = _verdict({t: firsts.get((tid, t)) for t in targets}, targets)
         lines.append({"task_id": tid, "verdict": verdict, "shown": shown})
     return {"runs": len(rows), "targets": targets, "per_target": per_target(rows, targets), "lines": lines,
             "judged": None if judged is None else {k: judged.get(k) for k in ("judge", "rubric", "pairs")}}

@@ -104,17 +104,22 @@ def summarize(stats: dict[str, float]) -> dict[str, Any]:
 def _measures(stats: dict[str, float]) -> dict[str, Any]:
     """Each compared measure of one variant: the error rate's Wilson interval (and its counts),
     and the means (with intervals) of latency, TTFT, cost per answer and feedback score. A mean
-    recorded before sums of squares were kept has no interval."""
+    has an interval only when every sample it averages also has its square recorded (counters
+    written before squares were kept give the mean alone)."""
     n = int(stats.get("requests", 0))
     errors = stats.get("errors", 0.0)
     lo, hi = wilson(errors, n)
-    out: dict[str, Any] = {"error_rate": {"n": n, "rate": round(errors / n, 4) if n else None,
+    out: dict[str, Any] = {"error_rate": {"n": n, "errors": int(errors), "rate": round(errors / n, 4) if n else None,
                                           "ci95": [lo, hi] if n else None}}
-    for name, count, total, sq in (("latency_ms", "requests", "latency_ms_sum", "latency_ms_sq"),
-                                   ("ttft_ms", "ttft_n", "ttft_ms_sum", "ttft_ms_sq"),
-                                   ("cost_usd", "cost_n", "cost_usd", "cost_usd_sq"),
-                                   ("feedback", "feedback_count", "feedback_sum", "feedback_sq")):
-        m = mean_ci(stats.get(count, 0.0), stats.get(total, 0.0), stats.get(sq))
+    for name, count, total, sq, sq_n in (("latency_ms", "requests", "latency_ms_sum", "latency_ms_sq", "latency_sq_n"),
+                                         ("ttft_ms", "ttft_n", "ttft_ms_sum", "ttft_ms_sq", "ttft_sq_n"),
+                                         ("cost_usd", "cost_n", "cost_answer_usd", "cost_usd_sq", "cost_n"),
+                                         ("feedback", "feedback_count", "feedback_sum", "feedback_sq", "feedback_sq_n")):
+        k = stats.get(count, 0.0)
+        complete = k > 0 and stats.get(sq_n, 0.0) == k
+        m = mean_ci(k, stats.get(total, 0.0), stats.get(sq) if complete else None)
+        if m is None and name == "cost_usd" and n:  # only counters from before: the mean over every request
+            m = mean_ci(n, stats.get("cost_usd", 0.0), None)
         out[name] = m if m is not None else {"n": 0, "mean": None, "ci95": None}
     return out
 
@@ -138,8 +143,9 @@ def significance(variants: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """Each variant against the first (the baseline, in config order), measure by measure: both
     values, the two-sided p-value (pooled z for the error rate, Welch for means), whether the
     difference is significant at 95%, the samples per variant that would detect a difference of
-    the size seen (power 0.8), and one plain sentence saying so. Each test stands alone (no
-    correction for testing five measures)."""
+    the size seen (power 0.8), and one plain sentence saying so. Each test stands alone: no
+    correction for testing five measures, nor for looking again as samples arrive (a result
+    that comes and goes is not a result)."""
     names = list(variants)
     if len(names) < 2:
         return []
@@ -154,9 +160,9 @@ def significance(variants: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
                 na, nb = a["n"], b["n"]
                 if not na or not nb:
                     continue
-                va, vb = a["rate"], b["rate"]
-                p = p_proportions(va * na, na, vb * nb, nb)
-                pooled = (va * na + vb * nb) / (na + nb)
+                va, vb = a["errors"] / na, b["errors"] / nb
+                p = p_proportions(a["errors"], na, b["errors"], nb)
+                pooled = (a["errors"] + b["errors"]) / (na + nb)
                 need = needed_per_arm(va - vb, pooled * (1 - pooled), pooled * (1 - pooled))
             else:
                 if not isinstance(a, Mean) or not isinstance(b, Mean):
@@ -167,7 +173,8 @@ def significance(variants: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
             sig = p is not None and p < 0.05
             direction = up if va > vb else down
             if p is None:
-                sentence = f"{label}: {other} {_show(name, va)} vs {base} {_show(name, vb)}; too few samples to test (n = {na} / {nb})"
+                sentence = (f"{label}: {other} {_show(name, va)} vs {base} {_show(name, vb)}; not testable yet: fewer than "
+                            f"2 samples with their spread recorded (n = {na} / {nb})")
             elif sig:
                 sentence = (f"{label}: {other} is {direction} than {base} ({_show(name, va)} vs {_show(name, vb)}); "
                             f"significant at 95% (p = {p:.3g}, n = {na} / {nb})")

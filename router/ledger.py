@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from router.run import RequestRecord
@@ -27,21 +27,25 @@ class WriteBehind:
     """Telemetry's write-behind buffer: counter sums (``merge``) and capped log entries (``push``)
     kept in memory and written to ``store`` (set by the app) at most ``flush_seconds`` after the
     first pending one, so a request costs no store round trip for them. What a failing store
-    refuses stays pending and is tried again at the next flush."""
+    refuses stays pending and is tried again at the next flush. ``clock``: monotonic seconds."""
 
-    def __init__(self, store: Store | None = None, flush_seconds: float = LEDGER_FLUSH_SECONDS) -> None:
+    def __init__(self, store: Store | None = None, flush_seconds: float = LEDGER_FLUSH_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.flush_seconds = flush_seconds
-        self._pending: dict[str, tuple[dict[str, float], float | None]] = {}  # key -> (counters not yet written, ttl)
+        self.clock = clock
+        # key -> (counters not yet written, ttl, when the first of them was merged)
+        self._pending: dict[str, tuple[dict[str, float], float | None, float]] = {}
         self._logs: dict[str, deque[bytes]] = {}  # log key -> entries not yet pushed (oldest first)
         self._keep: dict[str, int] = {}
         self._flusher: asyncio.Task[None] | None = None
+        self._writing = asyncio.Lock()  # one flush at a time: close() waits for one under way
 
     def merge(self, key: str, fields: Mapping[str, float], ttl: float | None = None) -> None:
         """Add ``fields`` to the counters of ``key`` (written with ``ttl`` seconds, when given)."""
         got = self._pending.get(key)
         if got is None:
-            got = self._pending[key] = ({}, ttl)
+            got = self._pending[key] = ({}, ttl, self.clock())
         acc = got[0]
         for k, v in fields.items():
             acc[k] = acc.get(k, 0.0) + v
@@ -68,34 +72,55 @@ class WriteBehind:
             self._flusher = None
         await self.flush()
 
+    def _requeue(self, items: list[tuple[str, tuple[dict[str, float], float | None, float]]],
+                 logs: dict[str, deque[bytes]]) -> None:
+        """Put back what a flush could not write, before what arrived meanwhile: counters merged
+        (those whose ttl has run out since are dropped: the store would have expired them), log
+        entries older than the ones pushed since (the cap keeps the newest)."""
+        now = self.clock()
+        for key, (fields, ttl, first) in items:
+            if ttl is not None and now - first > ttl:
+                continue
+            got = self._pending.get(key)
+            if got is None:
+                self._pending[key] = (fields, ttl, first)
+            else:
+                for k, v in fields.items():
+                    got[0][k] = got[0].get(k, 0.0) + v
+                self._pending[key] = (got[0], ttl, min(first, got[2]))
+        for key, old in logs.items():
+            self._logs[key] = deque([*old, *self._logs.get(key, ())], maxlen=self._keep[key])
+        if (items or logs) and self._flusher is None and self.store is not None:
+            self._flusher = background(self._later())
+
     async def flush(self) -> None:
         """Write the pending sums and log entries to the store. What the store refuses
         (``StoreError``: Redis down) stays pending, merged with later requests, and is tried again
-        at the next flush, so nothing is lost while the process lives (logs keep their newest)."""
-        if self.store is None or not (self._pending or self._logs):
-            return
-        pending, self._pending = self._pending, {}
-        logs, self._logs = self._logs, {}
-        items = list(pending.items())
-        for i, (key, (fields, ttl)) in enumerate(items):
-            try:
-                await self.store.stats_add(key, fields, ttl)
-            except StoreError:
-                for k, (f, t) in items[i:]:
-                    self.merge(k, f, t)
-                for k, log in logs.items():
-                    for v in log:
-                        self.push(k, v, self._keep[k])
+        at the next flush, so nothing is lost while the process lives (logs keep their newest;
+        counters with a ttl are dropped once it has run out)."""
+        async with self._writing:
+            if self.store is None or not (self._pending or self._logs):
                 return
-        for key, log in logs.items():
-            try:
-                await self.store.log_push(key, list(log), self._keep[key])
-            except StoreError:
-                for v in log:
-                    self.push(key, v, self._keep[key])
+            pending, self._pending = self._pending, {}
+            logs, self._logs = self._logs, {}
+            now = self.clock()  # counters whose ttl ran out while they waited would be expired: dropped
+            items = [(k, v) for k, v in pending.items() if v[1] is None or now - v[2] <= v[1]]
+            for i, (key, (fields, ttl, _first)) in enumerate(items):
+                try:
+                    await self.store.stats_add(key, fields, ttl)
+                except StoreError:
+                    self._requeue(items[i:], logs)
+                    return
+            for j, (key, log) in enumerate(list(logs.items())):
+                try:
+                    await self.store.log_push(key, list(log), self._keep[key])
+                except StoreError:
+                    self._requeue([], dict(list(logs.items())[j:]))
+                    return
 
     async def close(self) -> None:
-        """Stop the timed flush and write what is pending (the app's shutdown)."""
+        """Stop the timed flush and write what is pending (the app's shutdown; a flush under way
+        finishes first)."""
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

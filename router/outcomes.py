@@ -39,8 +39,8 @@ SHADOW_LOG_KEEP = 200
 
 def _fields(latency_ms: float, ttft_ms: float | None, usage: Usage | None, *, error: bool,
             fallbacks: int, cached: bool, version: str | None = None, invalid: bool = False) -> dict[str, float]:
-    f: dict[str, float] = {"requests": 1, "latency_ms_sum": latency_ms, "latency_ms_sq": latency_ms * latency_ms,
-                           bucket_field("latency", latency_ms): 1}
+    f: dict[str, float] = {"requests": 1, "latency_ms_sum": latency_ms, "latency_sq_n": 1,
+                           "latency_ms_sq": latency_ms * latency_ms, bucket_field("latency", latency_ms): 1}
     if version is not None:  # which definition of the task answered (its task_version)
         f[f"version:{version}"] = 1
     if invalid:  # a target's answer failed the output schema (whether or not the chain recovered)
@@ -52,10 +52,11 @@ def _fields(latency_ms: float, ttft_ms: float | None, usage: Usage | None, *, er
     if cached:
         f["cached"] = 1
     if ttft_ms is not None:
-        f.update({"ttft_n": 1, "ttft_ms_sum": ttft_ms, "ttft_ms_sq": ttft_ms * ttft_ms, bucket_field("ttft", ttft_ms): 1})
+        f.update({"ttft_n": 1, "ttft_ms_sum": ttft_ms, "ttft_sq_n": 1, "ttft_ms_sq": ttft_ms * ttft_ms,
+                  bucket_field("ttft", ttft_ms): 1})
     if usage is not None:
         f.update({"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens, "cost_usd": usage.cost_usd,
-                  "cost_n": 1, "cost_usd_sq": usage.cost_usd * usage.cost_usd})
+                  "cost_n": 1, "cost_answer_usd": usage.cost_usd, "cost_usd_sq": usage.cost_usd * usage.cost_usd})
     return f
 
 

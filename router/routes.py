@@ -201,7 +201,7 @@ async def feedback(request: Request[Any, Any, Any], state: State) -> FeedbackRec
     if task_variant is None:
         raise UnknownResponse(fb.id)
     task, variant = task_variant.decode().split("\t", 1)
-    fields = {"feedback_count": 1.0, "feedback_sum": fb.score, "feedback_sq": fb.score * fb.score}
+    fields = {"feedback_count": 1.0, "feedback_sum": fb.score, "feedback_sq_n": 1.0, "feedback_sq": fb.score * fb.score}
     if fb.label:
         fields[f"label:{fb.label}"] = 1.0
     await router.store.stats_add(f"exp:{task}:{variant}", fields)

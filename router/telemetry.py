@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -129,12 +130,15 @@ class _Prometheus:
         return generate_latest(registry)
 
 
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")  # W3C trace-context: lowercase hex only
+
+
 def _caller_trace(trace: Mapping[str, str] | None) -> str | None:
     """The trace id of the caller's W3C ``traceparent`` (``00-<32 hex>-<16 hex>-<flags>``), if any."""
     parent = (trace or {}).get("traceparent", "")
     parts = parent.split("-")
-    if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
-        return parts[1].lower()
+    if len(parts) == 4 and _TRACE_ID.fullmatch(parts[1]) and parts[1] != "0" * 32:
+        return parts[1]
     return None
 
 

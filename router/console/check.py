@@ -123,17 +123,43 @@ def _show(v: Any) -> str:
     return "(none)" if v is None else msgspec.json.encode(v).decode()
 
 
-def check_edit(text: str, live: RoutingConfig, env: Mapping[str, str]) -> dict[str, Any]:
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}")
+
+
+def _redact(obj: dict[str, Any], values: Mapping[str, str]) -> dict[str, Any]:
+    """``obj`` with every value of ``values`` (a variable's text -> ``${NAME}``) replaced."""
+    return _redacted(obj, values)  # type: ignore[no-any-return]
+
+
+def _redacted(obj: Any, values: Mapping[str, str]) -> Any:
+    """``obj`` with every value of ``values`` (a variable's text -> ``${NAME}``) replaced."""
+    if isinstance(obj, str):
+        for secret, name in values.items():
+            obj = obj.replace(secret, name)
+        return obj
+    if isinstance(obj, dict):
+        return {k: _redacted(v, values) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_redacted(v, values) for v in obj]
+    return obj
+
+
+def check_edit(text: str, live: RoutingConfig, env: Mapping[str, str], live_text: str = "") -> dict[str, Any]:
     """``validate`` over an edited routing.yaml, without deploying it: ``valid``, ``problems``
     (``{location, line, message}``), ``warnings``, and ``diff`` (``chain_diff`` against ``live``)
-    plus the providers added and removed. ``env`` resolves ``${VAR}`` as the live service would."""
+    plus the providers added and removed. ``env`` resolves ``${VAR}`` as the live service would;
+    the value (6 characters or more) of every variable the edit or the live file (``live_text``)
+    names is shown as ``${VAR}`` wherever it would appear: a problem's message, a diffed setting."""
+    names = {m.group(1) for m in _VAR.finditer(text + "\n" + live_text)}
+    found_values = {env[n]: f"${{{n}}}" for n in names if len(env.get(n) or "") >= 6}
+    values = dict(sorted(found_values.items(), key=lambda kv: -len(kv[0])))  # the longest first
     try:
         config = parse_config(text, env, source="<edit>")
     except ConfigError as e:
-        return {"valid": False, "problems": located(e.problems, text), "warnings": [], "diff": None}
+        return _redact({"valid": False, "problems": located(e.problems, text), "warnings": [], "diff": None}, values)
     found = warnings(config, text, env)
-    return {"valid": True, "problems": [], "warnings": located(found, text),
-            "version": config.digest, "live_version": live.digest,
-            "diff": {"tasks": chain_diff(live, config),
-                     "providers": {"added": sorted(set(config.providers) - set(live.providers)),
-                                   "removed": sorted(set(live.providers) - set(config.providers))}}}
+    return _redact({"valid": True, "problems": [], "warnings": located(found, text),
+                    "version": config.digest, "live_version": live.digest,
+                    "diff": {"tasks": chain_diff(live, config),
+                             "providers": {"added": sorted(set(config.providers) - set(live.providers)),
+                                           "removed": sorted(set(live.providers) - set(config.providers))}}}, values)

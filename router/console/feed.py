@@ -157,8 +157,15 @@ class _Keys:
 
 
 async def recent(store: Store, n: int = RECENT_KEEP) -> list[RecentRequest]:
-    """The newest ``n`` request summaries, newest first (every replica's). Raises ``StoreError``."""
-    return [_decode(raw) for raw in await store.log_get(_RECENT, n)]
+    """The newest ``n`` request summaries, newest first (every replica's; an entry this version
+    cannot read, from another version during a rolling deploy, is skipped). Raises ``StoreError``."""
+    out = []
+    for raw in await store.log_get(_RECENT, n):
+        try:
+            out.append(_decode(raw))
+        except msgspec.DecodeError:
+            continue
+    return out
 
 
 def _row(counts: dict[str, float]) -> dict[str, Any]:
@@ -182,8 +189,8 @@ def _row(counts: dict[str, float]) -> dict[str, Any]:
 
 async def traffic(store: Store, now: float, minutes: int = 60) -> dict[str, Any]:
     """The last ``minutes`` (1-360) of traffic, summed over every replica: ``minutes`` (epoch
-    seconds of each minute), ``series`` per task (requests, errors, fallbacks, cost and
-    p50/p95 latency and TTFT per minute), ``rows`` per (task, target) over the whole window, and
+    seconds of each minute), ``series`` per task (requests, errors, fallbacks, cost, response-cache
+    hit rate and p50/p95 latency and TTFT per minute), ``rows`` per (task, target) over the whole window, and
     ``total``. Raises ``StoreError``."""
     minutes = max(1, min(MAX_MINUTES, minutes))
     last = int(now // 60)
@@ -202,6 +209,7 @@ async def traffic(store: Store, now: float, minutes: int = 60) -> dict[str, Any]
     for task, cells in per_task.items():
         rows = [_row(c) for c in cells]
         series[task] = {k: [r[k] for r in rows] for k in ("requests", "errors", "fallbacks_from", "hedges", "cost_usd",
+                                                          "cache_hit_rate",
                                                           "latency_p50_ms", "latency_p95_ms", "ttft_p50_ms",
                                                           "ttft_p95_ms")}
     total: dict[str, float] = {}

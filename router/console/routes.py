@@ -20,7 +20,7 @@ from litestar.params import FromQuery
 from litestar.router import Router as HTTPRouter
 from litestar.static_files import create_static_files_router
 
-from router.compare import summarize_results
+from router.compare import decode_judgements, decode_results, summarize_results
 from router.console.check import MAX_EDIT_BYTES, check_edit
 from router.console.feed import RECENT_KEEP, recent, traffic
 from router.engine import Router
@@ -54,6 +54,20 @@ def _router(state: State, request: Request[Any, Any, Any]) -> Router:
     router: Router = live.router
     router.auth.admin(request.headers)
     return router
+
+
+def _int(raw: str | None, name: str, low: int, high: int) -> int:
+    """A query parameter as an integer in [low, high] (``high`` when absent); raises
+    ``RequestError`` naming it."""
+    if raw is None:
+        return high
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RequestError(f"{name} must be an integer from {low} to {high}", name) from None
+    if not low <= value <= high:
+        raise RequestError(f"{name} must be an integer from {low} to {high}", name)
+    return value
 
 
 async def _or_error(what: str, coro: Any) -> Any:
@@ -111,19 +125,20 @@ async def now(request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
 
 
 @get("/ui/api/traffic", tags=["console"], responses=errors_of(401, 403, 503))
-async def traffic_view(request: Request[Any, Any, Any], state: State, minutes: FromQuery[int] = 60) -> dict[str, Any]:
+async def traffic_view(request: Request[Any, Any, Any], state: State,
+                       minutes: FromQuery[str | None] = None) -> dict[str, Any]:
     """Requests, errors, fallbacks, hedges, p50/p95 latency and TTFT, cost and response-cache
     hits per task and target, per minute over the last ``minutes`` (1-360), every replica's."""
     router = _router(state, request)
-    return await traffic(router.store, time.time(), minutes)  # request records carry real wall time
+    return await traffic(router.store, time.time(), _int(minutes or "60", "minutes", 1, 360))  # records: real wall time
 
 
 @get("/ui/api/spend", tags=["console"], responses=errors_of(401, 403, 503))
-async def spend(request: Request[Any, Any, Any], state: State, days: FromQuery[int] = 30) -> dict[str, Any]:
+async def spend(request: Request[Any, Any, Any], state: State, days: FromQuery[str | None] = None) -> dict[str, Any]:
     """Spend per tenant, task and model per UTC day (the usage ledger, last ``days``, 1-92), with
     prompt-cache savings, and every budget's spend vs its limit."""
     router = _router(state, request)
-    out = await usage_daily(router.store, days, time.time())
+    out = await usage_daily(router.store, _int(days or "30", "days", 1, 92), time.time())
     out["budgets"] = await _or_error("budgets", router.limiter.spend())
     return out
 
@@ -140,7 +155,7 @@ async def experiments(request: Request[Any, Any, Any], state: State) -> dict[str
 @get("/ui/api/requests", tags=["console"], responses=errors_of(401, 403, 503))
 async def requests(request: Request[Any, Any, Any], state: State, task: FromQuery[str | None] = None,
                    outcome: FromQuery[str | None] = None, target: FromQuery[str | None] = None,
-                   q: FromQuery[str | None] = None, limit: FromQuery[int] = RECENT_KEEP) -> dict[str, Any]:
+                   q: FromQuery[str | None] = None, limit: FromQuery[str | None] = None) -> dict[str, Any]:
     """The newest request summaries (every replica's, newest first), filtered by ``task``,
     ``outcome`` (ok, error, cached), ``target`` and ``q`` (a substring of the id, caller, variant
     or error); content only when the config's ``log_content`` is on. ``trace_url``: the link
@@ -152,7 +167,10 @@ async def requests(request: Request[Any, Any, Any], state: State, task: FromQuer
               and (target is None or r.target == target)
               and (not needle or any(needle in (v or "").lower() for v in (r.id, r.caller, r.variant, r.error, r.trace_id)))]
     settings: Settings = state.settings
-    return {"requests": msgspec.to_builtins(picked[:max(1, min(RECENT_KEEP, limit))]), "kept": len(rows),
+    shown = picked[:_int(limit, "limit", 1, RECENT_KEEP)]
+    if not router.config.log_content:  # entries kept while it was on: their content is not shown now
+        shown = [msgspec.structs.replace(r, prompt=None, output=None) if r.prompt is not None else r for r in shown]
+    return {"requests": msgspec.to_builtins(shown), "kept": len(rows),
             "trace_url": settings.trace_url, "log_content": router.config.log_content}
 
 
@@ -170,22 +188,32 @@ async def check(request: Request[Any, Any, Any], state: State) -> dict[str, Any]
     except UnicodeDecodeError:
         raise RequestError("the edit must be UTF-8 text", "body") from None
     live: LiveConfig = state.live
-    return check_edit(text, router.config, environment(live.path))
+    try:
+        live_text = Path(live.path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        live_text = ""
+    return check_edit(text, router.config, environment(live.path), live_text)
 
 
-def _rows(text: str) -> list[dict[str, Any]]:
-    rows = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+MAX_REPORT_BYTES = 8 * 1024 * 1024
+
+
+def _report(results: str, judgements: Any, where: str) -> dict[str, Any]:
+    """A comparison run's data from its ``results.jsonl`` text and parsed ``judgements.json``;
+    raises ``RequestError`` naming the first bad line (``<where>[N]``) or judgements field."""
+    rows, bad = decode_results(results)
+    if bad:
+        line = bad[0].split(":", 1)[0].removeprefix("line ")
+        raise RequestError(f"results.jsonl {bad[0]} ({len(bad)} bad line(s))", f"{where}[{line}]")
+    if not rows:
+        raise RequestError("results.jsonl holds no results", where)
+    judged = None
+    if judgements is not None:
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise RequestError(f"results line {i} is not JSON", f"results[{i}]") from None
-        if not isinstance(row, dict) or "target" not in row or "task_id" not in row:
-            raise RequestError(f"results line {i} is not a compare result (needs task_id and target)", f"results[{i}]")
-        rows.append(row)
-    return rows
+            judged = decode_judgements(judgements)
+        except msgspec.ValidationError as e:
+            raise RequestError(f"judgements.json: {e}", "judgements") from None
+    return summarize_results(rows, judged)
 
 
 class _Upload(msgspec.Struct, forbid_unknown_fields=True):
@@ -199,7 +227,7 @@ async def report_upload(request: Request[Any, Any, Any], state: State) -> dict[s
     (at most 8 MiB), as the report's data (per target, per line, the judge's pairs)."""
     _router(state, request)
     body = await request.body()
-    if len(body) > 8 * 1024 * 1024:
+    if len(body) > MAX_REPORT_BYTES:
         raise PayloadTooLarge("a report upload is at most 8 MiB")
     try:
         up = msgspec.json.decode(body, type=_Upload)
@@ -207,7 +235,7 @@ async def report_upload(request: Request[Any, Any, Any], state: State) -> dict[s
         raise RequestError(f"not a report upload: {e}", "body") from None
     except msgspec.DecodeError:
         raise RequestError("the upload is not JSON", "body") from None
-    return summarize_results(_rows(up.results), up.judgements)
+    return _report(up.results, up.judgements, "results")
 
 
 def _reports_dir(state: State) -> Path:
@@ -238,15 +266,27 @@ async def report_by_name(request: Request[Any, Any, Any], state: State, name: Fr
     nothing outside that directory is read)."""
     _router(state, request)
     root = _reports_dir(state)
-    if not name or "/" in name or "\\" in name or name.startswith("."):
+    if not name or any(c in name for c in "/\\\x00") or name.startswith("."):
         raise RequestError("name is a directory's name under the reports directory", "name")
     here = (root / name).resolve()
-    if here.parent != root or not (here / "results.jsonl").is_file():
+    results = here / "results.jsonl"
+    if here.parent != root or not results.is_file():
         raise UnknownReport(f"no compare results named {name!r} in the reports directory")
+    judged_file = here / "judgements.json"
+    for f in (results, judged_file):
+        if f.is_file() and f.stat().st_size > MAX_REPORT_BYTES:
+            raise PayloadTooLarge(f"{f.name} is over 8 MiB")
     judged = None
-    if (here / "judgements.json").is_file():
-        judged = json.loads((here / "judgements.json").read_text(encoding="utf-8"))
-    return {"name": name, **summarize_results(_rows((here / "results.jsonl").read_text(encoding="utf-8")), judged)}
+    if judged_file.is_file():
+        try:
+            judged = json.loads(judged_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RequestError("judgements.json is not JSON", "judgements") from None
+    try:
+        text = results.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise RequestError("results.jsonl is not UTF-8", "results") from None
+    return {"name": name, **_report(text, judged, "results")}
 
 
 async def _secure(response: Response[Any]) -> Response[Any]:

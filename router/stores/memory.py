@@ -49,6 +49,7 @@ class MemoryStore:
         self._locks: dict[str, float] = {}
         self._stats: dict[str, dict[str, float]] = {}
         self._stats_expiry: dict[str, float] = {}  # keys written with a ttl -> when they expire
+        self._stats_pruned = 0.0
         self._kv: dict[str, tuple[float, bytes]] = {}
         self._logs: dict[str, deque[bytes]] = {}
 
@@ -205,9 +206,11 @@ class MemoryStore:
         for f, v in fields.items():
             d[f] = d.get(f, 0.0) + v
         if ttl is not None:
-            self._stats_expiry[key] = self.clock() + ttl
-            if len(self._stats_expiry) > self.max_entries:  # prune what has expired, now and then
-                for k in [k for k, exp in self._stats_expiry.items() if exp <= self.clock()]:
+            now = self.clock()
+            self._stats_expiry[key] = now + ttl
+            if now - self._stats_pruned >= 60:  # drop what has expired, once a minute at most
+                self._stats_pruned = now
+                for k in [k for k, exp in self._stats_expiry.items() if exp <= now]:
                     self._expire_stats(k)
 
     def _expire_stats(self, key: str) -> None:

@@ -62,6 +62,7 @@ tasks:
   summarize:
     chain: [glm/glm-4.6, claude/claude-sonnet-5-5]
     budget: {{daily_usd: 5}}
+    shadow: {{target: claude/claude-sonnet-5-5, sample: 1.0}}
   brittle_task:
     chain: [brittle/glm-4.5-air, glm/glm-4.6]
   ab:
@@ -82,11 +83,14 @@ admin_keys: ["sha256:{hashlib.sha256(ADMIN_KEY.encode()).hexdigest()}"]
 def _seeded(n: int, errors: int, lat_mean: float, lat_sd: float, feedback: float) -> dict[str, float]:
     """A variant's counters as the outcome tracker writes them."""
     ok = n - errors
-    return {"requests": n, "errors": errors, "latency_ms_sum": n * lat_mean,
+    return {"requests": n, "errors": errors, "latency_ms_sum": n * lat_mean, "latency_sq_n": n,
             "latency_ms_sq": (n - 1) * lat_sd ** 2 + n * lat_mean ** 2, "latency_le_1000": n,
-            "ttft_n": ok, "ttft_ms_sum": ok * lat_mean / 4, "ttft_ms_sq": (ok - 1) * 400 + ok * (lat_mean / 4) ** 2,
-            "cost_n": ok, "cost_usd": ok * 0.002, "cost_usd_sq": (ok - 1) * 1e-8 + ok * 0.002 ** 2,
-            "feedback_count": 50, "feedback_sum": 50 * feedback, "feedback_sq": 49 * 0.25 + 50 * feedback ** 2}
+            "ttft_n": ok, "ttft_ms_sum": ok * lat_mean / 4, "ttft_sq_n": ok,
+            "ttft_ms_sq": (ok - 1) * 400 + ok * (lat_mean / 4) ** 2,
+            "cost_n": ok, "cost_usd": ok * 0.002, "cost_answer_usd": ok * 0.002,
+            "cost_usd_sq": (ok - 1) * 1e-8 + ok * 0.002 ** 2,
+            "feedback_count": 50, "feedback_sum": 50 * feedback, "feedback_sq_n": 50,
+            "feedback_sq": 49 * 0.25 + 50 * feedback ** 2}
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +163,8 @@ def test_every_page_loads_without_console_errors(console: tuple[str, MemoryStore
             page.page.fill("#check-text", _yaml("http://127.0.0.1:1").replace("chain: [brittle/glm-4.5-air", "chain: [brittel/glm-4.5-air"))
             page.page.click("#check-run")
             page.page.wait_for_selector("#check-problems li")
+        if name == "experiments":  # the shadow's answers beside the primary's
+            page.page.wait_for_selector("[data-experiment=summarize] .pairs pre", timeout=10_000)
         if name == "traffic":
             page.page.wait_for_function("() => Chart.getChart('chart-requests')?.data.datasets.length > 0")
         if shots:
@@ -189,7 +195,7 @@ def test_an_experiments_intervals_render_from_seeded_outcomes(console: tuple[str
     url, _ = console
     page.page.goto(f"{url}/ui/#experiments")
     page.page.wait_for_selector('[data-experiment=ab] [data-variant="claude_first"]', timeout=10_000)
-    report = httpx.get(f"{url}/ui/api/experiments").json()["tasks"][0]
+    report = next(t for t in httpx.get(f"{url}/ui/api/experiments").json()["tasks"] if t["task"] == "ab")
     expected = report["variants"]["claude_first"]["ci95"]["error_rate"]["ci95"]
     drawn = page.page.evaluate("() => Chart.getChart('ci-ab-error_rate').data.datasets[0].data")
     assert drawn[1] == expected and drawn[0][0] < 0.02 < drawn[0][1]  # glm_first: 8 of 400

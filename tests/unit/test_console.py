@@ -108,11 +108,74 @@ def test_telemetry_feeds_the_console_with_the_callers_trace_id() -> None:
         s = MemoryStore()
         tel = Telemetry(store=s)
         tel.record(_rec(1, trace={"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}))
+        tel.record(_rec(2, trace={"traceparent": "00-javascript:alert(1)//aaaaaaaaaaaaaaa-00f067aa0ba902b7-01"}))
         await tel.flush()
         return await recent(s, 5)
 
     got = asyncio.run(body())
-    assert got[0].trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert got[1].trace_id == "4bf92f3577b34da6a3ce929d0e0e4736" and got[0].trace_id is None  # not hex: no id
+
+
+def test_the_write_behind_buffer_loses_nothing_at_close_and_keeps_the_newest() -> None:
+    """close() waits for a flush under way (the store closes after it); entries a failed push
+    puts back are older than those pushed meanwhile; counters whose ttl ran out are dropped."""
+    class Slow(MemoryStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = asyncio.Event()
+            self.fail = False
+
+        async def stats_add(self, key: str, fields: dict[str, float], ttl: float | None = None) -> None:
+            await self.gate.wait()
+            await super().stats_add(key, fields, ttl)
+
+        async def log_push(self, key: str, values: list[bytes], keep: int) -> None:
+            if self.fail:
+                raise StoreError("down")
+            await super().log_push(key, values, keep)
+
+    async def body() -> None:
+        s = Slow()
+        now = [0.0]
+        b = WriteBehind(s, 60, clock=lambda: now[0])
+        for i in range(10):
+            b.merge(f"k{i}", {"n": 1})
+        flushing = asyncio.ensure_future(b.flush())
+        await asyncio.sleep(0)
+        closing = asyncio.ensure_future(b.close())
+        await asyncio.sleep(0)
+        s.gate.set()
+        await closing
+        assert flushing.done() and [await s.stats_get(f"k{i}") for i in range(10)] == [{"n": 1.0}] * 10
+        # a failed push: the older entries go back before the ones pushed since; the cap keeps the newest
+        s.fail = True
+        for i in range(5):
+            b.push("log", str(i).encode(), 5)
+        flush = asyncio.ensure_future(b.flush())
+        for i in range(5, 8):
+            b.push("log", str(i).encode(), 5)
+        await flush
+        s.fail = False
+        await b.flush()
+        assert await s.log_get("log", 10) == [b"7", b"6", b"5", b"4", b"3"]
+        # a counter with a ttl that runs out while the store is away is dropped, not rewritten
+        s.gate.clear()
+        b.merge("minute", {"n": 1}, ttl=30)
+        b.merge("day", {"n": 1})
+
+        async def refuse(key: str, fields: dict[str, float], ttl: float | None = None) -> None:
+            raise StoreError("down")
+
+        s.stats_add = refuse  # type: ignore[method-assign]
+        await b.flush()
+        now[0] = 31.0
+        del s.stats_add
+        s.gate.set()
+        await b.flush()
+        await b.flush()
+        assert await s.stats_get("minute") == {} and await s.stats_get("day") == {"n": 1.0}
+
+    asyncio.run(body())
 
 
 def test_limits_in_use_read_without_charging(store: Any) -> None:
@@ -171,6 +234,15 @@ def test_an_edit_check_never_shows_a_secret() -> None:
     text = YAML.replace("api_key: k", "api_key: ${ZAI_SECRET}", 1).replace("tasks:\n", "tasks:\n  x: {chain: [glm/none]}\n", 1)
     r = check_edit(text, live, {"ZAI_SECRET": "sk-very-secret-123"})
     assert "sk-very-secret-123" not in json.dumps(r) and not r["valid"]
+    # a valid edit that puts the variable where the diff shows settings: shown as the variable
+    echo = YAML.replace("  chat:\n    chain: [glm/glm-4.6]", "  chat:\n    chain: [glm/glm-4.6]\n    params: {stop: [\"${ZAI_SECRET}\"]}")
+    r = check_edit(echo, live, {"ZAI_SECRET": "sk-very-secret-123"})
+    assert r["valid"] and "sk-very-secret-123" not in json.dumps(r)
+    assert any("${ZAI_SECRET}" in c for t in r["diff"]["tasks"] for c in t["changes"])
+    # and a secret the live file names, on the live side of the diff
+    live2 = parse_config(echo, {"ZAI_SECRET": "sk-very-secret-123"})
+    r = check_edit(YAML, live2, {"ZAI_SECRET": "sk-very-secret-123"}, live_text=echo)
+    assert r["valid"] and "sk-very-secret-123" not in json.dumps(r)
 
 
 def test_a_rejected_reload_keeps_its_problems_with_lines(tmp_path: Path) -> None:
@@ -192,10 +264,11 @@ def test_a_rejected_reload_keeps_its_problems_with_lines(tmp_path: Path) -> None
 
 def _seeded(n: int, errors: int, lat_mean: float, lat_sd: float) -> dict[str, float]:
     """Counters as the tracker writes them, for ``n`` requests with a given latency spread."""
-    return {"requests": n, "errors": errors, "latency_ms_sum": n * lat_mean,
+    return {"requests": n, "errors": errors, "latency_ms_sum": n * lat_mean, "latency_sq_n": n,
             "latency_ms_sq": n * (lat_sd ** 2 * (n - 1) / n + lat_mean ** 2), "latency_le_1000": n,
-            "ttft_n": n, "ttft_ms_sum": n * 100.0, "ttft_ms_sq": n * (100.0 ** 2 + 25.0),
-            "cost_n": n - errors, "cost_usd": (n - errors) * 0.002, "cost_usd_sq": (n - errors) * (0.002 ** 2 + 1e-8)}
+            "ttft_n": n, "ttft_ms_sum": n * 100.0, "ttft_sq_n": n, "ttft_ms_sq": n * (100.0 ** 2 + 25.0),
+            "cost_n": n - errors, "cost_usd": (n - errors) * 0.002, "cost_answer_usd": (n - errors) * 0.002,
+            "cost_usd_sq": (n - errors) * (0.002 ** 2 + 1e-8)}
 
 
 def test_experiment_intervals_and_plain_significance() -> None:
@@ -212,6 +285,16 @@ def test_experiment_intervals_and_plain_significance() -> None:
     assert "feedback" not in found  # no feedback yet: nothing to test
     small = significance({"a": _seeded(5, 0, 500, 80), "b": _seeded(5, 1, 520, 80)})
     assert all(not x["significant"] for x in small)
+    # counters from before squares were kept, then 10 new requests: means, but no interval and no test
+    old = {"requests": 1010, "errors": 0, "latency_ms_sum": 800.0 * 1010, "latency_sq_n": 10,
+           "latency_ms_sq": 10 * 800.0 ** 2, "cost_usd": 1000 * 0.1 + 10 * 0.001, "cost_n": 10,
+           "cost_answer_usd": 10 * 0.001, "cost_usd_sq": 10 * 0.001 ** 2}
+    m = summarize(old)["ci95"]
+    assert m["latency_ms"]["mean"] == 800.0 and m["latency_ms"]["ci95"] is None
+    assert m["cost_usd"]["mean"] == pytest.approx(0.001) and m["cost_usd"]["n"] == 10
+    tested = {x["measure"]: x for x in significance({"a": old, "b": old})}
+    assert list(tested) == ["error_rate", "latency_ms", "cost_usd"] and tested["latency_ms"]["p"] is None
+    assert "not testable yet" in tested["latency_ms"]["statement"] and not tested["latency_ms"]["significant"]
 
 
 ADMIN_KEY, TENANT_KEY = "admin-key-1", "tenant-key-1"
@@ -278,5 +361,52 @@ def test_the_console_routes_over_a_served_router(tmp_path: Path) -> None:
             assert up.status_code == 200 and up.json()["targets"] == ["glm/glm-4.6", "claude/claude-sonnet-5-5"]
             bad = await a.client.post("/ui/api/report", json={"results": "{not json"})
             assert bad.status_code == 400 and bad.json()["error"]["path"] == "results[1]"
+            short = json.dumps({"task_id": "a", "target": "x"})  # no latency_ms
+            bad = await a.client.post("/ui/api/report", json={"results": json.dumps(rows[0]) + "\n" + short})
+            assert bad.status_code == 400 and bad.json()["error"]["path"] == "results[2]"
+            bad = await a.client.post("/ui/api/report", json={"results": json.dumps(rows[0]), "judgements": {"judge": 1}})
+            assert bad.status_code == 400 and bad.json()["error"]["path"] == "judgements"
+            assert (await a.client.get("/ui/api/report", params={"name": "a\x00b"})).status_code == 400
+            for q in ("/ui/api/traffic?minutes=abc", "/ui/api/traffic?minutes=9999", "/ui/api/spend?days=x",
+                      "/ui/api/requests?limit=0"):
+                r = await a.client.get(q)
+                assert r.status_code == 400 and r.json()["error"]["path"] == q.split("?")[1].split("=")[0], q
 
     asyncio.run(body())
+
+
+def test_content_kept_while_log_content_was_on_is_not_shown_once_it_is_off() -> None:
+    async def body() -> list[Any]:
+        store = MemoryStore()
+        batch = WriteBehind(store, 60)
+        ConsoleFeed(batch).add(_rec(1, prompt="the prompt", output="the answer"))
+        await batch.flush()
+        async with app(YAML, store=store, telemetry=Telemetry()) as a:  # log_content off
+            return (await a.client.get("/ui/api/requests")).json()["requests"]  # type: ignore[no-any-return]
+
+    got = asyncio.run(body())
+    assert got[0]["id"] == "req_1" and "prompt" not in got[0] and "output" not in got[0]
+
+
+def test_the_vendored_chart_library_is_the_release_recorded() -> None:
+    """Chart.js is shipped as released: the file matches the version and checksum its README records."""
+    vendor = Path(__file__).parents[2] / "router" / "console" / "static" / "vendor"
+    data = (vendor / "chart.umd.min.js").read_bytes()
+    row = next(line for line in (vendor / "README.md").read_text().splitlines() if line.startswith("| `chart.umd.min.js`"))
+    version, digest = row.split("|")[3].strip(), row.split("|")[5].strip().strip("`")
+    assert hashlib.sha256(data).hexdigest() == digest and f"Chart.js v{version}".encode() in data[:200]
+    assert (vendor / "chart.js-LICENSE.md").read_text().startswith("The MIT License")
+
+
+def test_the_memory_store_drops_expired_counters_it_is_never_asked_for() -> None:
+    """A minute's rollup is written for 6 h and never read again: the in-memory store frees it."""
+    now = [1_000_000.0]
+    s = MemoryStore(clock=lambda: now[0])
+
+    async def body() -> int:
+        for minute in range(3000):
+            now[0] += 60
+            await s.stats_add(f"console:m:{minute}", {"requests": 1}, ttl=6 * 3600)
+        return len(s._stats)
+
+    assert asyncio.run(body()) <= 6 * 60 + 2

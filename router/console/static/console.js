@@ -129,9 +129,10 @@ function renderNow(d) {
           h("div", { class: "muted" }, `oldest ${d.queue.oldest_age === null ? "none" : `${d.queue.oldest_age.toFixed(1)} s`}; `
             + `workers here ${d.queue.workers_here.busy}/${d.queue.workers_here.total} busy (${d.queue.kind})`)]),
     h("div", { class: "card" }, h("div", { class: "muted" }, "last 5 minutes"),
-      h("div", { class: "big" }, `${fmt.n(d.traffic_5m.requests)} requests`),
-      h("div", { class: "muted" }, `errors ${fmt.pct(d.traffic_5m.error_rate)}, p95 ${fmt.ms(d.traffic_5m.latency_p95_ms)}, `
-        + `fallbacks ${fmt.n(d.traffic_5m.fallbacks_from)}, hedges ${fmt.n(d.traffic_5m.hedges)}`)),
+      d.traffic_5m.error ? h("div", { class: "bad" }, d.traffic_5m.error) : [
+        h("div", { class: "big" }, `${fmt.n(d.traffic_5m.requests)} requests`),
+        h("div", { class: "muted" }, `errors ${fmt.pct(d.traffic_5m.error_rate)}, p95 ${fmt.ms(d.traffic_5m.latency_p95_ms)}, `
+          + `fallbacks ${fmt.n(d.traffic_5m.fallbacks_from)}, hedges ${fmt.n(d.traffic_5m.hedges)}`)]),
   ));
   if (cfg.rejected) {
     const problems = cfg.rejected.problems || (cfg.rejected.errors || []).map((m) => ({ message: m }));
@@ -212,6 +213,7 @@ async function renderTraffic() {
   for (const [task, s2] of Object.entries(t.series)) { ttft[`${task} p50`] = s2.ttft_p50_ms; ttft[`${task} p95`] = s2.ttft_p95_ms; }
   chart(box, "chart-ttft", lines(labels, ttft, "Time to first token p50 / p95", "ms"));
   chart(box, "chart-cost", lines(labels, pick("cost_usd"), "Cost per minute", "USD"));
+  chart(box, "chart-cache", lines(labels, pick("cache_hit_rate"), "Response-cache hit rate per minute (tasks with a cache)"));
   const cols = ["task", "target", "requests", "errors", "error rate", "fallbacks away", "hedges (won)", "retries", "trips",
     "p50", "p95", "TTFT p50", "TTFT p95", "cache hit rate", "cost", "prompt-cache savings"];
   $("traffic-table").replaceChildren(h("table", { id: "traffic-rows" }, h("thead", {}, h("tr", {}, cols.map((c, i) => h("th", { class: i > 1 ? "num" : null }, c)))),
@@ -293,7 +295,9 @@ async function renderExperiments() {
         ...MEASURES.map(([k, , f]) => ciCell(v.ci95[k], f)),
         h("td", { class: "num" }, `${fmt.ms(v.latency_ms.p50_le)} / ${fmt.ms(v.latency_ms.p95_le)}`))))));
     const sig = exp.significance || [];
-    card.append(h("h3", {}, "Is the difference significant?"));
+    card.append(h("h3", {}, "Is the difference significant?"),
+      h("p", { class: "muted" }, "Each measure against the first variant, at 95%, on the samples so far. Each test stands alone "
+        + "(no correction for five measures or for looking again as samples arrive): a result that comes and goes is not one."));
     card.append(sig.length ? h("ul", { class: "statements" }, sig.map((s) => h("li", { class: s.significant ? "ok" : "muted",
       "data-significant": String(s.significant) }, s.statement)))
       : h("p", { class: "muted" }, "One variant only, or no samples yet: nothing to compare."));
@@ -320,18 +324,24 @@ function reportPicker() {
     if (r.dir === null) { pick.disabled = true; pick.title = "set LLM_ROUTER_REPORTS_DIR to open compare outputs by name"; }
     for (const x of r.reports) pick.append(h("option", { value: x.name }, x.name));
   }).catch(() => { pick.disabled = true; });
-  pick.addEventListener("change", async () => { if (pick.value) renderReport(await api(`/ui/api/report?name=${encodeURIComponent(pick.value)}`)); });
+  const failed = (e) => $("report-out").replaceChildren(h("p", { class: "bad" }, e.message));
+  pick.addEventListener("change", async () => {
+    if (!pick.value) return;
+    try { renderReport(await api(`/ui/api/report?name=${encodeURIComponent(pick.value)}`)); } catch (e) { failed(e); }
+  });
   files.addEventListener("change", async () => {
     let results = null; let judgements = null;
-    for (const f of files.files) {
-      const text = await f.text();
-      if (f.name.endsWith(".jsonl")) results = text; else judgements = JSON.parse(text);
-    }
+    try {
+      for (const f of files.files) {
+        const text = await f.text();
+        if (f.name.endsWith(".jsonl")) results = text; else judgements = JSON.parse(text);
+      }
+    } catch (e) { failed(new Error(`judgements.json is not JSON: ${e.message}`)); return; }
     if (results === null) { $("report-out").replaceChildren(h("p", { class: "bad" }, "choose a results.jsonl (and judgements.json)")); return; }
     try {
       renderReport(await api("/ui/api/report", { method: "POST", headers: { "content-type": "application/json" },
         body: JSON.stringify({ results, judgements }) }));
-    } catch (e) { $("report-out").replaceChildren(h("p", { class: "bad" }, e.message)); }
+    } catch (e) { failed(e); }
   });
   return h("div", { class: "row" }, "upload results.jsonl (+ judgements.json):", files, "or open:", pick);
 }
@@ -429,7 +439,8 @@ async function renderRequests() {
   $("requests-count").textContent = `${d.requests.length} shown of the newest ${d.kept} kept`;
   const link = (id) => {
     if (!id) return h("span", { class: "muted" }, "not traced");
-    return d.trace_url ? h("a", { href: d.trace_url.replace("{trace_id}", id), target: "_blank", rel: "noopener noreferrer", class: "mono" }, id.slice(0, 12))
+    return d.trace_url ? h("a", { href: d.trace_url.replace("{trace_id}", () => encodeURIComponent(id)), target: "_blank",
+      rel: "noopener noreferrer", class: "mono" }, id.slice(0, 12))
       : h("span", { class: "mono", title: "set LLM_ROUTER_TRACE_URL to link trace ids" }, id);
   };
   const cols = ["time", "id", "task", "variant", "target", "attempts", "status", "latency", "TTFT", "tokens in / out", "cost", "trace"];
