@@ -124,7 +124,7 @@ async def now(request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
             "traffic_5m": window.get("total", {}) if "total" in window else window}
 
 
-@get("/ui/api/traffic", tags=["console"], responses=errors_of(401, 403, 503))
+@get("/ui/api/traffic", tags=["console"], responses=errors_of(400, 401, 403, 503))
 async def traffic_view(request: Request[Any, Any, Any], state: State,
                        minutes: FromQuery[str | None] = None) -> dict[str, Any]:
     """Requests, errors, fallbacks, hedges, p50/p95 latency and TTFT, cost and response-cache
@@ -133,7 +133,7 @@ async def traffic_view(request: Request[Any, Any, Any], state: State,
     return await traffic(router.store, time.time(), _int(minutes or "60", "minutes", 1, 360))  # records: real wall time
 
 
-@get("/ui/api/spend", tags=["console"], responses=errors_of(401, 403, 503))
+@get("/ui/api/spend", tags=["console"], responses=errors_of(400, 401, 403, 503))
 async def spend(request: Request[Any, Any, Any], state: State, days: FromQuery[str | None] = None) -> dict[str, Any]:
     """Spend per tenant, task and model per UTC day (the usage ledger, last ``days``, 1-92), with
     prompt-cache savings, and every budget's spend vs its limit."""
@@ -152,7 +152,7 @@ async def experiments(request: Request[Any, Any, Any], state: State) -> dict[str
                       if t.experiment is not None or t.shadow is not None]}
 
 
-@get("/ui/api/requests", tags=["console"], responses=errors_of(401, 403, 503))
+@get("/ui/api/requests", tags=["console"], responses=errors_of(400, 401, 403, 503))
 async def requests(request: Request[Any, Any, Any], state: State, task: FromQuery[str | None] = None,
                    outcome: FromQuery[str | None] = None, target: FromQuery[str | None] = None,
                    q: FromQuery[str | None] = None, limit: FromQuery[str | None] = None) -> dict[str, Any]:
@@ -260,7 +260,7 @@ async def reports(request: Request[Any, Any, Any], state: State) -> dict[str, An
                                            "judged": (p / "judgements.json").is_file()} for p in found]}
 
 
-@get("/ui/api/report", tags=["console"], responses=errors_of(400, 401, 403, 404))
+@get("/ui/api/report", tags=["console"], responses=errors_of(400, 401, 403, 404, 413))
 async def report_by_name(request: Request[Any, Any, Any], state: State, name: FromQuery[str]) -> dict[str, Any]:
     """One ``compare`` output directory under ``LLM_ROUTER_REPORTS_DIR``, by its name (no path:
     nothing outside that directory is read)."""
