@@ -8,10 +8,12 @@ before ``end`` leaves: a mismatch is that target's failure, ``invalid_output``.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
 import jsonschema
+import msgspec
 import referencing
 
 from router.request import ResponseFormat
@@ -38,6 +40,14 @@ def parsed_output(text: str) -> Any:
         return None
 
 
+@functools.lru_cache(maxsize=512)
+def _validator(canonical: bytes) -> Any:
+    """The validator of the schema whose canonical JSON is ``canonical``, made once (validators
+    are reusable; the 512 most recent schemas are kept)."""
+    schema = msgspec.json.decode(canonical)
+    return jsonschema.validators.validator_for(schema)(schema, registry=_NOTHING_REMOTE)
+
+
 def output_problem(text: str, fmt: ResponseFormat) -> str | None:
     """Why ``text`` does not match ``fmt`` (one sentence naming the JSON path), or None."""
     try:
@@ -47,8 +57,7 @@ def output_problem(text: str, fmt: ResponseFormat) -> str | None:
     if fmt.type == "json_object" and not isinstance(value, dict):
         return "the answer is not a JSON object"
     if fmt.type == "json_schema" and fmt.json_schema is not None:
-        schema = fmt.json_schema.schema
-        validator = jsonschema.validators.validator_for(schema)(schema, registry=_NOTHING_REMOTE)
+        validator = _validator(msgspec.json.encode(fmt.json_schema.schema, order="sorted"))
         try:
             error = jsonschema.exceptions.best_match(validator.iter_errors(value))
         except referencing.exceptions.Unresolvable as e:

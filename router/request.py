@@ -8,6 +8,7 @@ Unknown fields are rejected so a caller's typo (``max_token``) is an error, not 
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Annotated, Any, Literal
 
@@ -320,26 +321,38 @@ def decode_task_request(body: bytes, max_bytes: int) -> TaskRequest:
 
 def check_schema(schema: dict[str, Any], path: str) -> None:
     """Raise ``RequestError`` at ``path`` when ``schema`` is not a valid JSON Schema (the
-    ``jsonschema`` library's metaschema check)."""
-    import jsonschema
+    ``jsonschema`` library's metaschema check) or has a ``$ref`` that is remote or points to
+    nothing. The check is pure, so its verdict is remembered per schema (its canonical JSON; the
+    512 most recent): clients send the same few schemas again and again, and the metaschema walk
+    costs about 2 ms a time."""
+    problem = _schema_problem(msgspec.json.encode(schema, order="sorted"))
+    if problem is not None:
+        raise RequestError(problem, path)
 
-    try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as e:
-        raise RequestError(f"not a valid JSON Schema: {e.message}", path) from None
-    remote = _remote_ref(schema)
-    if remote is not None:  # nothing is fetched on a caller's behalf
-        raise RequestError(f"only local $ref (\"#...\") is allowed, got {remote!r}", path)
+
+@functools.lru_cache(maxsize=512)
+def _schema_problem(canonical: bytes) -> str | None:
+    """What is wrong with the schema whose canonical JSON is ``canonical``, or None."""
+    import jsonschema
     import referencing
     import referencing.jsonschema
 
+    schema = msgspec.json.decode(canonical)
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        return f"not a valid JSON Schema: {e.message}"
+    remote = _remote_ref(schema)
+    if remote is not None:  # nothing is fetched on a caller's behalf
+        return f"only local $ref (\"#...\") is allowed, got {remote!r}"
     resource = referencing.Resource.from_contents(schema, default_specification=referencing.jsonschema.DRAFT202012)
     resolver = referencing.Registry().resolver_with_root(resource)
     for ref in _local_refs(schema):
         try:
             resolver.lookup(ref)
         except referencing.exceptions.Unresolvable:
-            raise RequestError(f"$ref {ref!r} points to nothing in the schema", path) from None
+            return f"$ref {ref!r} points to nothing in the schema"
+    return None
 
 
 def _local_refs(node: Any) -> list[str]:
