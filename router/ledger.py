@@ -51,6 +51,15 @@ class WriteBehind:
             acc[k] = acc.get(k, 0.0) + v
         self._schedule()
 
+    def counters(self, key: str, ttl: float | None = None) -> dict[str, float]:
+        """The pending counters of ``key`` to add to in place (``acc[k] = acc.get(k, 0) + v``);
+        what ``merge`` does without a dict of fields made per call."""
+        got = self._pending.get(key)
+        if got is None:
+            got = self._pending[key] = ({}, ttl, self.clock())
+            self._schedule()
+        return got[0]
+
     def push(self, key: str, value: bytes, keep: int) -> None:
         """Append ``value`` to the capped log ``key`` (the store keeps the newest ``keep``; so
         does this buffer while the store is away)."""

@@ -98,36 +98,42 @@ class ConsoleFeed:
                 self._keys.clear()
             k = self._keys[(rec.task, target)] = _Keys(f"{rec.task}\t{target}\t")
         lat = rec.duration * 1e3
-        f: dict[str, float] = {k.requests: 1, k.latency_ms_sum: lat, k.lat[_bucket(lat)]: 1}
+        f = self.batch.counters(minute_key(rec.start_ns // 60_000_000_000), MINUTE_TTL)  # added to in place
+        get = f.get
+        f[k.requests] = get(k.requests, 0.0) + 1
+        f[k.latency_ms_sum] = get(k.latency_ms_sum, 0.0) + lat
+        name = k.lat[_bucket(lat)]
+        f[name] = get(name, 0.0) + 1
         if rec.outcome == "error":
-            f[k.errors] = 1
+            f[k.errors] = get(k.errors, 0.0) + 1
         if rec.ttft is not None:
             ttft = rec.ttft * 1e3
-            f[k.ttft_n] = 1
-            f[k.ttft_ms_sum] = ttft
-            f[k.ttft[_bucket(ttft)]] = 1
+            f[k.ttft_n] = get(k.ttft_n, 0.0) + 1
+            f[k.ttft_ms_sum] = get(k.ttft_ms_sum, 0.0) + ttft
+            name = k.ttft[_bucket(ttft)]
+            f[name] = get(name, 0.0) + 1
         if rec.retries:
-            f[k.retries] = rec.retries
+            f[k.retries] = get(k.retries, 0.0) + rec.retries
         if rec.hedge:
-            f[k.hedges] = 1
+            f[k.hedges] = get(k.hedges, 0.0) + 1
             if rec.hedge == "won":
-                f[k.hedges_won] = 1
+                f[k.hedges_won] = get(k.hedges_won, 0.0) + 1
         if rec.cache:
-            f[k.cache_hits if rec.cache == "hit" else k.cache_misses] = 1
+            name = k.cache_hits if rec.cache == "hit" else k.cache_misses
+            f[name] = get(name, 0.0) + 1
         if rec.input_tokens or rec.output_tokens:
-            f[k.input_tokens] = rec.input_tokens
-            f[k.output_tokens] = rec.output_tokens
+            f[k.input_tokens] = get(k.input_tokens, 0.0) + rec.input_tokens
+            f[k.output_tokens] = get(k.output_tokens, 0.0) + rec.output_tokens
         if rec.cost_usd:
-            f[k.cost_usd] = rec.cost_usd
+            f[k.cost_usd] = get(k.cost_usd, 0.0) + rec.cost_usd
         if rec.cache_savings_usd:
-            f[k.savings_usd] = rec.cache_savings_usd
+            f[k.savings_usd] = get(k.savings_usd, 0.0) + rec.cache_savings_usd
         for away, _to, _why in rec.fallbacks:
-            key = f"{rec.task}\t{away}\tfallbacks_from"
-            f[key] = f.get(key, 0) + 1
+            name = f"{rec.task}\t{away}\tfallbacks_from"
+            f[name] = get(name, 0.0) + 1
         for tripped in rec.cooldown_trips:
-            key = f"{rec.task}\t{tripped}\ttrips"
-            f[key] = f.get(key, 0) + 1
-        self.batch.merge(minute_key(rec.start_ns // 60_000_000_000), f, MINUTE_TTL)
+            name = f"{rec.task}\t{tripped}\ttrips"
+            f[name] = get(name, 0.0) + 1
         self.batch.push(_RECENT, _encode(RecentRequest(
             id=rec.request_id, at=round(rec.start_ns / 1e9, 3), task=rec.task, caller=rec.caller, status=rec.status,
             outcome=rec.outcome, latency_ms=round(lat, 3), variant=rec.variant,
