@@ -231,7 +231,8 @@ def test_usage_totals_per_tenant_task_and_model_with_since_forms() -> None:
         assert [r["tenant"] for r in (await usage(tenant="small"))["rows"]] == ["small"]
         assert {r["task"] for r in (await usage(task="cached"))["rows"]} == {"cached"}
         assert (await usage(since=_today()))["total"]["requests"] == 4
-        assert (await usage(since=str(time.time() - 3600)))["since"] == _today()
+        an_hour_ago = time.time() - 3600  # the UTC day of that moment (yesterday just after midnight)
+        assert (await usage(since=str(an_hour_ago)))["since"] == time.strftime("%Y-%m-%d", time.gmtime(an_hour_ago))
         assert (await usage(since="2999-01-01"))["rows"] == []
         r = await c.get("/v1/usage", params={"since": "last tuesday"}, headers=admin)
         assert r.status_code == 400 and r.json()["error"]["path"] == "since"
