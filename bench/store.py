@@ -7,7 +7,7 @@
 2. End to end, concurrency 1, non-streaming, two routers side by side on one emulator:
    *off*: no Redis, telemetry off (``LLM_ROUTER_TELEMETRY=off``), a task without limits or cache;
    *on*: Redis on loopback, metrics, request log and usage ledger on, a task with caller RPM/TPM
-   limits and a provider quota, and a cache that misses every time (each prompt is new), so the
+   limits, a daily and a monthly budget, a provider quota and budget, and a cache that misses every time (each prompt is new), so the
    lookup, the coalescing lock and the write all happen. Also a cache hit. ``--rounds`` alternates
    the two and reports each round and the median of the added p50.
 """
@@ -80,10 +80,12 @@ providers:
     base_url: {emu}/api/paas/v4
     api_key: bench
     limits: {{rpm: 1000000000}}
-    models: {{m: {{context_window: 200000}}}}
+    budget: {{daily_usd: 1000000}}
+    models: {{m: {{context_window: 200000, price: {{input: 1.0, output: 2.0}}}}}}
 tasks:
   plain: {{chain: [free/m]}}
-  full: {{chain: [quota/m], limits: {{rpm: 1000000000, tpm: 1000000000000}}, cache: {{ttl: 3600}}}}
+  full: {{chain: [quota/m], limits: {{rpm: 1000000000, tpm: 1000000000000}}, cache: {{ttl: 3600}},
+         budget: {{daily_usd: 1000000, monthly_usd: 10000000}}}}
 """
 
     def body(task: str) -> bytes:

@@ -27,6 +27,7 @@ from router.events import End, Event, Start, Usage
 from router.request import TaskRequest
 from router.run import Run
 from router.stores import Store, StoreError
+from router.stores.base import Write, write
 from router.upstream import Target
 
 __all__ = ["CacheEntry", "ResponseCache", "cache_key"]
@@ -83,18 +84,23 @@ class ResponseCache:
         except StoreError:
             return None
 
-    async def lookup(self, key: str, wait: float) -> tuple[CacheEntry | None, bool]:
+    async def lookup(self, key: str, wait: float,
+                     looked: tuple[bytes | None, bool] | None = None) -> tuple[CacheEntry | None, bool]:
         """The entry for ``key`` (``(entry, False)``), or, on a miss, whether this request leads:
         ``(None, True)`` means call upstream and then ``finish``. A miss with an identical request
         in flight (in this process or another replica) waits up to ``wait`` seconds for its answer,
         and leads as soon as the leader gives up its lock without one; after ``wait`` it goes
         upstream without leading (``(None, False)`` with no entry: call upstream, ``put`` the
         answer, release nothing). One store round trip for a hit or a led miss (the lookup and the
-        lock are one script)."""
-        try:
-            raw, locked = await self.store.cache_get_or_lock(key, wait)
-        except StoreError:
-            return None, await self._lead(key, wait, locked=True)  # no coordination without the store
+        lock are one script; none when ``looked``, that script's answer from the request's
+        admission, is given)."""
+        if looked is not None:
+            raw, locked = looked
+        else:
+            try:
+                raw, locked = await self.store.cache_get_or_lock(key, wait)
+            except StoreError:
+                return None, await self._lead(key, wait, locked=True)  # no coordination without the store
         entry = self._decode(raw)
         if entry is not None:
             return entry, False
@@ -147,26 +153,36 @@ class ResponseCache:
 
     async def finish(self, key: str, entry: CacheEntry | None, ttl: float, max_bytes: int) -> bool:
         """The leader's end: store ``entry`` if it is whole (ends with ``End``) and fits
-        ``max_bytes``, release the lock (one store round trip for both), and hand the entry to
-        requests of this process waiting on it. ``entry`` None: nothing to store. True if stored."""
+        ``max_bytes`` and release the lock (one write for both, with the request's other writes
+        at its end when a ``Settlement`` is open), and hand the entry to requests of this process
+        waiting on it. ``entry`` None: nothing to store (the lock is released at once). True if
+        stored, or to be stored with the request's other writes."""
         raw = None
         if entry is not None and entry.events and isinstance(entry.events[-1], End):
             raw = _encoder.encode(entry)
             if len(raw) > max_bytes:
                 raw = None
-        stored = False
-        try:
-            if raw is not None:
-                await self.store.cache_set_unlock(key, raw, ttl)
-                stored = True
-            else:
-                await self.store.unlock(key)
+        if raw is None:
+            try:
+                await self.store.unlock(key)  # at once: a follower elsewhere may lead now
+            except StoreError:
+                pass
+            self._hand_over(key, None)
+            return False
+        fut = self._inflight.get(key)
+        if fut is not None and not fut.done():
+            fut.set_result(entry)  # this process's followers need not wait for the write
+        try:  # with the request's other end-of-request writes; followers here keep the entry meanwhile
+            await write(self.store, [Write("cache_set_unlock", (key, raw, ttl))], after=lambda: self._hand_over(key, entry))
         except StoreError:
-            pass
+            return False
+        return True
+
+    def _hand_over(self, key: str, entry: CacheEntry | None) -> None:
+        """The leader is done with ``key``: its waiters in this process get ``entry``."""
         fut = self._inflight.pop(key, None)
         if fut is not None and not fut.done():
-            fut.set_result(entry if stored else None)
-        return stored
+            fut.set_result(entry)
 
     async def put(self, key: str, entry: CacheEntry, ttl: float, max_bytes: int) -> bool:
         """Store ``entry`` whole if it ends with ``End`` and fits ``max_bytes``; True if stored
@@ -184,12 +200,14 @@ class ResponseCache:
 
 
     async def serve(self, key: str, policy: CachePolicy, produce: Callable[[], AsyncGenerator[Event, None]], run: Run,
-                    *, store: bool, start: Callable[[CacheEntry], list[Event]]) -> AsyncGenerator[Event, None]:
+                    *, store: bool, start: Callable[[CacheEntry], list[Event]],
+                    looked: tuple[bytes | None, bool] | None = None) -> AsyncGenerator[Event, None]:
         """Serve ``key``: a hit replays ``start(entry)``; a miss leads (``produce()`` is called,
         and an answer that ended whole is written, from ``run.answer_events()``, unless ``store``
         is false) or follows an identical request in flight and replays its answer. Never raises
-        ``StoreError``; a leader that fails or is cancelled releases its lock."""
-        entry, lead = await self.lookup(key, policy.coalesce_wait)
+        ``StoreError``; a leader that fails or is cancelled releases its lock. ``looked``: the
+        lookup's answer already asked (with the admission)."""
+        entry, lead = await self.lookup(key, policy.coalesce_wait, looked)
         if entry is not None:
             for ev in start(entry):
                 yield ev

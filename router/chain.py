@@ -41,7 +41,13 @@ from router.events import (
 )
 from router.failures import all_failed, check_output, error_event, is_final, quota_wait
 from router.hedge import First, Try, race
-from router.limits import DEFAULT_MAX_TOKENS_ESTIMATE, Limiter, OverBudget, Ticket
+from router.limits import (
+    DEFAULT_MAX_TOKENS_ESTIMATE,
+    FirstTarget,
+    Limiter,
+    OverBudget,
+    Ticket,
+)
 from router.plan import Plan
 from router.policy import Policy
 from router.request import ResponseFormat, TaskRequest
@@ -84,6 +90,13 @@ def make_call(target: Target, req: TaskRequest, plan: Plan, stream: bool) -> Cal
                 frequency_penalty=req.frequency_penalty, presence_penalty=req.presence_penalty, top_k=req.top_k)
 
 
+def _cost(target: Target, plan: Plan) -> float:
+    """The request's estimated cost on ``target`` (USD; its price, prompt estimate and
+    ``max_tokens`` or the default estimate), reserved on its provider's budget."""
+    p = target.spec.price
+    return p.cost(plan.prompt_tokens, plan.params.max_tokens or DEFAULT_MAX_TOKENS_ESTIMATE) if p is not None else 0.0
+
+
 def price(ev: Usage, target: Target) -> Usage:
     """``ev`` with ``cost_usd`` from the target's routing.yaml price (unpriced models cost 0)."""
     p = target.spec.price
@@ -114,8 +127,8 @@ class _Walk:
     waits spent, the tokens needed and the smallest window still worth trying, the targets called
     and those that failed retryably."""
 
-    __slots__ = ("budget", "called", "errors", "failed_here", "failure", "hedged", "media", "min_window", "need",
-                 "output", "run")
+    __slots__ = ("budget", "called", "errors", "failed_here", "failure", "first", "hedged", "media", "min_window",
+                 "need", "output", "run")
 
     def __init__(self, plan: Plan, run: Run) -> None:
         self.run = run
@@ -129,6 +142,7 @@ class _Walk:
         self.hedged = False  # at most one hedge per request
         self.output: ResponseFormat | None = None  # the answer's required form, checked at its end
         self.media = False  # the request carries images or documents: only vision targets
+        self.first: Ticket | float | OverBudget | None = None  # the first target's admission, asked with the caller's
 
 
 class Chain:
@@ -138,6 +152,19 @@ class Chain:
     def __init__(self, transports: Mapping[str, Transport], circuits: Circuits, limiter: Limiter,
                  clock: Clock) -> None:
         self.transports, self.circuits, self.limiter, self.clock = transports, circuits, limiter, clock
+
+    def first_target(self, plan: Plan) -> FirstTarget | None:
+        """The plan's first target, to admit with the caller (``Limiter.admit_caller``), when the
+        walk would call it: usable, large enough, able to take the request; None otherwise."""
+        if not plan.chain:
+            return None
+        target, req = plan.chain[0], plan.request
+        media = any(m.media() for m in req.messages if isinstance(m.content, list))
+        if self._skip(target, plan.prompt_tokens + (plan.params.max_tokens or 0), 0, media) is not None:
+            return None
+        if not self.limiter.fits_target(target.provider, target.model, plan.estimate):
+            return None
+        return FirstTarget(target.provider, target.model, plan.background, _cost(target, plan))
 
     def _skip(self, target: Target, need: int, min_window: int, media: bool = False) -> tuple[str, str] | None:
         if target.unusable_reason:
@@ -165,10 +192,14 @@ class Chain:
         if skip is None and not self.limiter.fits_target(target.provider, target.model, plan.estimate):
             why = f"{target.name}: this request (~{plan.estimate} tokens) is over the target's tokens-per-minute quota itself"
             skip = ("quota_too_small", why)
+        first, walk.first = walk.first, None  # only ever the chain's first target's, on its first try
+        if first is not None and (skip is not None or walk.called or target is not plan.chain[0]):
+            if isinstance(first, Ticket):
+                await self.limiter.settle(first, None, served=False)
+            first = None
         if skip is None:
-            cost = target.spec.price.cost(plan.prompt_tokens, plan.params.max_tokens or DEFAULT_MAX_TOKENS_ESTIMATE) \
-                if target.spec.price is not None else 0.0
-            got = await self.limiter.admit_target(target.provider, target.model, plan.estimate, plan.background, cost)
+            got = first if first is not None else await self.limiter.admit_target(
+                target.provider, target.model, plan.estimate, plan.background, _cost(target, plan))
             if isinstance(got, Ticket):
                 return got, admission
             if isinstance(got, OverBudget):
@@ -183,77 +214,86 @@ class Chain:
                                           provider=target.provider, retry_after=retry_after))
         return None
 
-    async def walk(self, req: TaskRequest, plan: Plan, request_id: str, run: Run) -> AsyncGenerator[Event, None]:
-        """The events of the plan's chain (not yet numbered), ending with ``End`` or ``Error``."""
+    async def walk(self, req: TaskRequest, plan: Plan, request_id: str, run: Run,
+                   caller: Ticket | None = None) -> AsyncGenerator[Event, None]:
+        """The events of the plan's chain (not yet numbered), ending with ``End`` or ``Error``.
+        ``caller``: the caller's ticket, whose ``first`` (the first target's admission, asked with
+        the caller's) the walk takes instead of asking the store again."""
         walk = _Walk(plan, run)
-        walk.media = any(m.media() for m in req.messages if isinstance(m.content, list))
-        if req.response_format is not None and req.response_format.type != "text":
-            walk.output = req.response_format
-        chain = plan.chain
-        i = 0
-        while i < len(chain):
-            target = chain[i]
-            admitted = await self._admit(target, plan, plan.policies[target.name], walk)
-            if admitted is None:
-                if i + 1 < len(chain):
-                    yield Fallback(from_=target.name, to=chain[i + 1].name, reason=walk.run.attempts[-1].code or "skipped")
-                i += 1
-                continue
-            walk.called += 1
-            walk.failure = None
-            primary = Try(i, target, plan.policies[target.name], *admitted, self.clock.now())
-            tries = [primary]
-            try:
-                won = await race(tries, partial(self._first_of, req, plan, walk), self.clock,
-                                 may_hedge=not walk.hedged and i + 1 < len(chain),
-                                 start_hedge=partial(self._hedge, i + 1, req, plan, walk))
-                if len(tries) > 1:
-                    walk.hedged = True
-                    run.hedge = "won" if won is tries[1] else "lost" if won is primary else "failed"
-                for t in tries:
-                    if t is not won:
-                        await self._close(t, walk)  # a loser stops at once; its quota is settled now
-                if won is None:  # every try failed before its first event
-                    last = tries[-1]
-                    error = next((t.tried.error for t in tries if t.tried and t.tried.error and is_final(t.tried.error, plan)),
-                                 last.tried.error if last.tried else None)
-                    assert error is not None
-                    if is_final(error, plan):  # the caller's answer, not the next target's
-                        run.fail(error)
-                        yield error_event(error, last.target, run)
-                        return
-                    i = last.index + 1
-                    if i < len(chain):
-                        yield Fallback(from_=last.target.name, to=chain[i].name, reason=error.code)
+        if caller is not None:
+            walk.first, caller.first = caller.first, None
+        try:
+            walk.media = any(m.media() for m in req.messages if isinstance(m.content, list))
+            if req.response_format is not None and req.response_format.type != "text":
+                walk.output = req.response_format
+            chain = plan.chain
+            i = 0
+            while i < len(chain):
+                target = chain[i]
+                admitted = await self._admit(target, plan, plan.policies[target.name], walk)
+                if admitted is None:
+                    if i + 1 < len(chain):
+                        yield Fallback(from_=target.name, to=chain[i + 1].name, reason=walk.run.attempts[-1].code or "skipped")
+                    i += 1
                     continue
-                if won is not primary:
-                    reason = "hedge" if primary.tried is None or primary.tried.error is None else primary.tried.error.code
-                    yield Fallback(from_=primary.target.name, to=won.target.name, reason=reason)
-                won.ticket.served = run.committed = True  # upstream did the work: the charge stands
-                async with aclosing(self._serve(won, walk, plan, request_id)) as served:
-                    async for ev in served:
-                        yield ev
-                failure = walk.failure
-                if failure is None:
-                    return
-                if failure.retryable and await self.circuits.failure(won.target.name, won.policy.cooldown):
-                    run.trip(won.target.name)
-            finally:
-                for t in tries:
-                    await self._close(t, walk)
-            i = won.index + 1
-            # an invalid structured answer reached no non-streamed caller yet: the next target may do better
-            restart = plan.midstream == "restart" or (failure.code == "invalid_output" and not req.stream)
-            if restart and i < len(chain) and not is_final(failure, plan):
-                yield Fallback(from_=won.target.name, to=chain[i].name, reason=failure.code)
-                continue
-            run.fail(failure)
-            yield error_event(failure, won.target, run)
-            return
-        failed = all_failed(run.attempts, walk.errors, plan)
-        run.fail(failed)
-        yield Error(code="all_targets_failed", message=failed.message,
-                    retryable=failed.status in (429, 503, 504), attempts=run.attempts)
+                walk.called += 1
+                walk.failure = None
+                primary = Try(i, target, plan.policies[target.name], *admitted, self.clock.now())
+                tries = [primary]
+                try:
+                    won = await race(tries, partial(self._first_of, req, plan, walk), self.clock,
+                                     may_hedge=not walk.hedged and i + 1 < len(chain),
+                                     start_hedge=partial(self._hedge, i + 1, req, plan, walk))
+                    if len(tries) > 1:
+                        walk.hedged = True
+                        run.hedge = "won" if won is tries[1] else "lost" if won is primary else "failed"
+                    for t in tries:
+                        if t is not won:
+                            await self._close(t, walk)  # a loser stops at once; its quota is settled now
+                    if won is None:  # every try failed before its first event
+                        last = tries[-1]
+                        error = next((t.tried.error for t in tries if t.tried and t.tried.error and is_final(t.tried.error, plan)),
+                                     last.tried.error if last.tried else None)
+                        assert error is not None
+                        if is_final(error, plan):  # the caller's answer, not the next target's
+                            run.fail(error)
+                            yield error_event(error, last.target, run)
+                            return
+                        i = last.index + 1
+                        if i < len(chain):
+                            yield Fallback(from_=last.target.name, to=chain[i].name, reason=error.code)
+                        continue
+                    if won is not primary:
+                        reason = "hedge" if primary.tried is None or primary.tried.error is None else primary.tried.error.code
+                        yield Fallback(from_=primary.target.name, to=won.target.name, reason=reason)
+                    won.ticket.served = run.committed = True  # upstream did the work: the charge stands
+                    async with aclosing(self._serve(won, walk, plan, request_id)) as served:
+                        async for ev in served:
+                            yield ev
+                    failure = walk.failure
+                    if failure is None:
+                        return
+                    if failure.retryable and await self.circuits.failure(won.target.name, won.policy.cooldown):
+                        run.trip(won.target.name)
+                finally:
+                    for t in tries:
+                        await self._close(t, walk)
+                i = won.index + 1
+                # an invalid structured answer reached no non-streamed caller yet: the next target may do better
+                restart = plan.midstream == "restart" or (failure.code == "invalid_output" and not req.stream)
+                if restart and i < len(chain) and not is_final(failure, plan):
+                    yield Fallback(from_=won.target.name, to=chain[i].name, reason=failure.code)
+                    continue
+                run.fail(failure)
+                yield error_event(failure, won.target, run)
+                return
+            failed = all_failed(run.attempts, walk.errors, plan)
+            run.fail(failed)
+            yield Error(code="all_targets_failed", message=failed.message,
+                        retryable=failed.status in (429, 503, 504), attempts=run.attempts)
+        finally:
+            if isinstance(walk.first, Ticket):  # never reached its target: given back
+                await self.limiter.settle(walk.first, None, served=False)
 
     async def _first_of(self, req: TaskRequest, plan: Plan, walk: _Walk, t: Try) -> First:
         return await self._first(t.target, req, plan, t.policy, t.admission != "closed", walk, t.t0, t.facts)

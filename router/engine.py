@@ -89,10 +89,17 @@ class Router:
         return self.planner.policy(task, target)
 
     def admit(self, plan: Plan, ctx: RequestContext) -> Admission:
-        """``async with``: charge the caller's limits for the block (raises ``RateLimited``, 429,
-        when over one); settled exactly once when the block ends, from the ticket's
-        ``served``/``used``."""
-        return self.limiter.caller(ctx.caller, plan.task, plan.estimate, ctx.limits, ctx.tenant, plan.estimate_usd)
+        """``async with``: charge the caller's limits and budgets for the block (raises
+        ``RateLimited``/``BudgetExceeded``, 429, when over one); settled exactly once when the
+        block ends, from the ticket's ``served``/``used``. The same store round trip looks the
+        answer up in the cache (when the task caches) and charges the first target's quota (when
+        it would go upstream), so a request needs one store call before its upstream call."""
+        cache = None
+        if plan.cache is not None and not ctx.no_cache:
+            plan.cache_key = cache_key(plan.chain, plan.request, plan.params)
+            cache = (plan.cache_key, plan.cache.coalesce_wait)
+        return self.limiter.caller(ctx.caller, plan.task, plan.estimate, ctx.limits, ctx.tenant, plan.estimate_usd,
+                                   cache=cache, first=self.chain.first_target(plan))
 
     def run(self, req: TaskRequest, plan: Plan, ctx: RequestContext) -> Run:
         """A new record for one request."""
@@ -118,11 +125,16 @@ class Router:
             def start(entry: CacheEntry) -> list[Event]:
                 return replay(entry, request_id, plan.task, plan.variant, plan.task_version)
 
-            events = self.cache.serve(cache_key(plan.chain, req, plan.params), plan.cache,
-                                      lambda: self.chain.walk(req, plan, request_id, run), run,
-                                      store=not ctx.no_store, start=start)
+            key, looked = plan.cache_key, None
+            if key is None or req is not plan.request:
+                key = cache_key(plan.chain, req, plan.params)
+            elif ticket is not None:  # the admission's lookup of this key
+                looked, ticket.looked = ticket.looked, None
+            events = self.cache.serve(key, plan.cache,
+                                      lambda: self.chain.walk(req, plan, request_id, run, ticket), run,
+                                      store=not ctx.no_store, start=start, looked=looked)
         else:
-            events = self.chain.walk(req, plan, request_id, run)
+            events = self.chain.walk(req, plan, request_id, run, ticket)
         seq = 0
         try:
             async for ev in events:

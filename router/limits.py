@@ -23,10 +23,18 @@ import msgspec
 from router.config import Budget, Limits, RoutingConfig
 from router.errors import BudgetExceeded, RateLimited, RequestError
 from router.stores import BudgetSpec, LimitResult, LimitSpec, Store, StoreError
+from router.stores.base import (
+    SETTLEMENT,
+    AdmitAnswer,
+    AdmitAsk,
+    Settlement,
+    Write,
+    write,
+)
 
 log = logging.getLogger("llm_router")
 
-__all__ = ["DEFAULT_MAX_TOKENS_ESTIMATE", "Admission", "Held", "Limiter", "Ticket", "caller_id"]
+__all__ = ["DEFAULT_MAX_TOKENS_ESTIMATE", "Admission", "FirstTarget", "Held", "Limiter", "Ticket", "caller_id"]
 
 DEFAULT_MAX_TOKENS_ESTIMATE = 4096  # tokens charged for the answer when the request sets no max_tokens
 _CALLER = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -57,6 +65,11 @@ class Ticket(msgspec.Struct):
     budgets: list[BudgetSpec] = []  # the spend reserved (micro-USD), settled with ``cost``
     cost: float | None = None  # USD the request really cost (None keeps the reservation)
     budget_left: float | None = None  # USD left in the tightest budget after the reservation
+    # asked with the caller's admission (one store round trip): the cache lookup's
+    # ``(entry, locked)`` and the first target's admission (what ``Limiter.admit_target`` returns),
+    # each None when not asked; whoever uses one takes it (sets it to None)
+    looked: tuple[bytes | None, bool] | None = None
+    first: Ticket | float | OverBudget | None = None
 
     def headers(self) -> dict[str, str]:
         """``X-RateLimit-Limit/Remaining/Reset`` of the tightest RPM limiter, the ``-Tokens``
@@ -97,21 +110,34 @@ class Held:
 
 
 class Admission:
-    """The caller's admission for a block (``Limiter.caller``): charged on entry, settled on exit."""
+    """The caller's admission for a block (``Limiter.caller``): charged on entry (with the cache
+    lookup and the first target's quota when asked, one store round trip), settled on exit. The
+    block's ``Settlement`` collects the writes that can wait (the served tickets' settlements,
+    the cache entry) and sends them in one round trip when the block ends."""
 
-    __slots__ = ("args", "limiter", "ticket")
+    __slots__ = ("args", "kwargs", "limiter", "settlement", "ticket", "token")
 
-    def __init__(self, limiter: Limiter, *args: Any) -> None:
-        self.limiter, self.args = limiter, args
+    def __init__(self, limiter: Limiter, *args: Any, **kwargs: Any) -> None:
+        self.limiter, self.args, self.kwargs = limiter, args, kwargs
         self.ticket: Ticket | None = None
+        self.settlement = Settlement()
+        self.token: Any = None
 
     async def __aenter__(self) -> Ticket:
-        self.ticket = await self.limiter.admit_caller(*self.args)
+        self.ticket = await self.limiter.admit_caller(*self.args, **self.kwargs)
+        self.token = SETTLEMENT.set(self.settlement)
         return self.ticket
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.ticket is not None:
-            await self.limiter.settle(self.ticket, self.ticket.used, self.ticket.served)
+        t = self.ticket
+        try:
+            if t is not None:
+                if isinstance(t.first, Ticket):  # asked for and never used: given back
+                    await self.limiter.settle(t.first, None, served=False)
+                await self.limiter.settle(t, t.used, t.served)
+        finally:
+            SETTLEMENT.reset(self.token)
+            await self.settlement.flush(self.limiter.store)
 
 
 def _specs(prefix: str, limits: Limits | None, cost: int) -> list[LimitSpec]:
@@ -127,6 +153,17 @@ class OverBudget(msgspec.Struct, frozen=True):
     """A target's provider spent its budget; ``retry_after`` seconds until the period ends."""
 
     retry_after: float
+
+
+class FirstTarget(msgspec.Struct, frozen=True):
+    """The first target of a chain, admitted with the caller (``Limiter.admit_caller``):
+    ``provider``, ``model``, ``background`` (within its queue's paced share) and ``cost_usd``
+    (the request's estimated cost there, for the provider's budget)."""
+
+    provider: str
+    model: str
+    background: bool = False
+    cost_usd: float = 0.0
 
 
 def micro(usd: float) -> int:
@@ -185,26 +222,24 @@ class Limiter:
                             month_left, f"{scope} monthly"))
         return out
 
-    async def _reserve(self, ticket: Ticket, scopes: list[str], cost_usd: float) -> float | None:
-        """Reserve ``cost_usd`` on every budget of ``scopes`` into ``ticket``; the seconds until
-        the exhausted period ends when one would go over (nothing reserved then), else None."""
-        found = self.budget_specs(scopes, cost_usd)
-        if not found:
-            return None
+    def _budgets_of(self, scopes: list[str], cost_usd: float) -> list[tuple[BudgetSpec, float, str]]:
+        return self.budget_specs(scopes, cost_usd) if self._budgets else []
+
+    async def _over(self, found: list[tuple[BudgetSpec, float, str]]) -> float:
+        """Seconds until the period of the budget that would go over ends (the longest when
+        several would, or when the store cannot tell)."""
         specs = [s for s, _, _ in found]
         try:
-            after = await self.store.budget_acquire(specs)
+            spent = await self.store.budget_spent([s.key for s in specs])
         except StoreError:
-            if self.deny_on_error:
-                return 60.0
-            return None
-        if after is None:
-            try:
-                spent = await self.store.budget_spent([s.key for s in specs])
-            except StoreError:
-                spent = [s.limit for s in specs]
-            over = [left for (s, left, _), v in zip(found, spent, strict=True) if v + s.cost > s.limit]
-            return max(over or [left for _, left, _ in found])
+            spent = [s.limit for s in specs]
+        over = [left for (s, left, _), v in zip(found, spent, strict=True) if v + s.cost > s.limit]
+        return max(over or [left for _, left, _ in found])
+
+    def _reserved(self, ticket: Ticket, found: list[tuple[BudgetSpec, float, str]], after: list[int]) -> None:
+        """``ticket`` holds the reservation of ``found`` (counters ``after`` it); a budget that
+        crossed its ``alert_at`` is logged and reported."""
+        specs = [s for s, _, _ in found]
         ticket.budgets = specs
         ticket.budget_left = min((s.limit - a) / 1e6 for s, a in zip(specs, after, strict=True))
         for (s, _, name), a in zip(found, after, strict=True):
@@ -213,6 +248,22 @@ class Limiter:
                 log.warning("budget %s: %.0f%% spent (USD %.4f of %.2f)", name, 100 * a / s.limit, a / 1e6, s.limit / 1e6)
                 if self.on_alert is not None:
                     self.on_alert(name)
+
+    async def _reserve(self, ticket: Ticket, scopes: list[str], cost_usd: float) -> float | None:
+        """Reserve ``cost_usd`` on every budget of ``scopes`` into ``ticket``; the seconds until
+        the exhausted period ends when one would go over (nothing reserved then), else None."""
+        found = self.budget_specs(scopes, cost_usd)
+        if not found:
+            return None
+        try:
+            after = await self.store.budget_acquire([s for s, _, _ in found])
+        except StoreError:
+            if self.deny_on_error:
+                return 60.0
+            return None
+        if after is None:
+            return await self._over(found)
+        self._reserved(ticket, found, after)
         return None
 
     async def spend(self, now: float | None = None) -> dict[str, Any]:
@@ -264,30 +315,65 @@ class Limiter:
         return Ticket(specs=specs, estimate=estimate, result=result)
 
     async def admit_caller(self, caller: str, task: str, estimate: int, own: Limits | None = None,
-                           tenant: str | None = None, cost_usd: float = 0.0) -> Ticket:
+                           tenant: str | None = None, cost_usd: float = 0.0, *, cache: tuple[str, float] | None = None,
+                           first: FirstTarget | None = None) -> Ticket:
         """Charge the caller's limits and reserve ``cost_usd`` (the estimate) on the tenant's and
         the task's budgets; raises ``RateLimited`` (429, Retry-After) when over a limit, and
         ``BudgetExceeded`` (429 ``budget_exceeded``, Retry-After until the period ends) when a
-        budget would go over (the limits are given back then)."""
+        budget would go over (nothing charged then).
+
+        In the same store round trip (``Store.admit``), once admitted: ``cache`` (key, lock
+        seconds) is looked up into ``ticket.looked``, and, when the cache missed and this
+        request leads (or no cache was asked), the ``first`` target's quota and budget are
+        charged into ``ticket.first``. A failing store asks nothing more (``on_store_error``)."""
         specs = self.caller_specs(caller, task, estimate, own)
-        got = await self._acquire(specs, estimate)
-        if isinstance(got, Ticket):
-            scopes = [*([f"tenant:{tenant}"] if tenant else []), f"task:{task}"]
-            wait = await self._reserve(got, scopes, cost_usd) if self._budgets else None
-            if wait is not None:
-                await self.settle(got, None, served=False)
-                raise BudgetExceeded(f"the budget of {' or '.join(scopes)} is spent until its period ends",
-                                     retry_after=wait, headers={})
-            return got
-        if isinstance(got, LimitResult):
-            if not got.remaining:
+        scopes = [*([f"tenant:{tenant}"] if tenant else []), f"task:{task}"]
+        found = self._budgets_of(scopes, cost_usd)
+        t_specs: list[LimitSpec] = []
+        t_found: list[tuple[BudgetSpec, float, str]] = []
+        if first is not None:
+            t_specs = self.target_specs(first.provider, first.model, estimate, first.background)
+            if f"provider:{first.provider}" in self._budgets:
+                t_found = self._budgets_of([f"provider:{first.provider}"], first.cost_usd)
+        ask_first = bool(t_specs or t_found)
+        if not specs and not found and cache is None and not ask_first:
+            return Ticket(specs=[], estimate=estimate)
+        ask = AdmitAsk(specs, [b for b, _, _ in found], cache[0] if cache else None, cache[1] if cache else 0.0,
+                       t_specs if ask_first else None, [b for b, _, _ in t_found] if ask_first else None)
+        try:
+            got: AdmitAnswer = await self.store.admit(ask)
+        except StoreError:
+            if self.deny_on_error:
                 raise RateLimited("the rate-limit store is unavailable and on_store_error is deny",
-                                  retry_after=got.retry_after, headers={})
+                                  retry_after=1.0, headers={}) from None
+            return Ticket(specs=[], estimate=estimate)  # uncounted; the cache and the target ask again
+        if not got.limits.allowed:
             too_big = [s for s in specs if s.cost > s.limit]
             msg = (f"this request needs ~{estimate} tokens; the limit is {too_big[0].limit} per minute"
                    if too_big else f"caller {caller!r} is over its rate limit")
-            raise RateLimited(msg, retry_after=got.retry_after, headers=_headers(specs, got), never=bool(too_big))
-        return got
+            raise RateLimited(msg, retry_after=got.limits.retry_after, headers=_headers(specs, got.limits),
+                              never=bool(too_big))
+        ticket = Ticket(specs=specs, estimate=estimate, result=got.limits if specs else None)
+        if found:
+            if got.budgets is None:
+                raise BudgetExceeded(f"the budget of {' or '.join(scopes)} is spent until its period ends",
+                                     retry_after=await self._over(found), headers={})
+            self._reserved(ticket, found, got.budgets)
+        ticket.looked = got.cache
+        if got.target is not None:
+            ticket.first = await self._target_ticket(t_specs, t_found, got.target, got.target_budgets, estimate)
+        return ticket
+
+    async def _target_ticket(self, specs: list[LimitSpec], found: list[tuple[BudgetSpec, float, str]],
+                             limits: LimitResult, budgets: list[int] | None, estimate: int) -> Ticket | float | OverBudget:
+        if not limits.allowed:
+            return limits.retry_after
+        if budgets is None:
+            return OverBudget(await self._over(found))
+        ticket = Ticket(specs=specs, estimate=estimate, result=limits if specs else None)
+        if found:
+            self._reserved(ticket, found, budgets)
+        return ticket
 
     async def admit_target(self, provider: str, model: str, estimate: int, background: bool = False,
                            cost_usd: float = 0.0) -> Ticket | float | OverBudget:
@@ -314,27 +400,38 @@ class Limiter:
         return Held(self, ticket)
 
     def caller(self, caller: str, task: str, estimate: int, own: Limits | None = None,
-               tenant: str | None = None, cost_usd: float = 0.0) -> Admission:
+               tenant: str | None = None, cost_usd: float = 0.0, *, cache: tuple[str, float] | None = None,
+               first: FirstTarget | None = None) -> Admission:
         """``async with``: charge the caller's limits and budgets on entry (raises
-        ``RateLimited``/``BudgetExceeded``), settle on exit; the block gets the ``Ticket``."""
-        return Admission(self, caller, task, estimate, own, tenant, cost_usd)
+        ``RateLimited``/``BudgetExceeded``; ``cache`` and ``first`` as ``admit_caller``), settle
+        on exit; the block gets the ``Ticket``."""
+        return Admission(self, caller, task, estimate, own, tenant, cost_usd, cache=cache, first=first)
 
     async def settle(self, ticket: Ticket, used_tokens: int | None, served: bool) -> None:
-        """Refund an unserved request whole; for a served one, charge or refund the difference
-        between ``used_tokens`` and the estimate (``None``: keep the estimate). Idempotent."""
+        """Refund an unserved request whole (at once: other requests need it back now); for a
+        served one, charge or refund the difference between ``used_tokens`` and the estimate
+        (``None``: keep the estimate) and the spend's difference from its reservation, at the
+        request's end with its other writes (``router.stores.base.write``). Idempotent."""
         if ticket.settled:
             return
         ticket.settled = True
+        writes: list[Write] = []
+        for b in ticket.budgets:
+            delta = -b.cost if not served else (micro(ticket.cost) - b.cost if ticket.cost is not None else 0)
+            if delta:
+                writes.append(Write("budget_adjust", (b.key, delta, b.ttl)))
+        for spec in ticket.specs:
+            if not served:
+                writes.append(Write("limit_adjust", (spec.key, spec.limit, -spec.cost)))
+            elif spec.key.endswith(":tpm") and used_tokens is not None and used_tokens != spec.cost:
+                writes.append(Write("limit_adjust", (spec.key, spec.limit, used_tokens - spec.cost)))
+        if not writes:
+            return
         try:
-            for b in ticket.budgets:
-                delta = -b.cost if not served else (micro(ticket.cost) - b.cost if ticket.cost is not None else 0)
-                if delta:
-                    await self.store.budget_adjust(b.key, delta, b.ttl)
-            for spec in ticket.specs:
-                if not served:
-                    await self.store.limit_adjust(spec.key, spec.limit, -spec.cost)
-                elif spec.key.endswith(":tpm") and used_tokens is not None and used_tokens != spec.cost:
-                    await self.store.limit_adjust(spec.key, spec.limit, used_tokens - spec.cost)
+            if served:
+                await write(self.store, writes)
+            else:
+                await self.store.write_many(writes)
         except StoreError:
             return
 

@@ -51,6 +51,7 @@ class Plan(msgspec.Struct, kw_only=True):
     task_version: str | None = None
     background: bool = False  # an async task's run: provider quotas within their queue_share, paced
     estimate_usd: float = 0.0  # the most this request may cost on its chain (prompt estimate + max_tokens), for budgets
+    cache_key: str | None = None  # the cache key, once computed (``Router.admit``)
 
 
 def estimate_prompt_tokens(req: TaskRequest) -> int:

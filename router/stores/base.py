@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
@@ -25,17 +25,24 @@ T = TypeVar("T")
 
 __all__ = [
     "PERIOD",
+    "SETTLEMENT",
     "STORE_BUDGET",
     "Admission",
+    "AdmitAnswer",
+    "AdmitAsk",
     "BreakerState",
     "BudgetSpec",
     "LimitResult",
     "LimitSpec",
+    "Settlement",
     "Store",
     "StoreBudget",
     "StoreError",
+    "Write",
+    "admit_in_steps",
     "background",
     "new_store_budget",
+    "write",
 ]
 
 
@@ -68,6 +75,7 @@ def background(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
     of the request that happened to start them)."""
     ctx = contextvars.copy_context()
     ctx.run(STORE_BUDGET.set, None)
+    ctx.run(SETTLEMENT.set, None)
     return asyncio.get_running_loop().create_task(coro, context=ctx)
 
 Admission = Literal["closed", "failing", "probe", "open"]
@@ -122,6 +130,107 @@ class LimitResult(msgspec.Struct):
     retry_after: float
     remaining: list[int]
     reset: list[float]
+
+
+ALLOWED = LimitResult(allowed=True, retry_after=0.0, remaining=[], reset=[])  # no limiter asked
+
+
+class AdmitAsk(NamedTuple):
+    """What a request asks of the store before it starts, in one step (one round trip on Redis):
+
+    1. charge the caller's ``limits`` (all or none; one hash tag);
+    2. then reserve its ``budgets`` (all or none; the limits given back when one would go over);
+    3. then, admitted, look ``cache_key`` up, locking it for ``cache_lock`` seconds on a miss
+       (``Store.cache_get_or_lock``);
+    4. then, when the cache missed and this request holds the lock (or no cache was asked),
+       charge the first target's ``target_limits`` and ``target_budgets`` (all or none), so a
+       request that goes upstream needs no store call before it.
+
+    Each step runs only when the ones before it succeeded."""
+
+    limits: list[LimitSpec]
+    budgets: list[BudgetSpec]
+    cache_key: str | None = None
+    cache_lock: float = 0.0
+    target_limits: list[LimitSpec] | None = None
+    target_budgets: list[BudgetSpec] | None = None
+
+
+class AdmitAnswer(msgspec.Struct):
+    """The store's answer to an ``AdmitAsk``, step by step; a step not reached is None.
+
+    ``limits``: the caller's (not allowed: nothing was done). ``budgets``: the counters after the
+    reservation (``[]`` when none was asked), None when one would go over (nothing charged).
+    ``cache``: ``(entry, locked)`` as ``Store.cache_get_or_lock`` returns it. ``target``: the
+    target's limits (not allowed: nothing of the target charged); ``target_budgets`` as
+    ``budgets``, for the target."""
+
+    limits: LimitResult
+    budgets: list[int] | None = None
+    cache: tuple[bytes | None, bool] | None = None
+    target: LimitResult | None = None
+    target_budgets: list[int] | None = None
+
+
+class Write(NamedTuple):
+    """One store write that can wait for the request's end (``Settlement``): ``op``, the name of
+    the ``Store`` method (``limit_adjust``, ``budget_adjust``, ``cache_set_unlock`` or ``unlock``),
+    and its ``args``."""
+
+    op: Literal["limit_adjust", "budget_adjust", "cache_set_unlock", "unlock"]
+    args: tuple[Any, ...]
+
+
+class Settlement:
+    """The store writes of one request that wait for its end, then go in one ``Store.write_many``
+    (one round trip on Redis): the TPM and spend settlements of served tickets and the cache
+    entry of a leader. ``after`` callbacks run once the writes are done (or failed). Opened by
+    the caller's admission (``router.limits.Admission``) for the request's task and the tasks it
+    starts; refunds of unserved tickets do not wait (other requests need them now)."""
+
+    __slots__ = ("after", "open", "writes")
+
+    def __init__(self) -> None:
+        self.writes: list[Write] = []
+        self.after: list[Callable[[], None]] = []
+        self.open = True
+
+    async def flush(self, store: Store) -> None:
+        """Close the settlement and send its writes (a ``StoreError`` is given up: what it
+        missed expires with its keys); the ``after`` callbacks run in any case."""
+        self.open = False
+        writes, after = self.writes, self.after
+        self.writes, self.after = [], []
+        try:
+            if writes:
+                await store.write_many(writes)
+        except StoreError:
+            pass
+        finally:
+            for fn in after:
+                fn()
+
+
+# The current request's settlement (set by its admission; None: every write goes at once).
+SETTLEMENT: ContextVar[Settlement | None] = ContextVar("settlement", default=None)
+
+
+async def write(store: Store, writes: list[Write], after: Callable[[], None] | None = None) -> None:
+    """``writes`` now (one ``write_many``), or, while the current request's ``Settlement`` is
+    open, at its end with its other writes; ``after`` runs once they are done. Raises
+    ``StoreError`` only when written now."""
+    s = SETTLEMENT.get()
+    if s is not None and s.open:
+        s.writes += writes
+        if after is not None:
+            s.after.append(after)
+        return
+    try:
+        if writes:
+            await store.write_many(writes)
+    finally:
+        if after is not None:
+            after()
 
 
 class Store(Protocol):
@@ -235,9 +344,58 @@ class Store(Protocol):
         """The newest ``n`` entries, newest first."""
         ...
 
+    async def admit(self, ask: AdmitAsk) -> AdmitAnswer:
+        """The steps of ``ask``, in order, each only when the ones before it succeeded (one
+        script on one Redis; ``admit_in_steps`` elsewhere)."""
+        ...
+
+    async def write_many(self, writes: list[Write]) -> None:
+        """Each write, in order, in one round trip (each one atomic; not all together)."""
+        ...
+
     async def ping(self) -> bool:
         """Whether the store answers."""
         ...
 
     async def close(self) -> None:
         ...
+
+
+async def admit_in_steps(store: Store, ask: AdmitAsk) -> AdmitAnswer:
+    """``Store.admit`` as one store call per step (the memory store, whose calls never yield, so
+    the whole is atomic; a Redis Cluster, whose keys of one ask lie in several slots). A store
+    failure after the first step gives back what was charged (as far as the store answers) and
+    raises ``StoreError``."""
+    lim = await store.limit_acquire(ask.limits) if ask.limits else ALLOWED
+    if not lim.allowed:
+        return AdmitAnswer(limits=lim)
+    undo: list[Write] = [Write("limit_adjust", (s.key, s.limit, -s.cost)) for s in ask.limits]
+    try:
+        budgets: list[int] | None = []
+        if ask.budgets:
+            budgets = await store.budget_acquire(ask.budgets)
+            if budgets is None:
+                await store.write_many(undo)
+                return AdmitAnswer(limits=lim, budgets=None)
+            undo += [Write("budget_adjust", (b.key, -b.cost, b.ttl)) for b in ask.budgets]
+        cache: tuple[bytes | None, bool] | None = None
+        if ask.cache_key is not None:
+            cache = await store.cache_get_or_lock(ask.cache_key, ask.cache_lock)
+            if cache[0] is not None or not cache[1]:
+                return AdmitAnswer(limits=lim, budgets=budgets, cache=cache)
+            undo.append(Write("unlock", (ask.cache_key,)))
+        if not ask.target_limits and not ask.target_budgets:
+            return AdmitAnswer(limits=lim, budgets=budgets, cache=cache)
+        target = await store.limit_acquire(ask.target_limits) if ask.target_limits else ALLOWED
+        tb: list[int] | None = []
+        if target.allowed and ask.target_budgets:
+            tb = await store.budget_acquire(ask.target_budgets)
+            if tb is None and ask.target_limits:
+                await store.write_many([Write("limit_adjust", (s.key, s.limit, -s.cost)) for s in ask.target_limits])
+        return AdmitAnswer(limits=lim, budgets=budgets, cache=cache, target=target, target_budgets=tb)
+    except StoreError:
+        try:
+            await store.write_many(undo)
+        except StoreError:
+            pass
+        raise

@@ -11,10 +11,14 @@ from router.policy import EffectiveCooldown as Cooldown
 from router.stores.base import (
     PERIOD,
     Admission,
+    AdmitAnswer,
+    AdmitAsk,
     BreakerState,
     BudgetSpec,
     LimitResult,
     LimitSpec,
+    Write,
+    admit_in_steps,
 )
 
 __all__ = ["MemoryStore"]
@@ -245,6 +249,13 @@ class MemoryStore:
 
     async def log_get(self, key: str, n: int) -> list[bytes]:
         return list(self._logs.get(key, ()))[:n]
+
+    async def admit(self, ask: AdmitAsk) -> AdmitAnswer:
+        return await admit_in_steps(self, ask)  # no step yields: atomic
+
+    async def write_many(self, writes: list[Write]) -> None:
+        for w in writes:
+            await getattr(self, w.op)(*w.args)
 
     async def ping(self) -> bool:
         return True

@@ -18,18 +18,22 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from router.policy import EffectiveCooldown as Cooldown
 from router.stores.base import (
     PERIOD,
     STORE_BUDGET,
     Admission,
+    AdmitAnswer,
+    AdmitAsk,
     BreakerState,
     BudgetSpec,
     LimitResult,
     LimitSpec,
     StoreError,
+    Write,
+    admit_in_steps,
 )
 
 __all__ = ["RedisStore"]
@@ -39,54 +43,126 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: limiter keys; ARGV[1]: period ms; ARGV[3i-1], ARGV[3i], ARGV[3i+1]: limit, cost and paced
-# (1: no burst, admitted only once the bucket drained to now) of KEYS[i].
-# Returns {allowed, retry_after_ms, remaining_1, reset_ms_1, remaining_2, reset_ms_2, ...}.
-_ACQUIRE = _NOW_MS + """
-local period = tonumber(ARGV[1])
-local tats, news = {}, {}
-local retry = 0
-for i = 1, #KEYS do
-  local limit, cost, paced = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i]), ARGV[3 * i + 1] == '1'
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
-  if tat < now then tat = now end
-  local new = tat + cost * period / limit
-  tats[i], news[i] = tat, new
-  local over = new - now - period
-  if paced then over = tat - now end
-  if over > retry then retry = over end
-end
-local allowed = retry <= 0
-local out = {allowed and 1 or 0, tostring(retry)}
-for i = 1, #KEYS do
-  local limit = tonumber(ARGV[3 * i - 1])
-  local t = tats[i]
-  if allowed then
-    t = news[i]
-    redis.call('SET', KEYS[i], string.format('%.3f', t), 'PX', math.ceil(t - now) + 1000)
+# GCRA over KEYS[k .. k+n-1]; ARGV[j+1], ARGV[j+2], ARGV[j+3] (j = a + 3(i-1)): the limit, cost and
+# paced flag (1: no burst, admitted only once the bucket drained to now) of the i-th key.
+# ``gcra`` checks (returns the retry wait in ms, 0 or less when all fit); ``gcra_out`` charges
+# them when allowed and ``commit``, and returns {allowed, retry_ms, remaining_1, reset_ms_1, ...}.
+_GCRA = _NOW_MS + """
+local function gcra(k, n, a, period)
+  local tats, news, retry = {}, {}, 0
+  for i = 1, n do
+    local j = a + 3 * (i - 1)
+    local limit, cost, paced = tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]), ARGV[j + 3] == '1'
+    local tat = tonumber(redis.call('GET', KEYS[k + i - 1]) or '0')
+    if tat < now then tat = now end
+    local new = tat + cost * period / limit
+    tats[i], news[i] = tat, new
+    local over = new - now - period
+    if paced then over = tat - now end
+    if over > retry then retry = over end
   end
-  out[#out + 1] = math.max(0, math.floor((period - (t - now)) * limit / period))
-  out[#out + 1] = tostring(t - now)
+  return retry, tats, news
 end
-return out
+local function gcra_out(k, n, a, period, retry, tats, news, commit)
+  local allowed = retry <= 0
+  local out = {allowed and 1 or 0, tostring(retry)}
+  for i = 1, n do
+    local limit = tonumber(ARGV[a + 3 * (i - 1) + 1])
+    local t = tats[i]
+    if allowed then
+      t = news[i]
+      if commit then
+        redis.call('SET', KEYS[k + i - 1], string.format('%.3f', t), 'PX', math.ceil(t - now) + 1000)
+      end
+    end
+    out[#out + 1] = math.max(0, math.floor((period - (t - now)) * limit / period))
+    out[#out + 1] = tostring(t - now)
+  end
+  return out
+end
 """
 
-# KEYS: budget counters. ARGV[2i-1], ARGV[2i]: the limit and cost (micro-USD) of KEYS[i]; ARGV[#KEYS*2+1]:
-# ttl ms. Returns false when any would go past its limit (nothing charged), else the counters after.
-_BUDGET = """
-local n = #KEYS
-local after = {}
-for i = 1, n do
-  local cur = tonumber(redis.call('GET', KEYS[i]) or '0')
-  local v = cur + tonumber(ARGV[2 * i])
-  if v > tonumber(ARGV[2 * i - 1]) then return false end
-  after[i] = v
+# Budget counters KEYS[k .. k+n-1]; ARGV[a+2i-1], ARGV[a+2i]: the limit and cost (micro-USD) of the
+# i-th. ``budget_check``: the counters after, or nil when one would go past its limit;
+# ``budget_commit`` adds the costs and sets the ttl (ms).
+_BUDGETS = """
+local function budget_check(k, n, a)
+  local after = {}
+  for i = 1, n do
+    local v = tonumber(redis.call('GET', KEYS[k + i - 1]) or '0') + tonumber(ARGV[a + 2 * i])
+    if v > tonumber(ARGV[a + 2 * i - 1]) then return nil end
+    after[i] = v
+  end
+  return after
 end
-for i = 1, n do
-  redis.call('INCRBY', KEYS[i], ARGV[2 * i])
-  redis.call('PEXPIRE', KEYS[i], ARGV[2 * n + 1])
+local function budget_commit(k, n, a, ttl)
+  for i = 1, n do
+    redis.call('INCRBY', KEYS[k + i - 1], ARGV[a + 2 * i])
+    redis.call('PEXPIRE', KEYS[k + i - 1], ttl)
+  end
 end
+"""
+
+# KEYS: limiter keys; ARGV[1]: period ms, then (limit, cost, paced) per key.
+_ACQUIRE = _GCRA + """
+local period = tonumber(ARGV[1])
+local retry, tats, news = gcra(1, #KEYS, 1, period)
+return gcra_out(1, #KEYS, 1, period, retry, tats, news, true)
+"""
+
+# KEYS: budget counters. ARGV: (limit, cost) per key, then the ttl ms. Returns false when any
+# would go past its limit (nothing charged), else the counters after.
+_BUDGET = _BUDGETS + """
+local after = budget_check(1, #KEYS, 0)
+if not after then return false end
+budget_commit(1, #KEYS, 0, ARGV[2 * #KEYS + 1])
 return after
+"""
+
+# A request's admission in one step (``AdmitAsk``; one Redis, keys in any slots). KEYS: the
+# caller's limiters (n1), its budgets (n2), the cache entry and its lock (nc: 0 or 2), the first
+# target's limiters (n3) and budgets (n4). ARGV[1..9]: period ms, n1, n2, nc, n3, n4, lock ttl ms,
+# budget ttl ms, target budget ttl ms; then (limit, cost, paced) per caller limiter, (limit, cost)
+# per budget, (limit, cost, paced) per target limiter, (limit, cost) per target budget.
+# Returns {limits, budgets, cache, target, target budgets}: ``gcra_out`` results; budgets {1,
+# after...} or {0} (over; nothing charged); cache {1, entry}, {2} (missed, locked for us) or {3}
+# (missed, someone else holds the lock); {} for a step not reached.
+_BEGIN = _GCRA + _BUDGETS + """
+local period = tonumber(ARGV[1])
+local n1, n2, nc, n3, n4 = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local k2 = 1 + n1
+local kc = k2 + n2
+local k3 = kc + nc
+local k4 = k3 + n3
+local a1 = 9
+local a2 = a1 + 3 * n1
+local a3 = a2 + 2 * n2
+local a4 = a3 + 3 * n3
+local retry, tats, news = gcra(1, n1, a1, period)
+if retry > 0 then return {gcra_out(1, n1, a1, period, retry, tats, news, false)} end
+local after = budget_check(k2, n2, a2)
+if not after then return {gcra_out(1, n1, a1, period, retry, tats, news, false), {0}} end
+local lim = gcra_out(1, n1, a1, period, retry, tats, news, true)
+budget_commit(k2, n2, a2, ARGV[8])
+local bud = {1}
+for i = 1, n2 do bud[i + 1] = after[i] end
+local cache = {}
+if nc > 0 then
+  local v = redis.call('GET', KEYS[kc])
+  if v then return {lim, bud, {1, v}} end
+  if not redis.call('SET', KEYS[kc + 1], '1', 'NX', 'PX', ARGV[7]) then return {lim, bud, {3}} end
+  cache = {2}
+end
+if n3 + n4 == 0 then return {lim, bud, cache} end
+local tretry, ttats, tnews = gcra(k3, n3, a3, period)
+if tretry > 0 then return {lim, bud, cache, gcra_out(k3, n3, a3, period, tretry, ttats, tnews, false)} end
+local tafter = budget_check(k4, n4, a4)
+if not tafter then return {lim, bud, cache, gcra_out(k3, n3, a3, period, tretry, ttats, tnews, false), {0}} end
+local tlim = gcra_out(k3, n3, a3, period, tretry, ttats, tnews, true)
+budget_commit(k4, n4, a4, ARGV[9])
+local tbud = {1}
+for i = 1, n4 do tbud[i + 1] = tafter[i] end
+return {lim, bud, cache, tlim, tbud}
 """
 
 # KEYS[1]; ARGV: period ms, limit, delta units (negative refunds).
@@ -172,6 +248,17 @@ return 0
 """
 
 
+def _limit_result(got: list[Any]) -> LimitResult:
+    """A ``gcra_out`` reply: {allowed, retry_ms, remaining_1, reset_ms_1, ...}."""
+    allowed = int(got[0]) == 1
+    return LimitResult(allowed=allowed, retry_after=0.0 if allowed else round(float(got[1]) / 1000, 3),
+                       remaining=[int(x) for x in got[2::2]], reset=[round(float(x) / 1000, 3) for x in got[3::2]])
+
+
+def _ttl_ms(budgets: list[BudgetSpec]) -> int:
+    return max(1, int(max((b.ttl for b in budgets), default=0) * 1000))
+
+
 def sentinel_client(url: str, opts: dict[str, Any]) -> tuple[Any, Any]:
     """(the ``Sentinel``, the client) of ``redis+sentinel://host:port[,host:port...]/<service>[/<db>]``:
     the primary of ``service`` as the sentinels report it (redis-py follows a failover by asking
@@ -217,10 +304,12 @@ class RedisStore:
         opts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
                                 "decode_responses": False, "retry": Retry(NoBackoff(), 1)}
         self._sentinel: Any = None
+        self.cluster = False
         if url.startswith("redis+sentinel://"):
             self._sentinel, self.client = sentinel_client(url, opts)
         else:
             url, cluster = _split_cluster_flag(url)
+            self.cluster = cluster
             self.client = (aioredis.RedisCluster.from_url(url, **opts) if cluster
                            else aioredis.Redis.from_url(url, max_connections=256, **opts))
         self.prefix = prefix
@@ -233,6 +322,7 @@ class RedisStore:
         self._release = self.client.register_script(_RELEASE)
         self._hold = self.client.register_script(_HOLD)
         self._get_or_lock = self.client.register_script(_GET_OR_LOCK)
+        self._begin = self.client.register_script(_BEGIN)
 
     async def _call(self, coro: Any) -> Any:
         """Await one command within ``timeout``, and within what is left of the current
@@ -298,13 +388,81 @@ class RedisStore:
         for s in specs:
             args += [s.limit, s.cost, 1 if s.paced else 0]
         got = await self._call(self._acquire(keys=[f"{self.prefix}:rl:{s.key}" for s in specs], args=args))
-        allowed = int(got[0]) == 1
-        return LimitResult(allowed=allowed, retry_after=0.0 if allowed else round(float(got[1]) / 1000, 3),
-                           remaining=[int(x) for x in got[2::2]],
-                           reset=[round(float(x) / 1000, 3) for x in got[3::2]])
+        return _limit_result(got)
 
     async def limit_adjust(self, key: str, limit: int, delta: int) -> None:
         await self._call(self._adjust(keys=[f"{self.prefix}:rl:{key}"], args=[int(PERIOD * 1000), limit, delta]))
+
+    # -- a request's admission and settlement, one round trip each ------------------------
+    async def admit(self, ask: AdmitAsk) -> AdmitAnswer:
+        """One script (``_BEGIN``) on one Redis or behind Sentinel; on a Redis Cluster, whose
+        keys of one ask lie in several slots, one call per step (``admit_in_steps``)."""
+        if self.cluster:
+            return await admit_in_steps(self, ask)
+        tl, tb = ask.target_limits or [], ask.target_budgets or []
+        cache = [] if ask.cache_key is None else [f"{self.prefix}:cache:{{{ask.cache_key}}}"]
+        keys = ([f"{self.prefix}:rl:{s.key}" for s in ask.limits] + [self._bk(b.key) for b in ask.budgets]
+                + cache + [k + ":lock" for k in cache]
+                + [f"{self.prefix}:rl:{s.key}" for s in tl] + [self._bk(b.key) for b in tb])
+        args: list[Any] = [int(PERIOD * 1000), len(ask.limits), len(ask.budgets), 2 * len(cache), len(tl), len(tb),
+                           max(1, int(ask.cache_lock * 1000)), _ttl_ms(ask.budgets), _ttl_ms(tb)]
+        for group in (ask.limits, ask.budgets, tl, tb):
+            for x in group:
+                args += [x.limit, x.cost, 1 if x.paced else 0] if isinstance(x, LimitSpec) else [x.limit, x.cost]
+        got = await self._call(self._begin(keys=keys, args=args))
+        out = AdmitAnswer(limits=_limit_result(got[0]))
+        if len(got) > 1:
+            out.budgets = [int(x) for x in got[1][1:]] if int(got[1][0]) == 1 else None
+        if len(got) > 2 and got[2]:
+            kind = int(got[2][0])
+            out.cache = (got[2][1], False) if kind == 1 else (None, kind == 2)
+        if len(got) > 3:
+            out.target = _limit_result(got[3])
+        if len(got) > 4:
+            out.target_budgets = [int(x) for x in got[4][1:]] if int(got[4][0]) == 1 else None
+        elif out.target is not None and out.target.allowed:
+            out.target_budgets = []
+        return out
+
+    async def write_many(self, writes: list[Write]) -> None:
+        """One pipeline (not a transaction: each write is atomic alone); on a Redis Cluster one
+        call per write."""
+        if not writes:
+            return
+        if self.cluster:
+            for w in writes:
+                await getattr(self, w.op)(*w.args)
+            return
+
+        async def run() -> list[Write]:
+            adjusts: list[tuple[int, Write]] = []  # command index of each limit adjustment
+            async with self.client.pipeline(transaction=False) as pipe:
+                for w in writes:
+                    op, a = w
+                    if op == "limit_adjust":
+                        # EVALSHA straight into the pipeline: a registered script would make the
+                        # pipeline ask SCRIPT EXISTS first, a round trip of its own
+                        adjusts.append((len(pipe.command_stack), w))
+                        pipe.evalsha(self._adjust.sha, 1, f"{self.prefix}:rl:{a[0]}", int(PERIOD * 1000), a[1], a[2])
+                    elif op == "budget_adjust":
+                        pipe.incrby(self._bk(a[0]), a[1])
+                        pipe.pexpire(self._bk(a[0]), max(1, int(a[2] * 1000)))
+                    elif op == "cache_set_unlock":
+                        k = f"{self.prefix}:cache:{{{a[0]}}}"
+                        pipe.set(k, a[1], px=max(1, int(a[2] * 1000)))
+                        pipe.delete(k + ":lock")
+                    elif op == "unlock":
+                        pipe.delete(f"{self.prefix}:cache:{{{a[0]}}}:lock")
+                    else:
+                        raise ValueError(f"not a deferrable write: {op}")
+                got = await pipe.execute(raise_on_error=False)
+            for r in got:
+                if isinstance(r, Exception) and not isinstance(r, NoScriptError):
+                    raise r
+            return [w for i, w in adjusts if isinstance(got[i], NoScriptError)]
+
+        for w in await self._call(run()):  # Redis restarted and forgot the script: one by one (loads it)
+            await self.limit_adjust(*w.args)
 
     # -- budgets (one hash tag for all: a request's tenant and task budgets in one script) -----
     def _bk(self, key: str) -> str:

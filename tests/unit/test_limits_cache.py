@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from router.stores import LimitSpec
 from router.stores.redis import RedisStore
 from tests.e2e._client import ask
 from tests.e2e.test_limits_cache import yaml_for
@@ -159,3 +160,50 @@ def test_routes_show_limits(store_url: tuple[str, str]) -> None:
         assert json.dumps(view).count("llmr") == 0
 
     run(t, *store_url)
+
+
+def test_a_request_costs_one_store_round_trip_before_and_one_after(redis_url: str, redis_prefix: str) -> None:
+    """Caller RPM and TPM limits, a task budget, a cache miss and a provider quota: one Redis
+    call before the upstream call (``Store.admit``: one script) and one when the request ends
+    (``Store.write_many``: one pipeline with the TPM and spend settlements and the cache entry).
+    A hit costs the same two. Counted on the request's own path (background writes aside)."""
+    from router.stores.base import STORE_BUDGET
+
+    calls: list[str] = []
+
+    class Counting(RedisStore):
+        async def _call(self, coro: Any) -> Any:
+            if STORE_BUDGET.get() is not None:  # a request's own call, not a background write
+                calls.append(coro.__qualname__)
+            return await super()._call(coro)
+
+    text = YAML.replace("""  cached:
+    chain: [glm/glm-c]""", """  counted:
+    chain: [claude/claude-l]
+    limits: {rpm: 100, tpm: 1000000}
+    budget: {daily_usd: 100}
+    cache: {ttl: 60}
+  cached:
+    chain: [glm/glm-c]""")
+
+    async def go() -> None:
+        store = Counting(redis_url, prefix=redis_prefix, timeout=0.2)
+        try:
+            async with app(text, store=store) as a:
+                assert (await post(a, "counted", "warm up")).status_code == 200  # the circuit's verdict, once
+                calls.clear()
+                miss = await post(a, "counted", "a new question")
+                assert miss.status_code == 200, miss.text
+                assert calls == ["AsyncScript.__call__", "RedisStore.write_many.<locals>.run"], calls
+                calls.clear()
+                hit = await post(a, "counted", "a new question")
+                assert hit.status_code == 200 and hit.json()["cached"] is True
+                assert calls == ["AsyncScript.__call__", "RedisStore.write_many.<locals>.run"], calls
+                rpm = await store.limit_acquire([LimitSpec("{c:alice}:t:counted:rpm", 100, 0)])
+                assert rpm.remaining == [97]  # three requests counted, each once
+                quota = await store.limit_acquire([LimitSpec("{p:claude}:rpm", 1000, 0)])
+                assert quota.remaining == [998]  # two upstream calls: the hit charged no quota
+        finally:
+            await store.close()
+
+    asyncio.run(go())

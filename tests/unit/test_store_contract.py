@@ -247,3 +247,69 @@ def test_budgets_reserve_all_or_nothing_and_adjust(make_store) -> None:  # type:
 
     a, b, c, spent = run(make_store, body)
     assert a == [600, 600] and b is None and c == [800, 1200] and spent == [800, 1200, 0]
+
+
+def test_admit_runs_each_step_only_after_the_ones_before(make_store) -> None:  # type: ignore[no-untyped-def]
+    """``Store.admit``: the caller's limits, then its budgets, then the cache lookup, then the
+    first target's quota and budget, each step only when those before it succeeded."""
+    from router.stores import BudgetSpec
+    from router.stores.base import AdmitAsk
+
+    def ask(cost: int = 1, budget: int = 10, key: str | None = "k1", target: str = "{p:p}:rpm") -> AdmitAsk:
+        return AdmitAsk([LimitSpec("{c:a}:rpm", 5, cost)], [BudgetSpec("task:t:d:x", 100, budget, 60)], key, 30.0,
+                        [LimitSpec(target, 100 if target == "{p:p}:rpm" else 1, 1)],
+                        [BudgetSpec("provider:p:d:x", 1000, 10, 60)])
+
+    async def body(s):  # type: ignore[no-untyped-def]
+        out: dict[str, Any] = {}
+        out["lead"] = await s.admit(ask())  # a miss: locked for us, and the target charged
+        out["follow"] = await s.admit(ask())  # the same key locked by another: the target not charged
+        out["hit_setup"] = await s.cache_set("k2", b"entry", 60)
+        out["hit"] = await s.admit(ask(key="k2"))  # a hit: the target not charged
+        out["over_limit"] = await s.admit(ask(cost=9))  # over the caller's limit: nothing done
+        out["over_budget"] = await s.admit(ask(budget=95))  # over the budget: the limits given back
+        await s.limit_acquire([LimitSpec("{p:q}:rpm", 1, 1)])  # that target's quota spent
+        out["target_over"] = await s.admit(ask(key=None, target="{p:q}:rpm"))  # only the target refused
+        out["rpm"] = await s.limit_acquire([LimitSpec("{c:a}:rpm", 5, 0)])
+        out["target_rpm"] = await s.limit_acquire([LimitSpec("{p:p}:rpm", 100, 0)])
+        out["spent"] = await s.budget_spent(["task:t:d:x", "provider:p:d:x"])
+        out["k1_locked"] = await s.lock("k1", 1.0)
+        return out
+
+    o = run(make_store, body)
+    lead = o["lead"]
+    assert lead.limits.allowed and lead.limits.remaining == [4] and lead.budgets == [10]
+    assert lead.cache == (None, True) and lead.target.allowed and lead.target_budgets == [10]
+    follow = o["follow"]
+    assert follow.limits.allowed and follow.cache == (None, False) and follow.target is None
+    hit = o["hit"]
+    assert hit.cache == (b"entry", False) and hit.target is None and hit.budgets == [30]
+    over = o["over_limit"]
+    assert not over.limits.allowed and over.limits.retry_after > 0 and over.cache is None
+    ob = o["over_budget"]
+    assert ob.limits.allowed and ob.budgets is None and ob.cache is None and ob.target is None
+    to = o["target_over"]
+    assert to.limits.allowed and to.budgets == [40] and to.cache is None
+    assert to.target is not None and not to.target.allowed and to.target.retry_after > 0
+    # charged: lead, follow, hit and target_over (4 of 5 rpm); over_limit and over_budget nothing
+    assert o["rpm"].remaining == [1]
+    assert o["target_rpm"].remaining == [99]  # only the leader's call charged the target
+    assert o["spent"] == [40, 10]
+    assert o["k1_locked"] is False  # the leader's lock stands
+
+
+def test_write_many_applies_each_write(make_store) -> None:  # type: ignore[no-untyped-def]
+    from router.stores.base import Write
+
+    async def body(s):  # type: ignore[no-untyped-def]
+        await s.limit_acquire([LimitSpec("{c:w}:tpm", 1000, 900)])
+        await s.budget_adjust("task:w:d:x", 500, 60)
+        assert await s.lock("kw", 30.0)
+        assert await s.lock("kw2", 30.0)
+        await s.write_many([Write("limit_adjust", ("{c:w}:tpm", 1000, -800)), Write("budget_adjust", ("task:w:d:x", -200, 60)),
+                            Write("cache_set_unlock", ("kw", b"answer", 60)), Write("unlock", ("kw2",))])
+        return (await s.limit_acquire([LimitSpec("{c:w}:tpm", 1000, 800)]), await s.budget_spent(["task:w:d:x"]),
+                await s.cache_get("kw"), await s.lock("kw", 1.0), await s.lock("kw2", 1.0))
+
+    tpm, spent, entry, relock, relock2 = run(make_store, body)
+    assert tpm.allowed and spent == [300] and entry == b"answer" and relock and relock2
