@@ -33,6 +33,7 @@ __all__ = [
     "ToolCallEnd",
     "ToolCallStart",
     "Usage",
+    "coalesce",
     "encode_json",
     "encode_sse",
     "fold",
@@ -171,6 +172,32 @@ _SSE_PREFIX: dict[type, bytes] = {
     for cls in (Start, ReasoningDelta, TextDelta, ToolCallStart, ToolCallDelta, ToolCallEnd,
                 Usage, Fallback, Error, End)
 }
+
+
+def coalesce(events: list[Event]) -> list[Event]:
+    """``events`` (decoded from one network read) with each run of adjacent deltas of one kind
+    joined into one: text deltas; reasoning text deltas (those without a signature or redacted
+    block); one tool call's argument deltas. What arrived together is handed on together, so a
+    busy router moves fewer events through its layers, and nothing waits: no event is held for a
+    later read. The folded answer is the same."""
+    out: list[Event] = []
+    last: Event | None = None
+    for ev in events:
+        t = type(ev)
+        if last is not None and t is type(last):
+            if t is TextDelta:
+                last.text += ev.text  # type: ignore[union-attr]
+                continue
+            if (t is ReasoningDelta and ev.signature is None and ev.redacted is None  # type: ignore[union-attr]
+                    and last.signature is None and last.redacted is None):  # type: ignore[union-attr]
+                last.text += ev.text  # type: ignore[union-attr]
+                continue
+            if t is ToolCallDelta and ev.index == last.index:  # type: ignore[union-attr]
+                last.arguments += ev.arguments  # type: ignore[union-attr]
+                continue
+        out.append(ev)
+        last = ev
+    return out
 
 
 def encode_sse(event: Event) -> bytes:

@@ -28,7 +28,7 @@ from providers import Adapter, Call, adapter_for
 from router.clock import Clock, Timer
 from router.config import ModelSpec, Provider
 from router.errors import UpstreamStreamError, UpstreamTimeout
-from router.events import Event
+from router.events import Event, coalesce
 from router.policy import EffectiveTimeouts
 from router.sse import SSEParser
 from router.transport import Transport
@@ -98,11 +98,11 @@ async def _raw_events(transport: Transport, target: Target, call: Call, connect:
                                       code="not_event_stream", retryable=True, provider=target.provider)
         decoder, parser = target.adapter.stream_decoder(), SSEParser()
         async for chunk in response.chunks():
-            for event, data in parser.feed(chunk):
-                for ev in decoder.feed(event, data):
-                    if facts is not None and facts.prompt_tokens is None:
-                        facts.prompt_tokens = decoder.prompt_tokens
-                    yield ev
+            evs = [ev for event, data in parser.feed(chunk) for ev in decoder.feed(event, data)]
+            if facts is not None and facts.prompt_tokens is None:
+                facts.prompt_tokens = decoder.prompt_tokens
+            for ev in coalesce(evs) if len(evs) > 1 else evs:  # what one read brought, deltas joined
+                yield ev
         for ev in decoder.finish():
             yield ev
     finally:

@@ -3,7 +3,8 @@
 A scripted HTTP/1.1 server replays recorded provider bodies with awkward framing (one byte per
 write, CRLF line ends, multi-byte characters split across writes) and misbehaves on purpose (cut
 connections, a non-SSE answer, an early close). What ``call_target`` yields must equal what the
-adapter makes of the whole recorded body at once.
+adapter makes of the whole recorded body at once, up to the deltas one network read brought
+together, which it joins (``router.events.coalesce``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from router.errors import (
     UpstreamStreamError,
     UpstreamTimeout,
 )
-from router.events import End, Event, TextDelta
+from router.events import End, Event, TextDelta, coalesce
 from router.policy import EffectiveTimeouts
 from router.request import Message
 from router.transport import AiohttpTransport as UpstreamClient
@@ -140,7 +141,19 @@ def test_recorded_stream_over_a_socket_in_any_framing(protocol: str, name: str, 
             return await _collect(port, protocol)
 
     got = asyncio.run(go())
-    assert got == expected and isinstance(got[-1], End)
+    assert coalesce(got) == coalesce(expected) and isinstance(got[-1], End)
+
+
+def test_coalesce_joins_adjacent_deltas_of_one_kind_only() -> None:
+    from router.events import ReasoningDelta, ToolCallDelta, Usage
+
+    evs: list[Event] = [ReasoningDelta(text="a"), ReasoningDelta(text="b"), ReasoningDelta(signature="sig"),
+                        TextDelta(text="Hel"), TextDelta(text="lo"), ToolCallDelta(index=0, arguments='{"a"'),
+                        ToolCallDelta(index=0, arguments=":1}"), ToolCallDelta(index=1, arguments="{}"),
+                        TextDelta(text="!"), Usage(input_tokens=1), End()]
+    assert coalesce(evs) == [ReasoningDelta(text="ab"), ReasoningDelta(signature="sig"), TextDelta(text="Hello"),
+                             ToolCallDelta(index=0, arguments='{"a":1}'), ToolCallDelta(index=1, arguments="{}"),
+                             TextDelta(text="!"), Usage(input_tokens=1), End()]
 
 
 def test_multibyte_character_split_between_writes() -> None:
