@@ -125,10 +125,9 @@ class Router:
             def start(entry: CacheEntry) -> list[Event]:
                 return replay(entry, request_id, plan.task, plan.variant, plan.task_version)
 
-            key, looked = plan.cache_key, None
-            if key is None or req is not plan.request:
-                key = cache_key(plan.chain, req, plan.params)
-            elif ticket is not None:  # the admission's lookup of this key
+            key = plan.cache_key if req is plan.request and plan.cache_key else cache_key(plan.chain, req, plan.params)
+            looked = None
+            if ticket is not None and ticket.looked_key == key:  # the admission looked this key up
                 looked, ticket.looked = ticket.looked, None
             events = self.cache.serve(key, plan.cache,
                                       lambda: self.chain.walk(req, plan, request_id, run, ticket), run,

@@ -10,6 +10,7 @@ lets the request through uncounted, ``deny`` refuses it with 429.
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import logging
 import math
@@ -69,6 +70,7 @@ class Ticket(msgspec.Struct):
     # ``(entry, locked)`` and the first target's admission (what ``Limiter.admit_target`` returns),
     # each None when not asked; whoever uses one takes it (sets it to None)
     looked: tuple[bytes | None, bool] | None = None
+    looked_key: str | None = None  # the cache key ``looked`` is for
     first: Ticket | float | OverBudget | None = None
 
     def headers(self) -> dict[str, str]:
@@ -132,12 +134,14 @@ class Admission:
         t = self.ticket
         try:
             if t is not None:
-                if isinstance(t.first, Ticket):  # asked for and never used: given back
-                    await self.limiter.settle(t.first, None, served=False)
+                await self.limiter.unused(t)
                 await self.limiter.settle(t, t.used, t.served)
         finally:
-            SETTLEMENT.reset(self.token)
             await self.settlement.flush(self.limiter.store)
+            try:
+                SETTLEMENT.reset(self.token)
+            except ValueError:  # ended in another context than it began (the settlement is closed anyway)
+                pass
 
 
 def _specs(prefix: str, limits: Limits | None, cost: int) -> list[LimitSpec]:
@@ -353,16 +357,38 @@ class Limiter:
                    if too_big else f"caller {caller!r} is over its rate limit")
             raise RateLimited(msg, retry_after=got.limits.retry_after, headers=_headers(specs, got.limits),
                               never=bool(too_big))
-        ticket = Ticket(specs=specs, estimate=estimate, result=got.limits if specs else None)
-        if found:
-            if got.budgets is None:
-                raise BudgetExceeded(f"the budget of {' or '.join(scopes)} is spent until its period ends",
-                                     retry_after=await self._over(found), headers={})
-            self._reserved(ticket, found, got.budgets)
-        ticket.looked = got.cache
-        if got.target is not None:
-            ticket.first = await self._target_ticket(t_specs, t_found, got.target, got.target_budgets, estimate)
+        if found and got.budgets is None:  # nothing was charged
+            raise BudgetExceeded(f"the budget of {' or '.join(scopes)} is spent until its period ends",
+                                 retry_after=await self._over(found), headers={})
+        ticket = Ticket(specs=specs, estimate=estimate, result=got.limits if specs else None,
+                        looked=got.cache, looked_key=ask.cache_key)
+        try:
+            if found and got.budgets is not None:
+                self._reserved(ticket, found, got.budgets)
+            if got.target is not None:  # (its only wait, over its budget, follows no charge of it)
+                ticket.first = await self._target_ticket(t_specs, t_found, got.target, got.target_budgets, estimate)
+        except BaseException:  # cancelled or failed after the store charged the caller: give it all back
+            ticket.budgets = ticket.budgets or [b for b, _, _ in found]
+            await asyncio.shield(self._give_back(ticket))
+            raise
         return ticket
+
+    async def _give_back(self, ticket: Ticket) -> None:
+        await self.unused(ticket)
+        await self.settle(ticket, None, served=False)
+
+    async def unused(self, ticket: Ticket) -> None:
+        """Give back what ``ticket``'s admission asked for and nobody used: the first target's
+        quota, the cache lock (``looked`` still holding it)."""
+        first, ticket.first = ticket.first, None
+        if isinstance(first, Ticket):
+            await self.settle(first, None, served=False)
+        looked, ticket.looked = ticket.looked, None
+        if looked is not None and looked[1] and ticket.looked_key is not None:
+            try:
+                await self.store.unlock(ticket.looked_key)
+            except StoreError:
+                pass
 
     async def _target_ticket(self, specs: list[LimitSpec], found: list[tuple[BudgetSpec, float, str]],
                              limits: LimitResult, budgets: list[int] | None, estimate: int) -> Ticket | float | OverBudget:

@@ -43,6 +43,7 @@ __all__ = [
     "background",
     "new_store_budget",
     "write",
+    "writes_one_by_one",
 ]
 
 
@@ -196,8 +197,10 @@ class Settlement:
         self.open = True
 
     async def flush(self, store: Store) -> None:
-        """Close the settlement and send its writes (a ``StoreError`` is given up: what it
-        missed expires with its keys); the ``after`` callbacks run in any case."""
+        """Close the settlement and send its writes; the ``after`` callbacks run in any case. A
+        ``StoreError`` is given up, as the settlements it carried: a TPM difference until its
+        limiter's minute drains, a spend difference (the estimate stays counted) until its
+        budget's period ends, a cache entry not stored (its lock expires)."""
         self.open = False
         writes, after = self.writes, self.after
         self.writes, self.after = [], []
@@ -389,9 +392,11 @@ async def admit_in_steps(store: Store, ask: AdmitAsk) -> AdmitAnswer:
         target = await store.limit_acquire(ask.target_limits) if ask.target_limits else ALLOWED
         tb: list[int] | None = []
         if target.allowed and ask.target_budgets:
+            back = [Write("limit_adjust", (s.key, s.limit, -s.cost)) for s in ask.target_limits or ()]
+            undo += back
             tb = await store.budget_acquire(ask.target_budgets)
-            if tb is None and ask.target_limits:
-                await store.write_many([Write("limit_adjust", (s.key, s.limit, -s.cost)) for s in ask.target_limits])
+            if tb is None and back:
+                await store.write_many(back)
         return AdmitAnswer(limits=lim, budgets=budgets, cache=cache, target=target, target_budgets=tb)
     except StoreError:
         try:
@@ -399,3 +404,16 @@ async def admit_in_steps(store: Store, ask: AdmitAsk) -> AdmitAnswer:
         except StoreError:
             pass
         raise
+
+
+async def writes_one_by_one(store: Store, writes: list[Write]) -> None:
+    """``Store.write_many`` as one call per write: each is tried, also after one failed; raises
+    ``StoreError`` after the last when any failed."""
+    failed: StoreError | None = None
+    for w in writes:
+        try:
+            await getattr(store, w.op)(*w.args)
+        except StoreError as e:
+            failed = e
+    if failed is not None:
+        raise failed

@@ -19,6 +19,7 @@ from router.stores.base import (
     LimitSpec,
     Write,
     admit_in_steps,
+    writes_one_by_one,
 )
 
 __all__ = ["MemoryStore"]
@@ -254,8 +255,7 @@ class MemoryStore:
         return await admit_in_steps(self, ask)  # no step yields: atomic
 
     async def write_many(self, writes: list[Write]) -> None:
-        for w in writes:
-            await getattr(self, w.op)(*w.args)
+        await writes_one_by_one(self, writes)
 
     async def ping(self) -> bool:
         return True

@@ -34,6 +34,7 @@ from router.stores.base import (
     StoreError,
     Write,
     admit_in_steps,
+    writes_one_by_one,
 )
 
 __all__ = ["RedisStore"]
@@ -430,11 +431,10 @@ class RedisStore:
         if not writes:
             return
         if self.cluster:
-            for w in writes:
-                await getattr(self, w.op)(*w.args)
+            await writes_one_by_one(self, writes)
             return
 
-        async def run() -> list[Write]:
+        async def run() -> tuple[list[Write], Exception | None]:
             adjusts: list[tuple[int, Write]] = []  # command index of each limit adjustment
             async with self.client.pipeline(transaction=False) as pipe:
                 for w in writes:
@@ -456,13 +456,14 @@ class RedisStore:
                     else:
                         raise ValueError(f"not a deferrable write: {op}")
                 got = await pipe.execute(raise_on_error=False)
-            for r in got:
-                if isinstance(r, Exception) and not isinstance(r, NoScriptError):
-                    raise r
-            return [w for i, w in adjusts if isinstance(got[i], NoScriptError)]
+            failed = next((r for r in got if isinstance(r, Exception) and not isinstance(r, NoScriptError)), None)
+            return [w for i, w in adjusts if isinstance(got[i], NoScriptError)], failed
 
-        for w in await self._call(run()):  # Redis restarted and forgot the script: one by one (loads it)
+        again, failed = await self._call(run())
+        for w in again:  # Redis restarted and forgot the script (so these did not run): one by one, loading it
             await self.limit_adjust(*w.args)
+        if failed is not None:
+            raise StoreError(f"redis: {type(failed).__name__}")
 
     # -- budgets (one hash tag for all: a request's tenant and task budgets in one script) -----
     def _bk(self, key: str) -> str:

@@ -313,3 +313,56 @@ def test_write_many_applies_each_write(make_store) -> None:  # type: ignore[no-u
 
     tpm, spent, entry, relock, relock2 = run(make_store, body)
     assert tpm.allowed and spent == [300] and entry == b"answer" and relock and relock2
+
+
+def test_write_many_one_by_one_tries_every_write_after_a_failure() -> None:
+    """On a store without pipelines (a Redis Cluster), a failed write does not drop the rest."""
+    from router.stores.base import Write, writes_one_by_one
+
+    class Flaky(MemoryStore):
+        async def limit_adjust(self, key: str, limit: int, delta: int) -> None:
+            raise StoreError("redis: TimeoutError")
+
+    async def go() -> tuple[bool, bool]:
+        s = Flaky()
+        assert await s.lock("k", 30.0)
+        with pytest.raises(StoreError):
+            await writes_one_by_one(s, [Write("limit_adjust", ("{c:x}:tpm", 10, -1)),
+                                        Write("cache_set_unlock", ("k", b"entry", 60))])
+        return await s.cache_get("k") == b"entry", await s.lock("k", 1.0)
+
+    assert asyncio.run(go()) == (True, True)
+
+
+def test_an_admission_gives_back_what_nobody_used() -> None:
+    """An admission that looked the cache up (and took its lock) and charged the first target,
+    then ended without streaming, releases the lock and refunds the target's quota."""
+    from router.limits import FirstTarget, Limiter
+    from router.loading import parse_config
+
+    config = parse_config("""
+version: 1
+providers:
+  p:
+    protocol: openai
+    base_url: http://upstream/v1
+    api_key: k
+    limits: {rpm: 10}
+    models: {m: {context_window: 1000}}
+tasks:
+  t: {chain: [p/m], limits: {rpm: 10}}
+""", {})
+
+    async def go() -> tuple[bool, list[int], list[int]]:
+        store = MemoryStore()
+        limiter = Limiter(config, store)
+        async with limiter.caller("alice", "t", 10, cache=("key", 30.0), first=FirstTarget("p", "m")) as ticket:
+            assert ticket.looked == (None, True) and ticket.first is not None
+        caller = await store.limit_acquire([LimitSpec("{c:alice}:t:t:rpm", 10, 0)])
+        target = await store.limit_acquire([LimitSpec("{p:p}:rpm", 10, 0)])
+        return await store.lock("key", 1.0), caller.remaining, target.remaining
+
+    relocked, caller, target = asyncio.run(go())
+    assert relocked  # the lock was released
+    assert caller == [10]  # nothing was served: the caller's charge is refunded too
+    assert target == [10]  # the target's quota was given back whole
