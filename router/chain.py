@@ -156,8 +156,8 @@ class Chain:
     def first_target(self, plan: Plan) -> FirstTarget | None:
         """The plan's first target, to admit with the caller (``Limiter.admit_caller``), when the
         walk would call it: usable, large enough, able to take the request; None otherwise."""
-        if not plan.chain:
-            return None
+        if not plan.chain or not self.limiter.limits_target(plan.chain[0].provider):
+            return None  # nothing to charge
         target, req = plan.chain[0], plan.request
         media = any(m.media() for m in req.messages if isinstance(m.content, list))
         if self._skip(target, plan.prompt_tokens + (plan.params.max_tokens or 0), 0, media) is not None:

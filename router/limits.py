@@ -134,7 +134,8 @@ class Admission:
         t = self.ticket
         try:
             if t is not None:
-                await self.limiter.unused(t)
+                if t.first is not None or t.looked is not None:
+                    await self.limiter.unused(t)
                 await self.limiter.settle(t, t.used, t.served)
         finally:
             await self.settlement.flush(self.limiter.store)
@@ -203,11 +204,19 @@ class Limiter:
         self._models = {(p, m): spec.limits for p, prov in config.providers.items()
                         for m, spec in prov.models.items()}
         self._shares = {name: p.queue_share for name, p in config.providers.items()}
+        self._limited = {p for p, limits in self._providers.items() if limits and (limits.rpm or limits.tpm)}
+        self._limited |= {p for (p, _), limits in self._models.items() if limits and (limits.rpm or limits.tpm)}
         self.on_alert: Callable[[str], None] | None = None  # a budget crossed its alert_at ("<scope> daily|monthly")
         self._budgets: dict[str, Budget] = {
             **{f"tenant:{n}": t.budget for n, t in config.tenants.items() if t.budget},
             **{f"task:{n}": t.budget for n, t in config.tasks.items() if t.budget},
             **{f"provider:{n}": p.budget for n, p in config.providers.items() if p.budget}}
+        self._limited |= {n for n, p in config.providers.items() if p.budget}
+
+    def limits_target(self, provider: str) -> bool:
+        """Whether a call to ``provider`` is charged anything: a quota (its own or a model's) or
+        a budget."""
+        return provider in self._limited
 
     def budget_specs(self, scopes: list[str], cost_usd: float, now: float | None = None) -> list[tuple[BudgetSpec, float, str]]:
         """(spec, seconds to its period's end, "<scope> daily|monthly") of each budget of ``scopes``

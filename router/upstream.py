@@ -98,10 +98,18 @@ async def _raw_events(transport: Transport, target: Target, call: Call, connect:
                                       code="not_event_stream", retryable=True, provider=target.provider)
         decoder, parser = target.adapter.stream_decoder(), SSEParser()
         async for chunk in response.chunks():
-            evs = [ev for event, data in parser.feed(chunk) for ev in decoder.feed(event, data)]
+            frames = parser.feed(chunk)
+            if len(frames) == 1:  # the usual read: one event
+                evs = decoder.feed(*frames[0])
+            else:  # what one read brought together goes on together, deltas joined
+                evs = []
+                for event, data in frames:
+                    evs += decoder.feed(event, data)
+                if len(evs) > 1:
+                    evs = coalesce(evs)
             if facts is not None and facts.prompt_tokens is None:
                 facts.prompt_tokens = decoder.prompt_tokens
-            for ev in coalesce(evs) if len(evs) > 1 else evs:  # what one read brought, deltas joined
+            for ev in evs:
                 yield ev
         for ev in decoder.finish():
             yield ev
@@ -131,8 +139,14 @@ class _Watchdog:
         self.waiting = self.expired = False
 
     def arm(self, deadline: float) -> None:
-        """A wait begins, to end by ``deadline`` (clock seconds)."""
-        self.task, self.deadline, self.waiting = asyncio.current_task(), deadline, True
+        """A wait begins, to end by ``deadline`` (clock seconds). The waiting task is looked up
+        only when the one known is done: a call's first event may be awaited by a task of its
+        own (a hedge race's), the rest by the consumer's, and an async generator is never
+        awaited by two tasks at once."""
+        task = self.task
+        if task is None or task.done():
+            self.task = asyncio.current_task()
+        self.deadline, self.waiting = deadline, True
         if self.handle is None or self.when > deadline:
             if self.handle is not None:
                 self.handle.cancel()
