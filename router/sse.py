@@ -41,6 +41,10 @@ class SSEParser:
         """The ``(event, data)`` of every event whose blank line is in ``chunk``."""
         if not chunk:
             return []
+        if (chunk[:6] == b"data: " and chunk[-2:] == b"\n\n" and not self._partial and not self._data
+                and not self._event and self._started and not self._skip_lf and chunk.count(b"\n") == 2
+                and b"\r" not in chunk):  # the usual read: one event of one data line, nothing pending
+            return [("", chunk[6:-2].decode("utf-8", "replace"))]
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":

@@ -30,7 +30,7 @@ def test_every_recorded_stream_is_covered() -> None:
 
 
 @pytest.mark.parametrize("name", STREAMS)
-@pytest.mark.parametrize("framing", ["whole", "1-byte", "crlf-1-byte", "cr-only", "bom-crlf"])
+@pytest.mark.parametrize("framing", ["whole", "1-byte", "crlf-1-byte", "cr-only", "bom-crlf", "per-event"])
 def test_framings_agree(name: str, framing: str) -> None:
     body = (WIRE / name).read_bytes().replace(b"\r\n", b"\n")
     expected = SSEParser().feed(body)
@@ -42,6 +42,8 @@ def test_framings_agree(name: str, framing: str) -> None:
     elif framing == "crlf-1-byte":
         crlf = body.replace(b"\n", b"\r\n")
         got = _chunks(SSEParser(), [crlf[i:i + 1] for i in range(len(crlf))])
+    elif framing == "per-event":  # one read per event, as a paced upstream sends them (the parser's fast path)
+        got = _chunks(SSEParser(), [e + b"\n\n" for e in body.split(b"\n\n") if e] + [b"\n"] * body.endswith(b"\n\n\n"))
     elif framing == "cr-only":
         cr = body.replace(b"\n", b"\r")
         got = _chunks(SSEParser(), [cr[i:i + 7] for i in range(0, len(cr), 7)])
@@ -49,6 +51,18 @@ def test_framings_agree(name: str, framing: str) -> None:
         bom = b"\xef\xbb\xbf" + body.replace(b"\n", b"\r\n")
         got = _chunks(SSEParser(), [bom[i:i + 2] for i in range(0, len(bom), 2)])
     assert got == expected
+
+
+def test_a_one_line_event_read_alone_keeps_what_came_before_it() -> None:
+    """The fast path for a read of exactly one ``data:`` event applies only with nothing pending."""
+    p = SSEParser()
+    assert p.feed(b"data: first\n\n") == [("", "first")]
+    assert p.feed(b"data: x\n\n") == [("", "x")]
+    assert p.feed(b"event: named\n") == [] and p.feed(b"data: y\n\n") == [("named", "y")]
+    assert p.feed(b"data: a\n") == [] and p.feed(b"data: b\n\n") == [("", "a\nb")]
+    assert p.feed(b"data: par") == [] and p.feed(b"data: tial\n\n") == [("", "pardata: tial")]
+    assert p.feed(b"data: cr\r") == [] and p.feed(b"\ndata: z\n\n") == [("", "cr\nz")]
+    assert p.feed(b"data: caf\xc3\xa9\n\n") == [("", "caf\u00e9")]
 
 
 def test_rules() -> None:
