@@ -113,11 +113,16 @@ class CallerWatch:
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
         assert self.watcher is not None and self.task is not None
-        self.watcher.cancel()
+        # let go of both tasks: the cancelled watcher keeps its CancelledError, whose traceback
+        # holds the watch's frame (this object); a reference back to the watcher would make a
+        # cycle that keeps the request's objects (its ASGI cycle, scope, run) until a full
+        # collection, instead of freeing them as the request ends
+        watcher, task, self.watcher, self.task = self.watcher, self.task, None, None
+        watcher.cancel()
         if self.left and kind is not None and issubclass(kind, asyncio.CancelledError):
             # the caller went away: nothing is left to answer, unless someone else (shutdown)
             # cancelled the task as well
-            return self.task.uncancel() == 0
+            return task.uncancel() == 0
         return False
 
 
@@ -131,8 +136,10 @@ async def stream_sse(send: Send, chunks: AsyncIterator[bytes], headers: Mapping[
     by the ``CallerWatch`` around this."""
     raw = _raw(headers)
     raw.append((b"content-type", b"text/event-stream; charset=utf-8"))
+    del headers  # sent once: not kept for the stream's life (about 1 KB per open stream)
     try:
         await send({"type": "http.response.start", "status": 200, "headers": raw})
+        del raw
         next_chunk = chunks.__anext__
         while True:
             try:

@@ -80,8 +80,9 @@ class CallFacts:
 
 async def _raw_events(transport: Transport, target: Target, call: Call, connect: float,
                       facts: CallFacts | None = None) -> AsyncGenerator[Event, None]:
-    wire = target.adapter.encode(call, target.base_url, target.api_key, target.headers)
-    response = await transport.send(wire, connect=connect, name=target.name, provider=target.provider)
+    # the encoded request (the whole prompt) is not kept while the answer streams
+    response = await transport.send(target.adapter.encode(call, target.base_url, target.api_key, target.headers),
+                                    connect=connect, name=target.name, provider=target.provider)
     try:
         if response.status >= 400:
             raise target.adapter.decode_error(response.status, response.headers, await response.read())

@@ -25,6 +25,7 @@ from router.engine import RequestContext, Router
 from router.errors import PayloadTooLarge, RateLimited
 from router.events import Error, Event, Start
 from router.limits import caller_id
+from router.plan import Plan
 from router.request import TaskRequest
 from router.requestid import DOOR_OPT, request_id_of
 from router.run import Run
@@ -68,33 +69,12 @@ async def serve_door(door: Door, scope: Any, receive: Any, send: Any) -> None:
         raise MethodNotAllowedException(headers={"allow": "POST"})
     router, telemetry, max_body, read_timeout = _current(scope)  # this request keeps this router to its end
     new_store_budget()  # all of this request's store calls share one store timeout
-    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
     rid = request_id_of(scope)
-    declared = headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_body:  # before any read: no `100 Continue` is sent
-        raise PayloadTooLarge(f"request body is over {max_body} bytes, the limit")
-    try:
-        body = await read_body(receive, max_body, read_timeout, router.clock)
-    except CallerLeft:
+    accepted = await _accept(door, scope, receive, send, router, max_body, read_timeout, rid)
+    if accepted is None:
         return
-    tenant = router.auth.identify(headers)
-    asked, opts = await door.decode(body, headers, router.store)
-    name = router.planner.resolve(asked.task)
-    if name is not None:
-        router.auth.allow(tenant, name)  # before a typed task's input is checked or rendered
-    plan = router.plan(asked)  # raises UnknownTask (404) for an unknown name
+    asked, opts, plan, ctx = accepted
     req = plan.request  # as sent: a typed task's prompt rendered; the door answers in the terms of `asked`
-    if req.stream and not door.restarts:
-        plan.midstream = "error"  # this door's stream cannot say an answer starts over
-    cc = headers.get("cache-control", "").lower()
-    client = scope.get("client")
-    trace = {k: v for k in ("traceparent", "tracestate") if (v := headers.get(k))}
-    ctx = RequestContext(caller=tenant or caller_id(headers.get("x-caller"), client[0] if client else None),
-                         no_cache="no-cache" in cc, no_store="no-store" in cc,
-                         limits=router.auth.limits(tenant) if tenant else None, trace=trace or None, tenant=tenant)
-    if _asks_async(door, asked, headers):
-        await _queue(scope, send, router, asked, plan.task, ctx.caller, tenant, rid)
-        return
     try:
         async with router.admit(plan, ctx) as ticket:
             run = router.run(req, plan, ctx)
@@ -112,13 +92,48 @@ async def serve_door(door: Door, scope: Any, receive: Any, send: Any) -> None:
                 async with aclosing(router.stream(req, plan, run, rid, ctx, ticket)) as events:
                     head = await until_commit(events, run)
                     start = head[-1]
-                    target = served_by(start.provider, start.model, plan.task) if type(start) is Start else {}
                     await stream_sse(send, door.stream(_Replay(head, events), asked, opts),
-                                     {**SSE_HEADERS, **out, **target}, lambda err: door.error_event(err, run.count))
+                                     {**SSE_HEADERS, **out,
+                                      **(served_by(start.provider, start.model, plan.task) if type(start) is Start else {})},
+                                     lambda err: door.error_event(err, run.count))
     except RateLimited:
         if "ratelimit_headers" not in scope["state"]:  # refused at admission, not by an upstream
             telemetry.rate_limited(plan.task, "caller")
         raise
+
+
+async def _accept(door: Door, scope: Any, receive: Any, send: Any, router: Router, max_body: int,
+                  read_timeout: float, rid: str) -> tuple[TaskRequest, Any, Plan, RequestContext] | None:
+    """The request read, decoded, authorized and planned: (as asked, the door's options, the plan,
+    the context); None when there is nothing more to do (the caller left while sending its body,
+    or the request was queued as an async task and answered ``202``). Its own frame, so what only
+    this needs (the request's headers and raw body) is not kept for the life of a stream."""
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_body:  # before any read: no `100 Continue` is sent
+        raise PayloadTooLarge(f"request body is over {max_body} bytes, the limit")
+    try:
+        body = await read_body(receive, max_body, read_timeout, router.clock)
+    except CallerLeft:
+        return None
+    tenant = router.auth.identify(headers)
+    asked, opts = await door.decode(body, headers, router.store)
+    name = router.planner.resolve(asked.task)
+    if name is not None:
+        router.auth.allow(tenant, name)  # before a typed task's input is checked or rendered
+    plan = router.plan(asked)  # raises UnknownTask (404) for an unknown name
+    if plan.request.stream and not door.restarts:
+        plan.midstream = "error"  # this door's stream cannot say an answer starts over
+    cc = headers.get("cache-control", "").lower()
+    client = scope.get("client")
+    trace = {k: v for k in ("traceparent", "tracestate") if (v := headers.get(k))}
+    ctx = RequestContext(caller=tenant or caller_id(headers.get("x-caller"), client[0] if client else None),
+                         no_cache="no-cache" in cc, no_store="no-store" in cc,
+                         limits=router.auth.limits(tenant) if tenant else None, trace=trace or None, tenant=tenant)
+    if _asks_async(door, asked, headers):
+        await _queue(scope, send, router, asked, plan.task, ctx.caller, tenant, rid)
+        return None
+    return asked, opts, plan, ctx
 
 
 async def serve_count(door: Door, scope: Any, receive: Any, send: Any) -> None:

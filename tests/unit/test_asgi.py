@@ -4,6 +4,7 @@ the environment once, and the OpenAPI document, in process: no socket."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -148,3 +149,31 @@ def test_every_exception_maps_to_one_router_error() -> None:
     assert (e.status, e.type) == (503, "store_unavailable")
     e = to_router_error(ZeroDivisionError("secret"))
     assert (e.status, e.message) == (500, "internal error")
+
+
+def test_a_finished_watch_leaves_no_cycle_behind() -> None:
+    """The watch lets go of its tasks as it ends: what the request held is freed by reference
+    counting when it ends, not by a later full collection (a cycle through the cancelled watcher's
+    traceback kept every finished request's objects alive until then)."""
+    async def go() -> int:
+        forever = asyncio.Event()
+
+        async def receive() -> dict[str, str]:
+            await forever.wait()
+            return {"type": "http.disconnect"}
+
+        async def request() -> None:
+            async with CallerWatch(receive):
+                await asyncio.sleep(0)
+
+        await request()
+        for _ in range(3):
+            await asyncio.sleep(0)  # the watcher takes its cancellation and ends
+        return gc.collect()
+
+    gc.collect()
+    gc.disable()
+    try:
+        assert asyncio.run(go()) == 0
+    finally:
+        gc.enable()
