@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/store.py [--redis redis://127.0.0.1:6379/0] [--n 5000] [--duration 4] [--rounds 3]
 
-1. The store calls one request makes, measured alone: the caller's limit check (RPM + TPM, one
-   script) and the cache lookup (one GET), sequentially, p50/p99 over ``--n`` requests.
+1. The store calls one request makes, measured alone: its admission (one script) and its
+   settlement (one pipeline), p50/p99 over ``--n`` requests, and this client's CPU for both.
 2. End to end, concurrency 1, non-streaming, two routers side by side on one emulator:
    *off*: no Redis, telemetry off (``LLM_ROUTER_TELEMETRY=off``), a task without limits or cache;
    *on*: Redis on loopback, metrics, request log and usage ledger on, a task with caller RPM/TPM
@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import running, twenty_words  # noqa: E402
 from loadgen import run_load  # noqa: E402
 
-from router.stores import LimitSpec  # noqa: E402
+from router.stores import BudgetSpec, LimitSpec  # noqa: E402
+from router.stores.base import AdmitAsk, Write  # noqa: E402
 from router.stores.redis import RedisStore  # noqa: E402
 
 
@@ -37,23 +38,32 @@ def pct(xs: list[float], p: float) -> float:
 
 
 async def micro(url: str, n: int, prefix: str) -> dict[str, float]:
+    """A request's two store calls alone: the admission script (caller RPM + TPM, two budgets, a
+    cache lookup-or-lock that misses, the first target's quota and budget) and the settlement
+    pipeline (a TPM and a spend adjustment, the cache entry and its unlock)."""
     store = RedisStore(url, prefix=prefix, timeout=1.0)
-    lat, lim, get = [], [], []
+    lat, adm, cpu = [], [], 0.0
     try:
         for i in range(n + 200):
-            t0 = time.perf_counter()
-            await store.limit_acquire([LimitSpec("{c:bench}:rpm", 10**9, 1), LimitSpec("{c:bench}:tpm", 10**12, 500)])
+            ask = AdmitAsk([LimitSpec("{c:bench}:rpm", 10**9, 1), LimitSpec("{c:bench}:tpm", 10**12, 500)],
+                           [BudgetSpec("task:b:d:x", 10**12, 10, 86400), BudgetSpec("task:b:m:x", 10**12, 10, 86400)],
+                           f"{i:064d}", 30.0, [LimitSpec("{p:bench}:rpm", 10**9, 1)],
+                           [BudgetSpec("provider:b:d:x", 10**12, 10, 86400)])
+            c0, t0 = time.process_time(), time.perf_counter()
+            await store.admit(ask)
             t1 = time.perf_counter()
-            await store.cache_get("0" * 64)
+            await store.write_many([Write("limit_adjust", ("{c:bench}:tpm", 10**12, -100)),
+                                    Write("budget_adjust", ("task:b:d:x", -5, 86400)),
+                                    Write("cache_set_unlock", (f"{i:064d}", b"x" * 500, 60))])
             t2 = time.perf_counter()
             if i >= 200:
                 lat.append(t2 - t0)
-                lim.append(t1 - t0)
-                get.append(t2 - t1)
+                adm.append(t1 - t0)
+                cpu += time.process_time() - c0
     finally:
         await store.close()
-    return {"limit+cache p50_ms": pct(lat, 50), "limit+cache p99_ms": pct(lat, 99),
-            "limit p50_ms": pct(lim, 50), "cache GET p50_ms": pct(get, 50)}
+    return {"admit+settle p50_ms": pct(lat, 50), "admit+settle p99_ms": pct(lat, 99),
+            "admit p50_ms": pct(adm, 50), "client CPU us": round(cpu / n * 1e6)}
 
 
 def main() -> None:

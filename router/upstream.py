@@ -2,7 +2,9 @@
 
 The request goes out through a ``router.transport.Transport`` (aiohttp in production, an
 in-process one in tests); the answer's bytes are framed by the project's own SSE parser
-(``router.sse``, the WHATWG event-stream rules) and decoded by the target's adapter. Transport
+(``router.sse``, the WHATWG event-stream rules) and decoded by the target's adapter. The deltas
+that one network read brought are joined (``router.events.coalesce``) and go on together: a busy
+router moves fewer events, and none waits for a later read. Transport
 failures are router errors already (the transport is the one boundary that maps them); HTTP error
 statuses are decoded by the adapter. The response is always closed, also when the consumer stops
 early (the caller went away): a response not read to its end drops its connection, which stops
