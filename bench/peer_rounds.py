@@ -51,7 +51,7 @@ def main() -> None:
                 variants.append(name)
             m = per.setdefault(name, {})
 
-            def add(key: str, value: float | None) -> None:
+            def add(key: str, value: float | None, m: dict[str, list[float]] = m) -> None:
                 if value is not None:
                     m.setdefault(key, []).append(value)
 
