@@ -112,7 +112,8 @@ class CallerWatch:
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
-        assert self.watcher is not None and self.task is not None
+        if self.watcher is None or self.task is None:  # not entered, or already exited
+            return False
         # let go of both tasks: the cancelled watcher keeps its CancelledError, whose traceback
         # holds the watch's frame (this object); a reference back to the watcher would make a
         # cycle that keeps the request's objects (its ASGI cycle, scope, run) until a full

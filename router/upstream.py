@@ -105,11 +105,18 @@ async def _raw_events(transport: Transport, target: Target, call: Call, connect:
             if len(frames) == 1:  # the usual read: one event
                 evs = decoder.feed(*frames[0])
             else:  # what one read brought together goes on together, deltas joined
-                evs = []
-                for event, data in frames:
-                    evs += decoder.feed(event, data)
+                evs, failed = [], None
+                try:
+                    for event, data in frames:
+                        evs += decoder.feed(event, data)
+                except Exception as e:  # what came before the bad frame still goes first
+                    failed = e
                 if len(evs) > 1:
                     evs = coalesce(evs)
+                if failed is not None:
+                    for ev in evs:
+                        yield ev
+                    raise failed
             if facts is not None and facts.prompt_tokens is None:
                 facts.prompt_tokens = decoder.prompt_tokens
             for ev in evs:

@@ -324,3 +324,31 @@ def test_idle_timeout_moves_with_each_event_and_fires_on_a_gap() -> None:
     got, err = asyncio.run(go())
     assert sum(isinstance(e, TextDelta) for e in got) == 10
     assert err.code == "idle_timeout" and err.retryable
+
+
+def test_deltas_before_a_bad_frame_of_the_same_read_still_go_first() -> None:
+    """A read that brings good deltas and then a malformed frame: the deltas are yielded (joined)
+    before the error, as they would be had they come in reads of their own."""
+    body = (b'data: {"id":"1","choices":[{"index":0,"delta":{"content":"Hel"}}]}\n\n'
+            b'data: {"id":"1","choices":[{"index":0,"delta":{"content":"lo"}}]}\n\n'
+            b"data: {bad\n\n")
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(_sse_head())
+        await _chunked(writer, body, len(body), end=False)
+        await asyncio.sleep(5)
+
+    async def go() -> tuple[str, str]:
+        async with scripted(respond) as (port, _):
+            client = UpstreamClient()
+            got: list[str] = []
+            try:
+                async for ev in call_target(client, _target("openai", port), _call(True)):
+                    got.append(ev.text if isinstance(ev, TextDelta) else type(ev).__name__)
+            except UpstreamStreamError as e:
+                return "".join(got), e.code
+            finally:
+                await client.aclose()
+            return "".join(got), "no error"
+
+    assert asyncio.run(go()) == ("Hello", "malformed_chunk")
