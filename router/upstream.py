@@ -109,7 +109,7 @@ async def _raw_events(transport: Transport, target: Target, call: Call, connect:
                 try:
                     for event, data in frames:
                         evs += decoder.feed(event, data)
-                except Exception as e:  # what came before the bad frame still goes first
+                except Exception as e:  # noqa: BLE001 - re-raised below: what came before the bad frame goes first
                     failed = e
                 if len(evs) > 1:
                     evs = coalesce(evs)
