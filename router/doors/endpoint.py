@@ -9,7 +9,7 @@ with the door's terminal error event (``router.asgi.stream_sse``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import aclosing
 from typing import Any
 
@@ -200,8 +200,8 @@ async def until_commit(events: AsyncIterator[Event], run: Run) -> list[Event]:
 
 
 class _Replay:
-    """The events read before the commit, then the rest of the stream (an async iterator, one
-    frame per event)."""
+    """The events read before the commit, then the rest of the stream (an async iterator; past
+    the head, each step is the stream's own ``__anext__``, no frame of this one's)."""
 
     __slots__ = ("head", "rest")
 
@@ -211,10 +211,14 @@ class _Replay:
     def __aiter__(self) -> _Replay:
         return self
 
-    async def __anext__(self) -> Event:
+    def __anext__(self) -> Awaitable[Event]:
         if self.head:
-            return self.head.pop(0)
-        return await self.rest.__anext__()
+            return _now(self.head.pop(0))
+        return self.rest.__anext__()
+
+
+async def _now(ev: Event) -> Event:
+    return ev
 
 
 def door_route(path: str, door: Door, *, summary: str) -> ASGIRouteHandler:
